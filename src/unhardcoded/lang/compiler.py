@@ -1,0 +1,168 @@
+"""The admission pipeline: check, normalise, encode, identify, evaluate; cached.
+
+``compile_policy(term)`` is what a host calls with a policy that arrived as
+data. The result carries the normal form, its canonical encoding, the
+fingerprint, the identity (SHA-256 of the encoding) and the evaluated
+:class:`~unhardcoded.lang.interpreter.Policy`.
+
+Two caches sit in front, both bounded LRUs:
+
+* by identity: two differently written but equal policies share one
+  evaluated policy;
+* by the submitted text: the same JSON term seen again skips admission and
+  normalisation entirely (the common case: a backend sends the same policy
+  with every call).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Collection, Mapping
+
+from .admission import check
+from .encoding import digest, lane_fingerprint, short_id
+from .errors import AdmissionError, EvaluationError, PathPart
+from .fields import Schema, default_schema
+from .interpreter import Custom, Policy, default_algebra, evaluate
+from .normalform import normalize_and_encode
+from .signature import VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """An admitted term of any sort, with its identity and evaluated carrier."""
+
+    sort: str
+    term: list           # the normal form
+    encoding: str        # canonical, version-prefixed
+    fingerprint: str     # the reference's cache key "h1-h2"
+    identity: str        # sha256 hex of the encoding
+    carrier: Any         # Policy for a Policy term; the sort's carrier otherwise
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.identity)
+
+    @property
+    def version(self) -> str:
+        return VERSION
+
+    @property
+    def policy(self) -> Policy:
+        if not isinstance(self.carrier, Policy):
+            raise TypeError(f"a {self.sort} term is not a policy")
+        return self.carrier
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": VERSION, "sort": self.sort, "policy_ir": self.term, "encoding": self.encoding,
+                "fingerprint": self.fingerprint, "identity": self.identity, "short_id": self.short_id}
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            v = self.data.get(key)
+            if v is not None:
+                self.data.move_to_end(key)
+            return v
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.data.clear()
+
+
+class Compiler:
+    """Compiles terms against one schema and one custom-transform registry."""
+
+    def __init__(self, schema: Schema | None = None, customs: Mapping[str, Custom] | None = None,
+                 cache_size: int = 2048) -> None:
+        self.schema = schema or default_schema()
+        self.customs = dict(customs or {})
+        self._algebra = default_algebra(self.schema, self.customs)
+        self._by_identity = _LRU(cache_size)
+        self._by_text = _LRU(cache_size)
+
+    def compile(self, term: Any, *, want: str | None = None, path: tuple[PathPart, ...] = ()) -> Compiled:
+        """Admit, normalise, identify and evaluate ``term``; raise AdmissionError on refusal."""
+        try:
+            text = json.dumps(term, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            text = None  # not plain JSON data: admission will say why
+        if text is not None:
+            hit = self._by_text.get(text)
+            if hit is not None:
+                if want is not None and hit.sort != want:
+                    raise AdmissionError("sort_mismatch", f"expected a {want} term, got a {hit.sort}", list(path))
+                return hit
+        sort = check(term, self.schema, customs=self.customs.keys(), path=path)
+        if want is not None and sort != want:
+            raise AdmissionError("sort_mismatch", f"expected a {want} term, got a {sort}", list(path))
+        nf, encoding = normalize_and_encode(term)
+        identity = digest(encoding)
+        compiled = self._by_identity.get(identity)
+        if compiled is None:
+            try:
+                carrier = evaluate(nf, self._algebra)
+            except EvaluationError as exc:
+                raise AdmissionError(exc.code, exc.message, list(path)) from None
+            compiled = Compiled(sort, nf, encoding, lane_fingerprint(encoding), identity, carrier)
+            self._by_identity.put(identity, compiled)
+        if text is not None:
+            self._by_text.put(text, compiled)
+        return compiled
+
+    def compile_policy(self, term: Any, *, path: tuple[PathPart, ...] = ()) -> Compiled:
+        return self.compile(term, want="Policy", path=path)
+
+    def clear(self) -> None:
+        self._by_identity.clear()
+        self._by_text.clear()
+
+
+_default: Compiler | None = None
+
+
+def default_compiler() -> Compiler:
+    global _default
+    if _default is None:
+        _default = Compiler()
+    return _default
+
+
+def compile_term(term: Any, schema: Schema | None = None, customs: Mapping[str, Custom] | None = None,
+                 *, want: str | None = None) -> Compiled:
+    """One-off compile (cached when using the default schema and no customs)."""
+    if schema is None and not customs:
+        return default_compiler().compile(term, want=want)
+    return Compiler(schema, customs).compile(term, want=want)
+
+
+def compile_policy(term: Any, schema: Schema | None = None, customs: Mapping[str, Custom] | None = None) -> Compiled:
+    return compile_term(term, schema, customs, want="Policy")
+
+
+def constrain(policy_term: list, envelope: list) -> list:
+    """The host envelope's meet: the same policy with its filter ∧-ed with ``envelope``."""
+    if not isinstance(policy_term, list) or not policy_term or policy_term[0] != "policy":
+        raise TypeError("constrain expects a policy term")
+    out = list(policy_term)
+    out[1] = ["and", envelope, policy_term[1]]
+    return out
+
+
+__all__ = ["Compiled", "Compiler", "compile_term", "compile_policy", "constrain", "default_compiler"]

@@ -1,0 +1,98 @@
+"""The canonical encoding of a term, its fingerprint and its identity.
+
+``encode(t)`` renders a (normalised) term as a version-prefixed S-expression::
+
+    sigma-pol/v2:(and (cmp "price_in" "le" 5) (is "has_tee") (meets_req))
+
+Numbers follow the grammar of docs/spec/sigma-pol.md §5: ``-0`` is ``0``; an
+integral value with ``|v| <= 2**53`` is written in fixed notation; any other
+value is C99 ``%.17g`` with a signed exponent of at least two digits. Strings
+are double-quoted with ``\\``, ``"``, newline, carriage return and tab escaped
+and every other character written as its UTF-8 bytes. Records are written with
+keys in byte order; an empty record is written ``[]``, like an empty list.
+
+* identity: SHA-256 of the encoding's UTF-8 bytes, in hex; ``pol_`` plus its
+  first six hex digits is the short form people read.
+* fingerprint: the reference's cheap two-lane cache key ``h1-h2``; never an
+  identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .signature import OPERATIONAL_SORTS, OPS, VERSION
+
+_TWO53 = 2 ** 53
+
+
+def encode_number(v: int | float) -> str:
+    if v == 0:
+        return "0"
+    if isinstance(v, int):
+        if -_TWO53 <= v <= _TWO53:
+            return str(v)
+        return "%.17g" % float(v)
+    if v.is_integer() and -_TWO53 <= v <= _TWO53:
+        return "%.0f" % v
+    return "%.17g" % v
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def encode_string(s: str) -> str:
+    return '"' + s.translate(_ESCAPES) + '"'
+
+
+def encode_param(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return encode_number(v)
+    if isinstance(v, str):
+        return encode_string(v)
+    if isinstance(v, list):
+        return "[" + ",".join(encode_param(x) for x in v) + "]"
+    if isinstance(v, dict):
+        if not v:
+            return "[]"
+        return "{" + ",".join(encode_string(k) + ":" + encode_param(v[k]) for k in sorted(v)) + "}"
+    raise TypeError(f"cannot encode a parameter of type {type(v).__name__}")
+
+
+def encode_body(t: list) -> str:
+    """The S-expression of a term, without the version prefix."""
+    op = OPS[t[0]]
+    if op.variadic is not None:
+        parts = [encode_body(k) for k in t[1:]]
+    else:
+        parts = [encode_body(t[i]) if s in OPERATIONAL_SORTS else encode_param(t[i])
+                 for i, s in enumerate(op.ins, start=1)]
+    if not parts:
+        return "(" + op.name + ")"
+    return "(" + op.name + " " + " ".join(parts) + ")"
+
+
+def encode(t: list) -> str:
+    """Version-prefixed canonical string of a term (normalise first for identity)."""
+    return VERSION + ":" + encode_body(t)
+
+
+def lane_fingerprint(s: str) -> str:
+    """Two independent 31-bit polynomial lanes over the UTF-8 bytes: ``"h1-h2"``."""
+    h1, h2 = 5381, 52711
+    for b in s.encode("utf-8"):
+        h1 = (h1 * 31 + b) % 2147483647
+        h2 = (h2 * 37 + b) % 2147483629
+    return f"{h1}-{h2}"
+
+
+def digest(s: str) -> str:
+    """SHA-256 of the encoding, hex."""
+    return hashlib.sha256(s.encode("utf-8")).hexdigest()
+
+
+def short_id(hex_digest: str, prefix: str = "pol_") -> str:
+    return prefix + hex_digest[:6]

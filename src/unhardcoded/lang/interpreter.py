@@ -1,0 +1,581 @@
+"""The reference semantics as a fold over the term.
+
+``evaluate(term, algebra)`` knows only the recursion: it evaluates subterm
+positions, passes parameters through, and hands both to ``algebra[op]``. All
+meaning lives in the algebra. :func:`default_algebra` is the reference
+semantics; other algebras (a pretty-printer, an explainer) reuse the fold.
+
+Carriers of the default algebra:
+
+=========  ==============================================================
+Pred       ``fn(cand, ctx) -> None | reason``  (None: the candidate passes)
+Scorer     ``fn(population, ctx) -> [score]``   (relative to the population)
+Selector   ``fn([Ranked], ctx) -> [Ranked]``    (the whole failover order)
+Xform      ``fn(request, cand, ctx) -> request``
+FailPlan   ``{error_kind: Action}`` with the base under ``unknown``
+Policy     :class:`Policy`
+=========  ==============================================================
+
+Numbers are IEEE-754 doubles and only +, -, *, / and comparisons are used.
+Children of AC operations are evaluated in normal-form order, so an ``and``
+reports the first failing child of its canonical order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import EvaluationError
+from .fields import Schema, default_schema
+from .ordering import InvalidOrder, reference_sort
+from .prng import MODULUS, lcg, substream
+from .requirements import meets_requirements, scope_matches, truthy
+from .signature import OPERATIONAL_SORTS, OPS
+
+Pred = Callable[[Mapping[str, Any], Mapping[str, Any]], "str | None"]
+Scorer = Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]
+Xform = Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any]
+Custom = Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any]
+
+
+class Ranked:
+    """A candidate with its score, as selectors order them."""
+
+    __slots__ = ("candidate", "score")
+
+    def __init__(self, candidate: Mapping[str, Any], score: Any) -> None:
+        self.candidate = candidate
+        self.score = score
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Ranked({self.candidate.get('provider_id')}/{self.candidate.get('model_family')}, {self.score!r})"
+
+
+@dataclass(slots=True)
+class Rejection:
+    provider: Any
+    model: Any
+    reason: str
+    candidate: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+
+@dataclass(slots=True)
+class Plan:
+    ordered: list[Ranked]
+    rejected: list[Rejection]
+
+
+def classify(failplan: Mapping[str, Any], error_kind: str) -> dict[str, Any]:
+    """The Action a FailPlan gives an error kind."""
+    return failplan.get(error_kind) or failplan.get("unknown") or {"action": "next_candidate"}
+
+
+@dataclass(slots=True)
+class Policy:
+    """An evaluated policy: filter, scorer, selector, transform, failure plan."""
+
+    filter: Pred
+    scorer: Scorer
+    selector: Callable[[list[Ranked], Mapping[str, Any]], list[Ranked]]
+    xform: Xform
+    failplan: dict[str, Any]
+
+    def plan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> Plan:
+        """Filter (keeping every reason), score the survivors, order them."""
+        survivors: list[Mapping[str, Any]] = []
+        rejected: list[Rejection] = []
+        keep = self.filter
+        for cand in candidates:
+            why = keep(cand, ctx)
+            if why is None:
+                survivors.append(cand)
+            else:
+                rejected.append(Rejection(cand.get("provider_id"), cand.get("model_family"), why, cand))
+        return Plan(self.select(survivors, ctx), rejected)
+
+    def select(self, survivors: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list[Ranked]:
+        scores = self.scorer(survivors, ctx)
+        return self.selector([Ranked(c, s) for c, s in zip(survivors, scores)], ctx)
+
+    def classify(self, error_kind: str) -> dict[str, Any]:
+        return classify(self.failplan, error_kind)
+
+
+# --------------------------------------------------------------------------
+# the fold
+# --------------------------------------------------------------------------
+
+def evaluate(t: list, algebra: Mapping[str, Callable[[list], Any]]) -> Any:
+    op = OPS[t[0]]
+    if op.variadic is not None:
+        args = [evaluate(k, algebra) for k in t[1:]]
+    else:
+        args = [evaluate(t[i], algebra) if s in OPERATIONAL_SORTS else t[i]
+                for i, s in enumerate(op.ins, start=1)]
+    return algebra[op.name](args)
+
+
+# --------------------------------------------------------------------------
+# the reference algebra
+# --------------------------------------------------------------------------
+
+def _number(v: Any, name: str) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise EvaluationError("bad_observation", f"field {name!r} observed a non-number ({type(v).__name__})")
+    return v
+
+
+def _order_key(r: Ranked) -> float:
+    s = r.score
+    return -math.inf if s != s else s
+
+
+def _by_score(scored: list[Ranked]) -> list[Ranked]:
+    """Score descending, ties in input order (the reference's comparator).
+
+    That comparator is a total order unless a score is NaN; then the order is
+    whatever the reference's quicksort makes of it, so we run that sort. If
+    the reference itself would give up ("invalid order function"), NaN scores
+    rank last (docs/spec/sigma-pol.md §6).
+    """
+    if any(r.score != r.score for r in scored):
+        indexed = list(enumerate(scored))
+
+        def less(a: tuple[int, Ranked], b: tuple[int, Ranked]) -> bool:
+            if a[1].score != b[1].score:
+                return a[1].score > b[1].score
+            return a[0] < b[0]
+        try:
+            return [r for _, r in reference_sort(indexed, less)]
+        except InvalidOrder:
+            pass
+    # Stable: equal scores keep input order.
+    return sorted(scored, key=_order_key, reverse=True)
+
+
+def _clamp(x: Any, lo: Any, hi: Any) -> Any:
+    if x < lo:
+        return lo
+    if x > hi:
+        return hi
+    return x
+
+
+def _clone(req: Any) -> dict:
+    return dict(req) if isinstance(req, Mapping) else {}
+
+
+def _seed(ctx: Mapping[str, Any]) -> Any:
+    return ctx.get("seed") if isinstance(ctx, Mapping) else None
+
+
+_REL: dict[str, Callable[[Any, Any], bool]] = {
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "ge": lambda a, b: a >= b,
+    "gt": lambda a, b: a > b,
+}
+
+
+def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] | None = None) -> dict[str, Callable[[list], Any]]:
+    schema = schema or default_schema()
+    customs = customs or {}
+    tier_rank = schema.tier_rank
+    alg: dict[str, Callable[[list], Any]] = {}
+
+    def op(name: str) -> Callable[[Callable[[list], Any]], Callable[[list], Any]]:
+        def register(fn: Callable[[list], Any]) -> Callable[[list], Any]:
+            alg[name] = fn
+            return fn
+        return register
+
+    # ---- Pred ------------------------------------------------------------
+    @op("top")
+    def _top(a: list) -> Pred:
+        return lambda c, ctx: None
+
+    @op("bot")
+    def _bot(a: list) -> Pred:
+        return lambda c, ctx: "bot"
+
+    @op("and")
+    def _and(ps: list) -> Pred:
+        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            for q in ps:
+                why = q(c, ctx)
+                if why is not None:
+                    return why
+            return None
+        return p
+
+    @op("or")
+    def _or(ps: list) -> Pred:
+        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            for q in ps:
+                if q(c, ctx) is None:
+                    return None
+            return "or"
+        return p
+
+    @op("not")
+    def _not(a: list) -> Pred:
+        inner = a[0]
+        return lambda c, ctx: "not" if inner(c, ctx) is None else None
+
+    @op("meets_req")
+    def _meets_req(a: list) -> Pred:
+        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            try:
+                return meets_requirements(c, ctx)
+            except TypeError as exc:
+                raise EvaluationError("bad_requirements", f"requirements cannot be compared: {exc}") from None
+        return p
+
+    @op("scope_matches")
+    def _scope(a: list) -> Pred:
+        return scope_matches
+
+    @op("is")
+    def _is(a: list) -> Pred:
+        name = a[0]
+        observe = schema.observer(name)
+        reason = "is:" + name
+        return lambda c, ctx: None if truthy(observe(c, ctx)) else reason
+
+    @op("cmp")
+    def _cmp(a: list) -> Pred:
+        name, rel, num = a
+        observe = schema.observer(name)
+        test = _REL[rel]
+        reason = "cmp:" + name + ":" + rel
+
+        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            return None if test(_number(observe(c, ctx), name), num) else reason
+        return p
+
+    @op("tier_eq")
+    def _tier_eq(a: list) -> Pred:
+        tier = a[0]
+        return lambda c, ctx: None if _or_default(c.get("tier"), "fallback") == tier else "tier"
+
+    @op("min_tier")
+    def _min_tier(a: list) -> Pred:
+        floor = tier_rank[a[0]]
+        return lambda c, ctx: None if tier_rank.get(_or_default(c.get("tier"), "fallback"), 0) >= floor else "min_tier"
+
+    @op("family_eq")
+    def _family_eq(a: list) -> Pred:
+        fam = a[0]
+        return lambda c, ctx: None if c.get("model_family") == fam else "model_family"
+
+    @op("provider_eq")
+    def _provider_eq(a: list) -> Pred:
+        pid = a[0]
+        return lambda c, ctx: None if c.get("provider_id") == pid else "provider_id"
+
+    @op("served_by_eq")
+    def _served_by_eq(a: list) -> Pred:
+        route = a[0]
+        return lambda c, ctx: None if served_by(c) == route else "served_by"
+
+    @op("has_cap")
+    def _has_cap(a: list) -> Pred:
+        cap = a[0]
+        reason = "missing_capability:" + cap
+
+        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            caps = c.get("capabilities")
+            return None if isinstance(caps, Mapping) and truthy(caps.get(cap)) else reason
+        return p
+
+    # ---- Scorer ----------------------------------------------------------
+    @op("zero")
+    def _zero(a: list) -> Scorer:
+        return lambda pop, ctx: [0] * len(pop)
+
+    @op("add")
+    def _add(ss: list) -> Scorer:
+        def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
+            out: list = [0] * len(pop)
+            for sub in ss:
+                v = sub(pop, ctx)
+                out = [x + y for x, y in zip(out, v)]
+            return out
+        return s
+
+    @op("scale")
+    def _scale(a: list) -> Scorer:
+        w, inner = a
+        return lambda pop, ctx: [w * x for x in inner(pop, ctx)]
+
+    @op("gate")
+    def _gate(a: list) -> Scorer:
+        pred, inner = a
+
+        def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
+            v = inner(pop, ctx)
+            return [x if pred(c, ctx) is None else 0 for c, x in zip(pop, v)]
+        return s
+
+    @op("neg")
+    def _neg(a: list) -> Scorer:
+        inner = a[0]
+        return lambda pop, ctx: [1 - x for x in inner(pop, ctx)]
+
+    @op("normalize")
+    def _normalize(a: list) -> Scorer:
+        inner = a[0]
+
+        def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
+            v = inner(pop, ctx)
+            lo, hi = math.inf, -math.inf
+            for x in v:
+                if x < lo:
+                    lo = x
+                if x > hi:
+                    hi = x
+            if hi <= lo:
+                return [0] * len(v)
+            span = hi - lo
+            out = []
+            for x in v:
+                if x >= hi:
+                    out.append(1)
+                elif x <= lo:
+                    out.append(0)
+                else:
+                    d = (x - lo) / span
+                    out.append(0 if d != d else d)
+            return out
+        return s
+
+    @op("clamp")
+    def _clamp_scorer(a: list) -> Scorer:
+        lo, hi, inner = a
+        return lambda pop, ctx: [_clamp(x, lo, hi) for x in inner(pop, ctx)]
+
+    @op("field")
+    def _field(a: list) -> Scorer:
+        name = a[0]
+        observe = schema.observer(name)
+        return lambda pop, ctx: [_number(observe(c, ctx), name) for c in pop]
+
+    @op("lit")
+    def _lit(a: list) -> Scorer:
+        n = a[0]
+        return lambda pop, ctx: [n] * len(pop)
+
+    # ---- Selector --------------------------------------------------------
+    @op("argmax")
+    def _argmax(a: list) -> Callable:
+        return lambda scored, ctx: _by_score(scored)
+
+    @op("ordered")
+    def _ordered(a: list) -> Callable:
+        return lambda scored, ctx: list(scored)
+
+    @op("sample")
+    def _sample(a: list) -> Callable:
+        t = a[0]
+        if t < 0:
+            t = 0
+        q = t / (t + 1)
+
+        def sel(scored: list[Ranked], ctx: Mapping[str, Any]) -> list[Ranked]:
+            pool = _by_score(scored)
+            weights: list = []
+            w: Any = 1
+            for _ in pool:
+                weights.append(w)
+                w = w * q
+            rng = lcg(_seed(ctx) or 0)
+            out: list[Ranked] = []
+            while pool:
+                total: Any = 0
+                for x in weights:
+                    total = total + x
+                r = rng() * total
+                pick, acc = len(pool) - 1, 0
+                for i, x in enumerate(weights):
+                    acc = acc + x
+                    if r <= acc:
+                        pick = i
+                        break
+                out.append(pool.pop(pick))
+                weights.pop(pick)
+            return out
+        return sel
+
+    @op("chain")
+    def _chain(a: list) -> Callable:
+        prio: dict[str, int] = {}
+        for i, e in enumerate(a[0], start=1):
+            provider = e["provider"] if "provider" in e else e["provider_id"]
+            model = e["model"] if "model" in e else e["model_family"]
+            prio[f"{provider}|{model}"] = i
+
+        def sel(scored: list[Ranked], ctx: Mapping[str, Any]) -> list[Ranked]:
+            out = []
+            for r in scored:
+                c = r.candidate
+                p = prio.get(f"{c.get('provider_id')}|{c.get('model_family')}")
+                if p is not None:
+                    out.append(Ranked(c, -p))
+            # Two candidates of one provider/model tie; the reference's sort decides.
+            return reference_sort(out, lambda x, y: x.score > y.score)
+        return sel
+
+    @op("top_k")
+    def _top_k(a: list) -> Callable:
+        k, inner = int(a[0]), a[1]
+        return lambda scored, ctx: inner(scored, ctx)[:k]
+
+    @op("prefer")
+    def _prefer(a: list) -> Callable:
+        pred, inner = a
+
+        def sel(scored: list[Ranked], ctx: Mapping[str, Any]) -> list[Ranked]:
+            first, rest = [], []
+            for r in inner(scored, ctx):
+                (first if pred(r.candidate, ctx) is None else rest).append(r)
+            return first + rest
+        return sel
+
+    # ---- Xform -----------------------------------------------------------
+    @op("id")
+    def _id(a: list) -> Xform:
+        return lambda req, c, ctx: req
+
+    @op("seq")
+    def _seq(xs: list) -> Xform:
+        def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
+            for step in xs:
+                req = step(req, c, ctx)
+            return req
+        return x
+
+    def _setter(name: str, value: Any) -> Xform:
+        def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
+            out = _clone(req)
+            v = _seed(ctx) if value == "from_ctx" and isinstance(value, str) else value
+            if v is None:
+                out.pop(name, None)
+            else:
+                out[name] = v
+            return out
+        return x
+
+    @op("set_param")
+    def _set_param(a: list) -> Xform:
+        return _setter(a[0], a[1])
+
+    @op("inject_seed")
+    def _inject_seed(a: list) -> Xform:
+        return _setter(a[0], "from_ctx")
+
+    @op("clamp_param")
+    def _clamp_param(a: list) -> Xform:
+        name, lo, hi = a
+
+        def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
+            out = _clone(req)
+            v = out.get(name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[name] = _clamp(v, lo, hi)
+            return out
+        return x
+
+    @op("jitter")
+    def _jitter(a: list) -> Xform:
+        name, amount = a
+        salt = "jitter:" + name
+
+        def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
+            seed = _seed(ctx)
+            if seed is None:
+                return req
+            rng = lcg(substream(seed, salt))
+            out = _clone(req)
+            base = out.get(name)
+            if isinstance(base, (int, float)) and not isinstance(base, bool):
+                out[name] = base + (rng() * 2 - 1) * amount
+            else:
+                out[name] = (rng() * 2 - 1) * amount
+            return out
+        return x
+
+    def _directive(kind: str, recipe: Any) -> Xform:
+        def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
+            out = _clone(req)
+            prior = out.get("_filters")
+            filters = dict(prior) if isinstance(prior, Mapping) else {}
+            entry: dict[str, Any] = {"recipe": recipe}
+            seed = _seed(ctx)
+            if seed is not None:
+                entry["seed"] = seed % MODULUS
+            filters[kind] = entry
+            out["_filters"] = filters
+            return out
+        return x
+
+    @op("filter_text")
+    def _filter_text(a: list) -> Xform:
+        return _directive("text", a[0])
+
+    @op("filter_image")
+    def _filter_image(a: list) -> Xform:
+        return _directive("image", a[0])
+
+    @op("custom")
+    def _custom(a: list) -> Xform:
+        fn = customs.get(a[0])
+        if fn is None:
+            raise EvaluationError("unknown_custom", f"custom transform {a[0]!r} is not registered")
+        return fn
+
+    @op("when")
+    def _when(a: list) -> Xform:
+        pred, inner = a
+
+        def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
+            return inner(req, c, ctx) if pred(c, ctx) is None else req
+        return x
+
+    # ---- FailPlan --------------------------------------------------------
+    @op("always")
+    def _always(a: list) -> dict:
+        return {"unknown": a[0]}
+
+    @op("override")
+    def _override(a: list) -> dict:
+        plan, reason, action = a
+        out = dict(plan)
+        out[reason] = action
+        return out
+
+    # ---- Policy ----------------------------------------------------------
+    @op("policy")
+    def _policy(a: list) -> Policy:
+        return Policy(filter=a[0], scorer=a[1], selector=a[2], xform=a[3], failplan=a[4])
+
+    missing = set(OPS) - set(alg)
+    assert not missing, f"default algebra lacks {missing}"
+    return alg
+
+
+def _or_default(v: Any, default: Any) -> Any:
+    return default if v is None or v is False else v
+
+
+def served_by(cand: Mapping[str, Any]) -> Any:
+    """The route that serves a candidate: its marketplace peer, else its provider."""
+    offer = cand.get("offer")
+    if isinstance(offer, Mapping):
+        peer = offer.get("peer_id")
+        if peer is not None and peer is not False:
+            return peer
+    return cand.get("provider_id")

@@ -1,0 +1,140 @@
+"""The normal form: one representative per class of equal terms.
+
+The equations (docs/spec/sigma-pol.md §4), applied bottom-up:
+
+* ``and``, ``or``, ``add`` (associative, commutative): nested same-op children
+  are flattened, units dropped (``top``, ``bot``, ``zero``), an absorbing child
+  collapses the whole (``bot`` in ``and``, ``top`` in ``or``), the children are
+  sorted by their canonical encoding, one child stands for itself and none
+  leaves the unit;
+* ``seq``: flattened, ``id`` dropped, order kept;
+* ``not(not p) = p``, ``not(top) = bot``, ``not(bot) = top``;
+* ``scale(0, s) = scale(a, zero) = zero``, ``scale(1, s) = s``;
+* ``gate(top, s) = s``, ``gate(bot, s) = gate(p, zero) = zero``;
+* ``normalize(normalize(s)) = normalize(s)``;
+* a FailPlan becomes ``always(base)`` under overrides sorted by reason, the
+  outermost override of a reason winning and overrides equal to the base
+  dropped.
+
+No arithmetic happens here: identities compare against exactly 0 and 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .encoding import encode_body, encode_param
+from .signature import OPERATIONAL_SORTS, OPS, VERSION
+
+
+class _Normalizer:
+    """One normalisation pass; remembers the encoding of every term it built."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self) -> None:
+        # id(term) -> (term, body). Holding the term keeps its id from being reused.
+        self.memo: dict[int, tuple[list, str]] = {}
+
+    def body(self, t: list) -> str:
+        hit = self.memo.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        op = OPS[t[0]]
+        if op.variadic is not None:
+            parts = [self.body(k) for k in t[1:]]
+        else:
+            parts = [self.body(t[i]) if s in OPERATIONAL_SORTS else encode_param(t[i])
+                     for i, s in enumerate(op.ins, start=1)]
+        b = "(" + op.name + (" " + " ".join(parts) if parts else "") + ")"
+        self.memo[id(t)] = (t, b)
+        return b
+
+    def variadic(self, t: list) -> list:
+        op = OPS[t[0]]
+        kids: list[list] = []
+        for child in t[1:]:
+            k = self.norm(child)
+            head = k[0]
+            if head == op.name:
+                kids.extend(k[1:])
+            elif head == op.unit:
+                continue
+            elif op.absorb is not None and head == op.absorb:
+                return [op.absorb]
+            else:
+                kids.append(k)
+        if not kids:
+            return [op.unit]
+        if len(kids) == 1:
+            return kids[0]
+        if op.commutative:
+            kids.sort(key=self.body)
+        return [op.name, *kids]
+
+    def failplan(self, t: list) -> list:
+        overrides: dict[str, Any] = {}
+        cur = t
+        while cur[0] == "override":
+            reason = cur[2]
+            if reason not in overrides:
+                overrides[reason] = cur[3]
+            cur = cur[1]
+        base = cur[1]
+        base_key = encode_param(base)
+        out: list = ["always", base]
+        for reason in sorted(overrides):
+            action = overrides[reason]
+            if encode_param(action) != base_key:
+                out = ["override", out, reason, action]
+        return out
+
+    def norm(self, t: list) -> list:
+        op = OPS[t[0]]
+        if op.variadic is not None:
+            return self.variadic(t)
+        out: list = [op.name]
+        for i, s in enumerate(op.ins, start=1):
+            out.append(self.norm(t[i]) if s in OPERATIONAL_SORTS else t[i])
+        name = op.name
+        if name == "not":
+            p = out[1]
+            if p[0] == "not":
+                return p[1]
+            if p[0] == "top":
+                return ["bot"]
+            if p[0] == "bot":
+                return ["top"]
+        elif name == "scale":
+            a, s = out[1], out[2]
+            if a == 0 or s[0] == "zero":
+                return ["zero"]
+            if a == 1:
+                return s
+        elif name == "gate":
+            p, s = out[1], out[2]
+            if p[0] == "top":
+                return s
+            if p[0] == "bot" or s[0] == "zero":
+                return ["zero"]
+        elif name == "normalize":
+            if out[1][0] == "normalize":
+                return out[1]
+        elif name in ("override", "always"):
+            return self.failplan(out)
+        return out
+
+
+def normalize(t: list) -> list:
+    """The normal form of an admitted term (a new term; the input is not changed)."""
+    return _Normalizer().norm(t)
+
+
+def normalize_and_encode(t: list) -> tuple[list, str]:
+    """Normal form and its canonical encoding, computed in one pass."""
+    n = _Normalizer()
+    nf = n.norm(t)
+    return nf, VERSION + ":" + n.body(nf)
+
+
+__all__ = ["normalize", "normalize_and_encode", "encode_body"]
