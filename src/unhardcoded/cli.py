@@ -1,0 +1,217 @@
+"""The ``unhardcoded`` command line.
+
+    unhardcoded rank        dry-run: rank the catalog with a policy, print a table
+    unhardcoded policy      admit a term; print its normal form, encoding and identity
+    unhardcoded fields      the field vocabulary a policy can observe
+    unhardcoded conformance replay FILE   replay language-neutral vectors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .lang import strictjson
+from .lang.errors import LangError
+
+
+def _read_json_arg(text: str) -> Any:
+    """A JSON value given inline, or ``@path`` to read it from a file (``@-`` for stdin)."""
+    if text.startswith("@"):
+        src = text[1:]
+        raw = sys.stdin.buffer.read() if src == "-" else Path(src).read_bytes()
+        return strictjson.loads(raw)
+    return strictjson.loads(text)
+
+
+def _fmt_num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "+inf" if v > 0 else "-inf"
+        return f"{v:.{digits}f}".rstrip("0").rstrip(".") if v != int(v) or abs(v) < 1e15 else f"{v:.4g}"
+    return str(v)
+
+
+def _fmt_ctx(v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "-"
+    if v >= 1_000_000:
+        return f"{v / 1_000_000:g}M"
+    if v >= 1000:
+        return f"{v / 1000:g}k"
+    return str(v)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    right = right or [False] * len(headers)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+# ----------------------------------------------------------------- commands
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog
+    from .lang.compiler import Compiler
+    from .router.contract import parse_contract
+    from .router.decision import choose_policy, decide
+
+    catalog = load_catalog(args.catalog)
+    body: dict[str, Any] = {"model": args.model or ""}
+    if args.policy:
+        body["policy_ir"] = _read_json_arg(args.policy)
+    if args.requirements:
+        body["requirements"] = _read_json_arg(args.requirements)
+    if args.tools:
+        body["tools"] = [{"type": "function", "function": {"name": "t", "parameters": {"type": "object"}}}]
+    if args.seed is not None:
+        body["seed"] = args.seed
+    contract = parse_contract(body)
+    compiler = Compiler(catalog.schema)
+    choice = choose_policy(contract, catalog, compiler)
+    ctx = {"request": contract.request_view(body), "state": {}, "seed": contract.seed, "now_ms": 0}
+    plan = decide(choice.effective.policy, catalog.candidates(), ctx, contract.pin)
+
+    if args.json:
+        out = {
+            "policy": choice.describe(),
+            "catalog": {"source": catalog.source, "digest": catalog.digest, "routes": len(catalog)},
+            "ranked": [{"rank": i, "provider": r.candidate["provider_id"], "model": r.candidate["model_family"],
+                        "served_model_id": r.candidate.get("served_model_id"),
+                        "score": r.score if isinstance(r.score, (int, float)) and math.isfinite(r.score) else None,
+                        "price_in": r.candidate.get("price_in"), "price_out": r.candidate.get("price_out")}
+                       for i, r in enumerate(plan.ordered, start=1)],
+            "rejected": [{"provider": x.provider, "model": x.model, "reason": x.reason} for x in plan.rejected],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+
+    eff = choice.effective
+    how = {"profile": f"profile {choice.profile}", "policy": "policy_ir + envelope",
+           "predicate": f"predicate on profile {choice.profile} + envelope"}[choice.source]
+    print(f"policy   {eff.short_id}  ({how})  fingerprint {eff.fingerprint}")
+    if choice.sent is not None:
+        print(f"sent     {choice.sent.short_id}  {choice.sent.encoding}")
+    print(f"catalog  {Path(catalog.source).name}  {len(catalog)} routes  {catalog.digest[:12]}")
+    if contract.requirements or contract.pin:
+        print(f"request  requirements {json.dumps(contract.requirements)}" + (f"  pin {contract.pin}" if contract.pin else ""))
+    print()
+    rows = []
+    for i, r in enumerate(plan.ordered, start=1):
+        c = r.candidate
+        rows.append([str(i), c["provider_id"], c["model_family"], _fmt_num(r.score),
+                     _fmt_num(c.get("price_in"), 3), _fmt_num(c.get("price_out"), 3),
+                     _fmt_ctx((c.get("capabilities") or {}).get("context")),
+                     _fmt_num(c.get("bench_intelligence"), 3)])
+    if rows:
+        print(f"ranked ({len(rows)}): the failover order, best first")
+        print(table(["#", "provider", "model", "score", "$/M in", "$/M out", "context", "intelligence"], rows,
+                    [True, False, False, True, True, True, True, True]))
+    else:
+        print("ranked (0): no route passes this policy")
+    if plan.rejected:
+        print()
+        print(f"rejected ({len(plan.rejected)})")
+        print(table(["provider", "model", "reason"], [[str(x.provider), str(x.model), x.reason] for x in plan.rejected]))
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog
+    from .lang.compiler import Compiler
+
+    schema = load_catalog(args.catalog).schema if args.catalog or not args.core_only else None
+    compiled = Compiler(schema).compile(_read_json_arg(args.term))
+    print(json.dumps(compiled.describe(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_fields(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog
+
+    schema = load_catalog(args.catalog).schema
+    rows = [[d["name"], d["sort"], str(d["default"]).lower() if isinstance(d["default"], bool) else str(d["default"]),
+             d["group"], d["description"]] for d in schema.describe()]
+    print(table(["field", "sort", "default", "group", "meaning"], rows))
+    print(f"\ntiers (lowest first): {' < '.join(schema.tier_order)}")
+    return 0
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from .lang.conformance import replay
+
+    failed = total = 0
+    for f in args.files:
+        doc = strictjson.loads(Path(f).read_bytes())
+        for r in replay(doc):
+            total += 1
+            if not r.ok:
+                failed += 1
+                print(f"FAIL {Path(f).name}: {r.name} ({r.kind})")
+                for msg in r.failures:
+                    print(f"     {msg}")
+            elif args.verbose:
+                print(f"ok   {Path(f).name}: {r.name}")
+    print(f"{total - failed}/{total} vectors agree" + ("" if not failed else f"; {failed} differ"))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unhardcoded", description="A decision layer for LLM calls.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("rank", help="dry-run: rank the catalog with a policy (no call is made)")
+    r.add_argument("--catalog", help="catalog file (TOML or JSON); default: the shipped catalog")
+    r.add_argument("--model", default="", help='route as in the "model" field: profile:NAME, family:F, pin:P/F')
+    r.add_argument("--policy", help="a policy_ir term (full policy or bare predicate) as JSON, or @file")
+    r.add_argument("--requirements", help='requirements as JSON, e.g. \'{"min_context": 200000}\'')
+    r.add_argument("--tools", action="store_true", help="rank as if the request carried tools")
+    r.add_argument("--seed", type=int, help="request seed (sample and jitter draw from it)")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.set_defaults(fn=cmd_rank)
+
+    pol = sub.add_parser("policy", help="admit a term; print normal form, encoding, fingerprint, identity")
+    pol.add_argument("term", help="the term as JSON, or @file")
+    pol.add_argument("--catalog", help="declare the fields of this catalog (default: the shipped catalog)")
+    pol.add_argument("--core-only", action="store_true", help="admit against the core vocabulary only")
+    pol.set_defaults(fn=cmd_policy)
+
+    fl = sub.add_parser("fields", help="the field vocabulary policies observe")
+    fl.add_argument("--catalog")
+    fl.set_defaults(fn=cmd_fields)
+
+    conf = sub.add_parser("conformance", help="conformance vectors")
+    csub = conf.add_subparsers(dest="action", required=True)
+    rep = csub.add_parser("replay", help="replay vector files; exit 1 if any differs")
+    rep.add_argument("files", nargs="+")
+    rep.add_argument("-v", "--verbose", action="store_true")
+    rep.set_defaults(fn=cmd_conformance)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except LangError as exc:
+        print(f"error: {exc.path}: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Which policy runs, and what it decides over a pool of candidates. Pure.
+
+:func:`choose_policy` turns a contract into the effective policy:
+
+* a full ``policy_ir`` runs with the operator's envelope ∧-ed onto its filter;
+* a bare predicate ``policy_ir`` runs as the profile's policy (``default``
+  unless the route names another) with the predicate ∧-ed onto its filter,
+  then the envelope;
+* no ``policy_ir``: the profile's own policy, as the operator wrote it.
+
+:func:`decide` applies it: a pin short-circuits the filter (the pinned route
+is still scored, as in the reference); otherwise filter, score, select.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..catalog.model import Catalog
+from ..lang.compiler import Compiled, Compiler, constrain
+from ..lang.errors import AdmissionError
+from ..lang.interpreter import Plan, Policy, Rejection
+from .contract import Contract, RequestError
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChoice:
+    source: str                 # "policy" | "predicate" | "profile"
+    profile: str | None
+    sent: Compiled | None       # the term as the caller sent it
+    effective: Compiled         # the term that ran
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "profile": self.profile,
+                               "effective": _ident(self.effective)}
+        if self.sent is not None:
+            out["sent"] = _ident(self.sent)
+        return out
+
+
+def _ident(c: Compiled) -> dict[str, Any]:
+    return {"term": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint,
+            "identity": c.identity, "short_id": c.short_id, "sort": c.sort}
+
+
+def with_filter(policy_term: list, pred: Any) -> list:
+    out = list(policy_term)
+    out[1] = ["and", policy_term[1], pred]
+    return out
+
+
+def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler) -> PolicyChoice:
+    term = contract.policy_ir
+    if term is not None:
+        sent = compiler.compile(term, path=("policy_ir",))
+        if sent.sort == "Policy":
+            eff_term = constrain(term, catalog.envelope) if catalog.envelope is not None else term
+            return PolicyChoice("policy", None, sent, compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
+        if sent.sort == "Pred":
+            profile = _profile(contract, catalog)
+            eff_term = with_filter(profile.policy, term)
+            if catalog.envelope is not None:
+                eff_term = constrain(eff_term, catalog.envelope)
+            return PolicyChoice("predicate", profile.name, sent,
+                                compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
+        raise AdmissionError("sort_mismatch", f"policy_ir is a full Policy or a Pred term, not a {sent.sort}",
+                             ["policy_ir"])
+    profile = _profile(contract, catalog)
+    return PolicyChoice("profile", profile.name, None, compiler.compile(profile.policy, want="Policy"))
+
+
+def _profile(contract: Contract, catalog: Catalog) -> Any:
+    profile = catalog.profiles.get(contract.profile)
+    if profile is None:
+        known = ", ".join(sorted(catalog.profiles)) or "none"
+        raise RequestError("unknown_profile", f"no profile named {contract.profile!r} (known: {known})",
+                           ("model",), status=404)
+    return profile
+
+
+def decide(policy: Policy, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
+           pin: tuple[str, str] | None = None) -> Plan:
+    """The ordered failover sequence and every rejection with its reason."""
+    if pin is not None:
+        provider, family = pin
+        for cand in pool:
+            if cand.get("provider_id") == provider and cand.get("model_family") == family:
+                return Plan(policy.select([cand], ctx), [])
+        return Plan([], [Rejection(provider, family, "pin_not_found")])
+    return policy.plan(pool, ctx)
