@@ -28,12 +28,20 @@ from .signature import VERSION
 TOLERANCE = 1e-12
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def score_value(v: Any) -> Any:
+    """Scores may be written "nan", "inf", "-inf" in vector files (JSON has no such numbers)."""
+    return _NON_FINITE.get(v, v) if isinstance(v, str) else v
+
+
 def near(a: Any, b: Any) -> bool:
     if a == b:
         return True
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
         if math.isnan(a) or math.isnan(b):
-            return False
+            return math.isnan(a) and math.isnan(b)
         return abs(a - b) <= TOLERANCE * max(1.0, abs(a), abs(b))
     return False
 
@@ -125,7 +133,7 @@ def replay_vector(v: Mapping[str, Any], schema: Schema | None = None) -> VectorR
         elif kind == "policy":
             plan = evaluate(nf, algebra).plan(v["candidates"], v["ctx"])
             _expect(failures, "order", [r.candidate.get("provider_id") for r in plan.ordered], expect["ordered"])
-            _expect(failures, "scores", [r.score for r in plan.ordered], expect["scores"])
+            _expect(failures, "scores", [r.score for r in plan.ordered], [score_value(x) for x in expect["scores"]])
             _expect(failures, "rejected", [{"provider": r.provider, "reason": r.reason} for r in plan.rejected],
                     expect["rejected"])
         elif kind == "xform":
