@@ -176,10 +176,12 @@ class Schema:
     @classmethod
     def from_declarations(cls, fields: Iterable[Mapping[str, Any]], tier_order: Iterable[str] | None = None) -> "Schema":
         """Build from plain records ``{name, sort, default, description?}``."""
-        decls = [FieldDecl(name=f["name"], sort=f["sort"], default=f["default"],
+        def default(v: Any) -> Any:
+            return {"+inf": math.inf, "-inf": -math.inf}.get(v, v) if isinstance(v, str) else v
+        decls = [FieldDecl(name=f["name"], sort=f["sort"], default=default(f["default"]),
                            description=f.get("description", ""), source=f.get("source", "catalog"),
                            group=f.get("group", "host"))
-                 for f in fields]
+                 for f in fields if not f.get("core")]
         return cls(decls, tier_order or DEFAULT_TIER_ORDER)
 
 

@@ -155,6 +155,39 @@ def _by_score(scored: list[Ranked]) -> list[Ranked]:
     return sorted(scored, key=_order_key, reverse=True)
 
 
+_INT64 = 1 << 64
+
+
+def _wrap(v: int) -> int:
+    """Two integers combine as 64-bit two's complement, as in the reference (Lua 5.4)."""
+    if -(1 << 63) <= v < (1 << 63):
+        return v
+    v &= _INT64 - 1
+    return v - _INT64 if v >= (1 << 63) else v
+
+
+def _mul(a: Any, b: Any) -> Any:
+    return _wrap(a * b) if type(a) is int and type(b) is int else a * b
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return _wrap(a + b) if type(a) is int and type(b) is int else a + b
+
+
+def _minus(a: Any, b: Any) -> Any:
+    return _wrap(a - b) if type(a) is int and type(b) is int else a - b
+
+
+def _div(a: Any, b: Any) -> Any:
+    """Division is always on doubles (integers are converted first, as in the reference)."""
+    fa, fb = float(a), float(b)
+    if fb == 0.0:
+        if fa == 0.0 or fa != fa:
+            return math.nan
+        return math.copysign(math.inf, fa) * math.copysign(1.0, fb)
+    return fa / fb
+
+
 def _clamp(x: Any, lo: Any, hi: Any) -> Any:
     if x < lo:
         return lo
@@ -303,14 +336,14 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             out: list = [0] * len(pop)
             for sub in ss:
                 v = sub(pop, ctx)
-                out = [x + y for x, y in zip(out, v)]
+                out = [_plus(x, y) for x, y in zip(out, v)]
             return out
         return s
 
     @op("scale")
     def _scale(a: list) -> Scorer:
         w, inner = a
-        return lambda pop, ctx: [w * x for x in inner(pop, ctx)]
+        return lambda pop, ctx: [_mul(w, x) for x in inner(pop, ctx)]
 
     @op("gate")
     def _gate(a: list) -> Scorer:
@@ -324,7 +357,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
     @op("neg")
     def _neg(a: list) -> Scorer:
         inner = a[0]
-        return lambda pop, ctx: [1 - x for x in inner(pop, ctx)]
+        return lambda pop, ctx: [_minus(1, x) for x in inner(pop, ctx)]
 
     @op("normalize")
     def _normalize(a: list) -> Scorer:
@@ -340,7 +373,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                     hi = x
             if hi <= lo:
                 return [0] * len(v)
-            span = hi - lo
+            span = _minus(hi, lo)
             out = []
             for x in v:
                 if x >= hi:
@@ -348,7 +381,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 elif x <= lo:
                     out.append(0)
                 else:
-                    d = (x - lo) / span
+                    d = _div(_minus(x, lo), span)
                     out.append(0 if d != d else d)
             return out
         return s
@@ -383,7 +416,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         t = a[0]
         if t < 0:
             t = 0
-        q = t / (t + 1)
+        q = _div(t, _plus(t, 1))
 
         def sel(scored: list[Ranked], ctx: Mapping[str, Any]) -> list[Ranked]:
             pool = _by_score(scored)
