@@ -248,18 +248,25 @@ SIMPLE_POLICIES = [
 
 
 @st.composite
-def flow(draw: st.DrawFn, max_llm: int = 6, guards: bool = False) -> list:
-    """A random admissible flow: one input, one output, every node on a path between them."""
+def flow(draw: st.DrawFn, max_llm: int = 6, guards: bool = False, distinct: bool = False) -> list:
+    """A random admissible flow: one input, one output, every node on a path between them.
+
+    ``distinct=True`` gives every llm node its own system prompt, so no two
+    nodes share a content key (no ties in the canonical relabelling).
+    """
     n = draw(st.integers(0, max_llm))
     ids = draw(st.lists(st.sampled_from(NODE_IDS), min_size=n, max_size=n, unique=True))
     src, sink = draw(st.sampled_from([("u", "out"), ("in", "o"), ("zz", "aa")]))
     nodes: dict = {src: {"kind": "input"}}
     consumed: set = set()
     order = [src]
-    for nid in ids:
+    for i, nid in enumerate(ids):
         k = draw(st.integers(1, min(3, len(order))))
         ins = draw(st.lists(st.sampled_from(order), min_size=k, max_size=k))
-        node = {"kind": "llm", "system": draw(st.sampled_from(["Be brief.", "Check.", 'Say "hi"\n'])),
+        system = draw(st.sampled_from(["Be brief.", "Check.", 'Say "hi"\n']))
+        if distinct:
+            system += f" #{i}"
+        node = {"kind": "llm", "system": system,
                 "policy": draw(st.sampled_from(SIMPLE_POLICIES)), "inputs": ins}
         if draw(st.booleans()):
             node["template"] = draw(st.sampled_from(["$1", "A: $1\nB: $2", "", "$3 and $1"]))

@@ -45,6 +45,30 @@ def _fail(code: str, message: str, path: list[PathPart]) -> AdmissionError:
     return AdmissionError(code, message, list(path))
 
 
+def _text_ok(s: str) -> bool:
+    """A string that can be encoded (no unpaired surrogates)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_texts(v: Any, path: list[PathPart]) -> None:
+    """Every string in a record parameter, keys included, must be valid Unicode."""
+    if isinstance(v, str):
+        if not _text_ok(v):
+            raise _fail("bad_string", "string holds an unpaired surrogate", path)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _check_texts(x, path + [i])
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            if not _text_ok(k):
+                raise _fail("bad_string", "key holds an unpaired surrogate", path)
+            _check_texts(x, path + [k])
+
+
 def _check_action(v: Any, path: list[PathPart]) -> None:
     if not isinstance(v, dict):
         raise _fail("bad_action", "an Action is an object such as {\"action\": \"next_candidate\"}", path)
@@ -129,17 +153,23 @@ def check_param(sort: str, v: Any, schema: Schema, path: list[PathPart], customs
     elif sort in _STRING_SORTS:
         if not isinstance(v, str):
             raise _fail("bad_string", f"expected a string ({sort}), got {_show(v)}", path)
+        if not _text_ok(v):
+            raise _fail("bad_string", "string holds an unpaired surrogate", path)
         if sort == "Sym" and v not in customs:
             raise _fail("unknown_custom", f"custom transform {v!r} is not registered by this host", path)
     elif sort == "Scalar":
         if not (isinstance(v, (str, bool)) or is_finite_number(v)):
             raise _fail("bad_scalar", f"expected a number, string or boolean, got {_show(v)}", path)
+        _check_texts(v, path)
     elif sort == "Action":
         _check_action(v, path)
+        _check_texts(v, path)
     elif sort == "Recipe":
         _check_recipe(v, path)
+        _check_texts(v, path)
     elif sort == "Chain":
         _check_chain(v, path)
+        _check_texts(v, path)
     else:  # pragma: no cover - the signature names only the sorts above
         raise _fail("internal", f"unknown parameter sort {sort}", path)
 

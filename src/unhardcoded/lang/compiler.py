@@ -16,7 +16,6 @@ Two caches sit in front, both bounded LRUs:
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -100,9 +99,10 @@ class Compiler:
     def compile(self, term: Any, *, want: str | None = None, path: tuple[PathPart, ...] = ()) -> Compiled:
         """Admit, normalise, identify and evaluate ``term``; raise AdmissionError on refusal."""
         try:
-            text = json.dumps(term, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError):
-            text = None  # not plain JSON data: admission will say why
+            # repr tells a list from a tuple and 1 from 1.0 from True: equal keys, equal terms.
+            text = repr(term) if type(term) is list else None
+        except RecursionError:
+            text = None  # nested too deep to be a term: admission will say so
         if text is not None:
             hit = self._by_text.get(text)
             if hit is not None:

@@ -23,7 +23,10 @@ def format_path(parts: Sequence[PathPart], root: str = "$") -> str:
     for p in parts:
         if isinstance(p, int):
             out.append(f"[{p}]")
-        elif p.isidentifier():
+            continue
+        # a key may hold unpaired surrogates: show them escaped, never raw
+        p = p.encode("utf-8", "backslashreplace").decode("utf-8")
+        if p.isidentifier():
             out.append(f".{p}")
         else:
             escaped = p.replace("\\", "\\\\").replace('"', '\\"')

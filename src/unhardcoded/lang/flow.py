@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping
 
-from .admission import check
+from .admission import _text_ok, check
 from .encoding import digest, encode_string, lane_fingerprint, short_id
 from .errors import AdmissionError, FlowAdmissionError, PathPart
 from .fields import Schema, default_schema
@@ -86,6 +86,8 @@ def check_flow(flow: Any, schema: Schema | None = None, *, customs: Collection[s
     for nid in ids:
         node = nodes[nid]
         np_ = base + [nid]
+        if not _text_ok(nid):
+            raise _fail("bad_node_id", "a node id is valid Unicode text", np_)
         if not isinstance(node, dict):
             raise _fail("node_shape", "a node is an object with a kind", np_)
         kind = node.get("kind")
@@ -110,9 +112,9 @@ def check_flow(flow: Any, schema: Schema | None = None, *, customs: Collection[s
                 raise _fail("llm_needs_input", "an llm node reads at least one input", np_ + ["inputs"])
             if len(inputs) > MAX_IN_DEGREE:
                 raise _fail("in_degree", f"an llm node reads at most {MAX_IN_DEGREE} inputs", np_ + ["inputs"])
-            if not isinstance(node.get("system"), str):
+            if not isinstance(node.get("system"), str) or not _text_ok(node["system"]):
                 raise _fail("bad_system", "an llm node needs a string system prompt", np_ + ["system"])
-            if "template" in node and not isinstance(node["template"], str):
+            if "template" in node and (not isinstance(node["template"], str) or not _text_ok(node["template"])):
                 raise _fail("bad_template", "template is a string", np_ + ["template"])
             if "policy" not in node:
                 raise _fail("missing_policy", "an llm node carries a policy", np_)
@@ -171,7 +173,7 @@ def _check_guard(guard: Any, path: list[PathPart]) -> None:
     for key, v in guard.items():
         if key not in _GUARD_KEYS:
             raise _fail("bad_guard", f"unknown guard key {key!r}", path + [key])
-        if not isinstance(v, str) or not v.strip():
+        if not isinstance(v, str) or not v.strip() or not _text_ok(v):
             raise _fail("bad_guard", "abort_marker is a non-empty string", path + [key])
 
 
@@ -330,9 +332,9 @@ def assemble(node: Mapping[str, Any], texts: list[str]) -> str:
 def guard_verdict(node: Mapping[str, Any], answer: str) -> str | None:
     """For a guard node: the abort reason if its answer aborts the flow, else None.
 
-    The answer aborts when its first non-empty line starts with the marker
-    (case-insensitive); the reason is the rest of that line and any further
-    lines, stripped of a leading ``:`` or ``-``.
+    The answer aborts when it starts with the marker as a word
+    (case-insensitive, followed by the end, a space or punctuation); the
+    reason is what follows, stripped of a leading ``:`` or ``-``.
     """
     guard = node.get("guard")
     if guard is None:
@@ -341,7 +343,10 @@ def guard_verdict(node: Mapping[str, Any], answer: str) -> str | None:
     text = answer.strip()
     if not text.lower().startswith(marker.lower()):
         return None
-    reason = text[len(marker):].strip().lstrip(":-").strip()
+    rest = text[len(marker):]
+    if rest and not (rest[0].isspace() or rest[0] in ":-.,;!"):
+        return None  # "Abortion..." is not "ABORT"
+    reason = rest.strip().lstrip(":-").strip()
     return reason or "aborted by guard"
 
 

@@ -30,6 +30,7 @@ from .errors import JSONError, PathPart
 __all__ = ["loads", "MAX_ABS_FLOAT"]
 
 MAX_ABS_FLOAT = sys.float_info.max
+_INT64 = 1 << 63
 
 
 class _Fault:
@@ -65,10 +66,17 @@ def _make_decoder(faults: list[int]) -> json.JSONDecoder:
         return v
 
     def parse_int(text: str) -> Any:
-        v = int(text)
-        if len(text) > 308 and abs(v) > MAX_ABS_FLOAT:
+        digits = len(text) - (text[0] == "-")
+        if digits > 309:  # >= 1e309: past the largest double (and CPython's int-digits limit)
             faults.append(1)
-            return _Fault("json_overflow", f"integer of {len(text)} digits overflows a double")
+            return _Fault("json_overflow", f"integer of {digits} digits overflows a double")
+        v = int(text)
+        if not -_INT64 <= v < _INT64:
+            if abs(v) > MAX_ABS_FLOAT:
+                faults.append(1)
+                return _Fault("json_overflow", f"integer of {digits} digits overflows a double")
+            # Wider than 64 bits: a double, as the reference's JSON readers read it.
+            return float(v)
         return v
 
     def parse_constant(text: str) -> Any:
@@ -149,8 +157,9 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     except ValueError as exc:  # e.g. CPython's int-digits limit
         raise JSONError("json_overflow", str(exc)[:120]) from None
 
-    # Lone surrogates can only come from \u escapes: raw UTF-8 cannot encode them.
-    check_strings = "\\ud" in text or "\\uD" in text
+    # Lone surrogates come from \u escapes (raw UTF-8 cannot encode them), or
+    # from a str the caller decoded leniently.
+    check_strings = "\\ud" in text or "\\uD" in text or (isinstance(data, str) and _has_lone_surrogate(text))
     if faults or check_strings:
         try:
             err = _first_fault(value, [], check_strings)
