@@ -1,0 +1,160 @@
+"""Host settings: where to listen, which catalog, deadlines, keys, storage.
+
+Read from a TOML file (``--config``) and environment variables; every
+setting has a default that runs on a laptop. Provider keys come from the
+environment (``OPENAI_API_KEY``...) or the ``[keys]`` table of the config
+file; they are held in :class:`Keys` and never printed.
+
+    [server]
+    host = "127.0.0.1"
+    port = 8080
+    caller_keys_sha256 = ["<sha256 of a caller key>"]   # optional: require Bearer keys
+
+    [router]
+    catalog = "catalog.toml"
+    request_deadline_ms = 50000
+    attempt_timeout_ms = 60000
+    first_token_timeout_ms = 20000
+
+    [traces]
+    data_dir = ".unhardcoded"
+    capture_content = false
+    retention_days = 30
+
+    [keys]
+    OPENAI_API_KEY = "sk-..."
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .lang.errors import LangError
+
+
+class ConfigError(LangError):
+    kind = "invalid_config"
+
+
+class Keys:
+    """Provider keys by variable name: the environment first, then the config file."""
+
+    def __init__(self, from_file: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+        self._file = dict(from_file or {})
+        self._env = environ if environ is not None else os.environ
+
+    def get(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        v = self._env.get(name)
+        if v:
+            return v
+        v = self._file.get(name)
+        return v or None
+
+    def all_values(self) -> list[str]:
+        """Every known secret value, for redaction."""
+        vals = [v for v in self._file.values() if v]
+        vals += [v for k, v in self._env.items() if v and (k.endswith("_API_KEY") or k.endswith("_KEY"))]
+        return vals
+
+    def __repr__(self) -> str:
+        return f"Keys({len(self._file)} from file)"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    catalog: str | None = None
+    request_deadline_ms: int = 50_000
+    attempt_timeout_ms: int = 60_000
+    first_token_timeout_ms: int | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    caller_keys_sha256: frozenset[str] = frozenset()
+    data_dir: str = ".unhardcoded"
+    capture_content: bool = False
+    retention_days: int = 30
+    trace_store: str = "sqlite"
+    flows_dir: str | None = None
+    keys: Keys = field(default_factory=Keys)
+
+    def caller_key_ok(self, presented: str | None) -> bool:
+        if not self.caller_keys_sha256:
+            return True
+        if not presented:
+            return False
+        return hashlib.sha256(presented.encode("utf-8")).hexdigest() in self.caller_keys_sha256
+
+
+_SECTIONS: dict[str, dict[str, type]] = {
+    "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int},
+    "router": {"catalog": str, "request_deadline_ms": int, "attempt_timeout_ms": int,
+               "first_token_timeout_ms": int, "flows_dir": str},
+    "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str},
+    "keys": {},
+}
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    env = environ if environ is not None else os.environ
+    doc: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        base = p.parent
+        try:
+            doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("config_missing", f"cannot read {p}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config_syntax", str(exc)) from None
+    for section, value in doc.items():
+        if section not in _SECTIONS:
+            raise ConfigError("unknown_key", f"unknown section [{section}]", [section])
+        if not isinstance(value, dict):
+            raise ConfigError("bad_value", f"[{section}] is a table", [section])
+        if section == "keys":
+            for k, v in value.items():
+                if not isinstance(v, str):
+                    raise ConfigError("bad_value", "keys are strings", [section, k])
+            continue
+        for k, v in value.items():
+            want = _SECTIONS[section].get(k)
+            if want is None:
+                raise ConfigError("unknown_key", f"unknown setting {k!r} in [{section}]", [section, k])
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise ConfigError("bad_value", f"{section}.{k} must be a {want.__name__}", [section, k])
+
+    s = Settings()
+    server, router, traces = doc.get("server", {}), doc.get("router", {}), doc.get("traces", {})
+    s.host = server.get("host", env.get("UNHARDCODED_HOST", s.host))
+    s.port = int(server.get("port", env.get("UNHARDCODED_PORT", s.port)))
+    s.max_body_bytes = server.get("max_body_bytes", s.max_body_bytes)
+    digests = set(server.get("caller_keys_sha256", []))
+    for raw in filter(None, env.get("UNHARDCODED_CALLER_KEYS", "").split(",")):
+        digests.add(hashlib.sha256(raw.strip().encode()).hexdigest())
+    s.caller_keys_sha256 = frozenset(digests)
+    cat = router.get("catalog", env.get("UNHARDCODED_CATALOG"))
+    s.catalog = str((base / cat)) if cat and not Path(cat).is_absolute() and path is not None else cat
+    s.request_deadline_ms = router.get("request_deadline_ms", s.request_deadline_ms)
+    s.attempt_timeout_ms = router.get("attempt_timeout_ms", s.attempt_timeout_ms)
+    s.first_token_timeout_ms = router.get("first_token_timeout_ms", s.first_token_timeout_ms)
+    flows = router.get("flows_dir", env.get("UNHARDCODED_FLOWS"))
+    s.flows_dir = str(base / flows) if flows and path is not None and not Path(flows).is_absolute() else flows
+    s.data_dir = traces.get("data_dir", env.get("UNHARDCODED_DATA", s.data_dir))
+    if path is not None and not Path(s.data_dir).is_absolute() and "data_dir" in traces:
+        s.data_dir = str(base / s.data_dir)
+    s.capture_content = traces.get("capture_content", env.get("UNHARDCODED_CAPTURE_CONTENT", "") in ("1", "true"))
+    s.retention_days = traces.get("retention_days", s.retention_days)
+    s.trace_store = traces.get("store", s.trace_store)
+    s.keys = Keys(doc.get("keys", {}), env)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(s, k, v)
+    return s

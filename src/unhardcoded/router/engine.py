@@ -1,0 +1,657 @@
+"""One routed call: decide, attempt, fail over — and the record of it.
+
+:meth:`Router.prepare` is pure decision (contract → effective policy → pool →
+plan). :meth:`Router.complete` and :meth:`Router.open_stream` then walk the
+plan's failover order under the policy's FailPlan, exactly as the reference
+engine does:
+
+* a provider disabled for a while is skipped (``skipped``);
+* the policy's Xform rewrites the request for every attempt;
+* a failure is classified into an error kind; the FailPlan's action decides:
+  ``retry_same`` (``attempts``, ``backoff_ms`` as a number or a list indexed by
+  attempt, then ``then_action``), ``next_candidate``,
+  ``next_provider_same_model``, ``disable_provider`` (for a while), ``abort``;
+  ``open_breaker_ms`` opens the provider's breaker for that long;
+* provider-fault kinds count against the provider's breaker; request-shaped
+  kinds (bad_request, content_filter, context_overflow) do not;
+* the whole chain runs under one request deadline; each attempt under its
+  own timeout (``timeout_ms``) and, streaming, a first-token timeout.
+
+Every call yields a :class:`Run`: the decision's inputs and outputs, every
+attempt, usage, cost, latency. The ``x_router`` a caller receives is a view
+of it; the trace store persists it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+from ..catalog.model import Catalog
+from ..config import Settings
+from ..costs import Cost, CostCalculator, Usage
+from ..lang.compiler import Compiler
+from ..lang.interpreter import Plan, Ranked, Rejection
+from ..providers import WIRES
+from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
+from ..providers.transport import StreamResponse, Transport
+from ..runtime.state import RuntimeState, wall_ms
+from .contract import Contract, RequestError, parse_contract
+from .decision import PolicyChoice, choose_policy, decide
+from .filters import apply_directives
+
+# Fields of a chat request that steer the router and never reach a provider.
+ROUTER_FIELDS = frozenset({"model", "policy_ir", "flow_ir", "requirements", "session", "stream", "stream_options"})
+ATTEMPT_KNOBS = ("timeout_ms", "first_token_timeout_ms")
+
+# Error kind of a failed run -> HTTP status, as the reference maps it.
+STATUS_BY_KIND = {"no_candidates": 503, "auth_error": 401, "rate_limit": 429, "bad_request": 400,
+                  "context_overflow": 400, "timeout": 504, "content_filter": 400}
+
+
+def status_for(kind: str) -> int:
+    return STATUS_BY_KIND.get(kind.removeprefix("exhausted: "), 502)
+
+
+def new_trace_id() -> str:
+    # time-ordered: 48-bit milliseconds then 80 random bits, base32hex-free hex
+    ms = int(time.time() * 1000)
+    return f"tr_{ms:012x}{os.urandom(10).hex()}"
+
+
+@dataclass(slots=True)
+class Prepared:
+    body: Mapping[str, Any]
+    contract: Contract
+    choice: PolicyChoice
+    ctx: dict[str, Any]
+    pool: list[Mapping[str, Any]]
+    pre_rejected: list[Rejection]
+    plan: Plan
+    started_ms: int
+    t0: float                          # perf_counter at start
+    catalog: Catalog | None = None     # the catalog this decision ran over
+
+
+@dataclass(slots=True)
+class Run:
+    """Everything one call decided and did. Serialised by :mod:`unhardcoded.traces`."""
+
+    trace_id: str
+    prepared: Prepared | None
+    stream: bool = False
+    status: str = "pending"            # ok | error | aborted | interrupted | client_disconnected
+    events: list[dict[str, Any]] = field(default_factory=list)
+    answered_by: Mapping[str, Any] | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: Cost = field(default_factory=lambda: Cost(None, None))
+    failed_costs: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    total_ms: float = 0.0
+    ttft_ms: float | None = None
+    finished_ms: int | None = None
+    filters: dict[str, Any] | None = None
+    deadline_exceeded: bool = False
+    request_messages: Any = None       # only with content capture on
+    response_content: Any = None       # only with content capture on
+    flow: dict[str, Any] | None = None
+
+    # ---- the caller's view ---------------------------------------------
+    def ranked_view(self, cap: int | None = 10) -> tuple[list[dict[str, Any]], int]:
+        if self.prepared is None:
+            return [], 0
+        ordered = self.prepared.plan.ordered
+        rows = [{"provider_id": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
+                 "served_model_id": r.candidate.get("served_model_id"), "score": _finite(r.score),
+                 "tier": r.candidate.get("tier")} for r in (ordered if cap is None else ordered[:cap])]
+        return rows, len(ordered)
+
+    def rejected_view(self) -> list[dict[str, Any]]:
+        if self.prepared is None:
+            return []
+        return [{"provider": r.provider, "model": r.model, "reason": r.reason}
+                for r in [*self.prepared.pre_rejected, *self.prepared.plan.rejected]]
+
+    def decision_trace(self) -> dict[str, Any]:
+        ranked, total = self.ranked_view()
+        out: dict[str, Any] = {"ranked": ranked, "rejected": self.rejected_view(), "decision_path": self.events,
+                               "started_at_ms": self.prepared.started_ms if self.prepared else None,
+                               "total_latency_ms": round(self.total_ms, 3)}
+        if total > len(ranked):
+            out["ranked_total"] = total
+        if self.prepared is not None:
+            eff = self.prepared.choice.effective
+            out["policy_fingerprint"] = eff.fingerprint
+            out["policy_term"] = eff.term
+        if self.deadline_exceeded:
+            out["request_deadline_exceeded"] = True
+        return out
+
+    def x_router(self) -> dict[str, Any]:
+        a = self.answered_by or {}
+        out: dict[str, Any] = {
+            "provider": a.get("provider_id"), "model_family": a.get("model_family"),
+            "served_model_id": a.get("served_model_id"), "served_by": a.get("served_by"),
+            "price_in": a.get("price_in"), "price_out": a.get("price_out"),
+            "cost_usd": None if self.cost.usd is None else float(self.cost.usd), "cost_basis": self.cost.basis,
+            "tokens_cached": self.usage.cached_tokens,
+            "trace_id": self.trace_id,
+        }
+        if self.prepared is not None:
+            choice = self.prepared.choice
+            eff = choice.effective
+            out["policy_fingerprint"] = eff.fingerprint
+            out["policy_identity"] = eff.identity
+            out["policy_id"] = eff.short_id
+            out["policy_source"] = choice.source
+            if choice.sent is not None:
+                out["policy_sent"] = {"identity": choice.sent.identity, "id": choice.sent.short_id,
+                                      "fingerprint": choice.sent.fingerprint, "sort": choice.sent.sort}
+            out["route"] = self.prepared.contract.route
+            if self.prepared.contract.policy_name:
+                out["policy_name"] = self.prepared.contract.policy_name
+        out["decision_trace"] = self.decision_trace()
+        return out
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    return v
+
+
+class RouterFailure(Exception):
+    """A run that ends without an answer; carries its Run for the error body."""
+
+    def __init__(self, kind: str, message: str, run: Run, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.run = run
+        self.status = status or status_for(kind)
+
+
+class TraceSink:
+    """Where finished runs go. The default keeps the last few in memory."""
+
+    def __init__(self, keep: int = 256) -> None:
+        from collections import OrderedDict
+        self.keep = keep
+        self.runs: "OrderedDict[str, Run]" = OrderedDict()
+
+    def submit(self, run: Run) -> None:
+        self.runs[run.trace_id] = run
+        while len(self.runs) > self.keep:
+            self.runs.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _Loop:
+    """The failover walk's state (the reference engine's machine)."""
+
+    cursor: int = 0
+    attempts: int = 0
+    last_kind: str | None = None
+    tried: int = 0
+
+
+class Router:
+    def __init__(self, catalog: Catalog, settings: Settings | None = None, *, transport: Transport | None = None,
+                 runtime: RuntimeState | None = None, sink: Any = None, clock: Any = wall_ms,
+                 sleep: Any = asyncio.sleep) -> None:
+        self.settings = settings or Settings()
+        self.transport = transport or Transport()
+        self.runtime = runtime or RuntimeState(clock=clock)
+        self.sink = sink or TraceSink()
+        self.clock = clock
+        self.sleep = sleep
+        self.costs = CostCalculator(_price_library())
+        self.set_catalog(catalog)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.compiler = Compiler(catalog.schema)
+        self._credentialed_cache: tuple[int, list, list] | None = None
+
+    async def close(self) -> None:
+        await self.transport.close()
+        close = getattr(self.sink, "close", None)
+        if close is not None:
+            res = close()
+            if asyncio.iscoroutine(res):
+                await res
+
+    # ------------------------------------------------------------------ decide
+    def _credentialed_pool(self) -> tuple[list[Mapping[str, Any]], list[Rejection]]:
+        keys = self.settings.keys
+        pool: list[Mapping[str, Any]] = []
+        rejected: list[Rejection] = []
+        for c in self.catalog.candidates():
+            p = self.catalog.providers[c["provider_id"]]
+            if p.key_env and keys.get(p.key_env) is None:
+                rejected.append(Rejection(c["provider_id"], c["model_family"], "no_credentials", c))
+            else:
+                pool.append(c)
+        return pool, rejected
+
+    def prepare(self, body: Mapping[str, Any], *, path_profile: str | None = None,
+                require_keys: bool = True) -> Prepared:
+        t0 = time.perf_counter()
+        contract = parse_contract(body, path_profile=path_profile)
+        choice = choose_policy(contract, self.catalog, self.compiler)
+        now = self.clock()
+        if require_keys:
+            pool, pre = self._credentialed_pool()
+        else:
+            pool, pre = list(self.catalog.candidates()), []
+        pool = self.runtime.stamp(pool, now)
+        ctx: dict[str, Any] = {"request": contract.request_view(body), "state": self.runtime.snapshot(now),
+                               "now_ms": now}
+        if contract.seed is not None:
+            ctx["seed"] = contract.seed
+        plan = decide(choice.effective.policy, pool, ctx, contract.pin)
+        return Prepared(body, contract, choice, ctx, pool, pre, plan, now, t0, self.catalog)
+
+    # ------------------------------------------------------------------ attempt
+    def _target(self, cand: Mapping[str, Any]) -> Target:
+        p = self.catalog.providers[cand["provider_id"]]
+        return Target(provider_id=p.id, wire=p.wire, base_url=p.base_url, model_id=cand["served_model_id"],
+                      api_key=self.settings.keys.get(p.key_env), headers=p.headers, family=cand["model_family"])
+
+    def _attempt_request(self, prep: Prepared, cand: Mapping[str, Any], run: Run) -> tuple[dict[str, Any], float, float | None]:
+        base = {k: v for k, v in prep.body.items() if k not in ROUTER_FIELDS}
+        req = prep.choice.effective.policy.xform(base, cand, prep.ctx)
+        if not isinstance(req, dict):
+            req = dict(base)
+        if "_filters" in req:
+            req, note = apply_directives(req)
+            run.filters = note
+        timeout_ms = _positive(req.get("timeout_ms")) or self.settings.attempt_timeout_ms
+        ftt = _positive(req.get("first_token_timeout_ms")) or self.settings.first_token_timeout_ms
+        for k in ATTEMPT_KNOBS:
+            req.pop(k, None)
+        return req, timeout_ms / 1000.0, (ftt / 1000.0 if ftt else None)
+
+    def _answered(self, cand: Mapping[str, Any]) -> dict[str, Any]:
+        offer = cand.get("offer")
+        served_by = offer.get("peer_id") if isinstance(offer, Mapping) and offer.get("peer_id") else cand["provider_id"]
+        return {"provider_id": cand["provider_id"], "model_family": cand["model_family"],
+                "served_model_id": cand.get("served_model_id"), "served_by": served_by,
+                "price_in": cand.get("price_in"), "price_out": cand.get("price_out"), "tier": cand.get("tier")}
+
+    def _cost(self, cand: Mapping[str, Any], usage: Usage) -> Cost:
+        route = self.catalog.route(cand["provider_id"], cand["model_family"])
+        provider = self.catalog.providers[cand["provider_id"]]
+        if route is None:
+            return Cost(None, None)
+        return self.costs.cost(usage, route.price, provider.pricing_id, route.model_id)
+
+    async def _walk(self, prep: Prepared, run: Run, attempt: Any) -> Any:
+        """Walk the failover order; ``attempt(cand, target, request, timeouts)`` returns a result or raises."""
+        ordered: Sequence[Ranked] = prep.plan.ordered
+        policy = prep.choice.effective.policy
+        deadline = prep.t0 + self.settings.request_deadline_ms / 1000.0
+        st = _Loop()
+        secrets = [k for k in self.settings.keys.all_values()]
+        while st.cursor < len(ordered):
+            cand = ordered[st.cursor].candidate
+            pid, fam = cand["provider_id"], cand["model_family"]
+            if self.runtime.is_disabled(pid):
+                run.events.append({"event": "skipped", "provider_id": pid, "model_family": fam,
+                                   "reason": "disabled_provider"})
+                st.cursor += 1
+                st.attempts = 0
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                run.deadline_exceeded = True
+                raise RouterFailure("timeout", "the request deadline passed before an answer", run)
+            request, timeout_s, ftt_s = self._attempt_request(prep, cand, run)
+            target = self._target(cand)
+            t_start = time.perf_counter()
+            event: dict[str, Any] = {"event": "attempted", "provider_id": pid, "model_family": fam,
+                                     "served_model_id": cand.get("served_model_id"), "attempt": st.attempts + 1}
+            run.events.append(event)
+            st.tried += 1
+            try:
+                async with asyncio.timeout(min(timeout_s, remaining) if remaining < timeout_s else None):
+                    result = await attempt(cand, target, request, (timeout_s, ftt_s))
+                event["latency_ms"] = round((time.perf_counter() - t_start) * 1000, 3)
+                return cand, result, event
+            except (TimeoutError, asyncio.TimeoutError):
+                err = ProviderError("timeout", "the request deadline passed during this attempt")
+                run.deadline_exceeded = True
+            except ProviderError as exc:
+                err = exc
+            except asyncio.CancelledError:
+                event["latency_ms"] = round((time.perf_counter() - t_start) * 1000, 3)
+                event["error_kind"] = "cancelled"
+                raise
+            except Exception as exc:  # a bug in a wire must not become a 500
+                err = ProviderError("bad_response", f"unreadable provider answer ({type(exc).__name__})")
+            latency = (time.perf_counter() - t_start) * 1000
+            event.update({"latency_ms": round(latency, 3), "error_kind": err.kind, "http_status": err.status,
+                          "error_message": redact(err.message, *secrets)[:300]})
+            st.last_kind = err.kind
+            action = policy.classify(err.kind)
+            verb = action.get("action") or "next_candidate"
+            self.runtime.record_failure(pid, fam, err.kind, latency, _positive(action.get("open_breaker_ms")))
+            if run.deadline_exceeded:
+                raise RouterFailure("timeout", "the request deadline passed", run)
+            if verb == "abort":
+                run.status = "aborted"
+                raise RouterFailure(err.kind, f"aborted by the policy after {err.kind}", run)
+            if verb == "disable_provider":
+                self.runtime.disable(pid, err.kind, _positive(action.get("disable_ms")))
+                run.events.append({"event": "provider_disabled", "provider_id": pid, "reason": err.kind})
+                st.cursor += 1
+                st.attempts = 0
+            elif verb == "retry_same":
+                limit = action.get("attempts")
+                limit = 1 if limit is None else limit
+                st.attempts += 1
+                if st.attempts <= limit:
+                    back = _backoff(action, st.attempts)
+                    if err.retry_after_s is not None:
+                        back = max(back, err.retry_after_s * 1000)
+                    run.events.append({"event": "retry_scheduled", "provider_id": pid, "model_family": fam,
+                                       "attempt": st.attempts, "backoff_ms": back})
+                    if back > 0:
+                        left = deadline - time.perf_counter()
+                        if back / 1000.0 >= left:
+                            run.deadline_exceeded = True
+                            raise RouterFailure("timeout", "the backoff would pass the request deadline", run)
+                        await self.sleep(back / 1000.0)
+                    continue
+                st.attempts = 0
+                if (action.get("then_action") or "next_candidate") == "abort":
+                    run.status = "aborted"
+                    raise RouterFailure(err.kind, f"aborted by the policy after retrying {err.kind}", run)
+                st.cursor += 1
+            elif verb == "next_provider_same_model":
+                nxt = next((j for j in range(st.cursor + 1, len(ordered))
+                            if ordered[j].candidate["model_family"] == fam), len(ordered))
+                st.cursor = nxt
+                st.attempts = 0
+            else:
+                st.cursor += 1
+                st.attempts = 0
+        if st.tried == 0 and not ordered:
+            raise RouterFailure("no_candidates", "no route passes this policy", run)
+        kind = f"exhausted: {st.last_kind or 'no_candidates'}"
+        raise RouterFailure(kind, "every route failed", run)
+
+    # ------------------------------------------------------------------ calls
+    def _start(self, body: Mapping[str, Any], path_profile: str | None, stream: bool, on_run: Any = None) -> Run:
+        run = Run(new_trace_id(), None, stream=stream)
+        run.prepared = self.prepare(body, path_profile=path_profile)
+        if on_run is not None:
+            on_run(run)
+        if self.settings.capture_content:
+            run.request_messages = body.get("messages")
+        return run
+
+    def _finish(self, run: Run, record: bool = True) -> None:
+        if run.prepared is not None:
+            run.total_ms = (time.perf_counter() - run.prepared.t0) * 1000
+        run.finished_ms = self.clock()
+        if not record:
+            return
+        try:
+            self.sink.submit(run)
+        except Exception:  # pragma: no cover - the store must never fail a call
+            pass
+
+    async def complete(self, body: Mapping[str, Any], *, path_profile: str | None = None, record: bool = True,
+                       on_run: Any = None) -> tuple[dict[str, Any], Run]:
+        """A non-streaming call. Returns (chat.completion with x_router, run); raises RouterFailure.
+
+        ``record=False`` keeps the run out of the trace store (a flow stores its nodes in its own
+        record); ``on_run`` is called with the run as soon as it exists.
+        """
+        run = self._start(body, path_profile, stream=False, on_run=on_run)
+
+        async def attempt(cand: Mapping[str, Any], target: Target, request: dict[str, Any], timeouts: tuple) -> Any:
+            wire = WIRES[target.wire]
+            http = wire.build(request, target, False)
+            resp = await self.transport.send(http, timeout_s=timeouts[0])
+            if resp.status >= 300:
+                raise wire.error(resp.status, resp.headers, resp.body, target=target)
+            return wire.parse(resp.status, resp.headers, resp.body, target)
+
+        try:
+            cand, completion, event = await self._walk(run.prepared, run, attempt)  # type: ignore[arg-type]
+        except RouterFailure as failure:
+            run.status = run.status if run.status == "aborted" else "error"
+            run.error = {"kind": failure.kind, "message": failure.message, "status": failure.status}
+            self._finish(run, record)
+            raise
+        except asyncio.CancelledError:
+            run.status = "client_disconnected" if record else "cancelled"
+            self._finish(run, record)
+            raise
+        usage = Usage.from_openai(completion.get("usage"))
+        self._success(run, cand, usage, event)
+        completion["model"] = cand.get("served_model_id") or completion.get("model")
+        if not completion.get("created"):
+            completion["created"] = int(time.time())
+        if self.settings.capture_content:
+            run.response_content = [c.get("message") for c in completion.get("choices", [])]
+        self._finish(run, record)
+        completion["x_router"] = run.x_router()
+        return completion, run
+
+    def _success(self, run: Run, cand: Mapping[str, Any], usage: Usage, event: dict[str, Any]) -> None:
+        run.status = "ok"
+        run.answered_by = self._answered(cand)
+        run.usage = usage
+        run.cost = self._cost(cand, usage)
+        gen_s = (event.get("latency_ms") or 0) / 1000.0
+        tok_s = usage.completion_tokens / gen_s if gen_s > 0 and usage.completion_tokens else None
+        self.runtime.record_success(cand["provider_id"], cand["model_family"], event.get("latency_ms") or 0.0, tok_s)
+
+    async def open_stream(self, body: Mapping[str, Any], *, path_profile: str | None = None) -> "RoutedStream":
+        """Fail over until a route sends its first content; then the caller owns the stream."""
+        run = self._start(body, path_profile, stream=True)
+
+        async def attempt(cand: Mapping[str, Any], target: Target, request: dict[str, Any], timeouts: tuple) -> Any:
+            wire = WIRES[target.wire]
+            http = wire.build(request, target, True)
+            t_first = time.perf_counter()
+            sresp = None
+            try:
+                # the first-token clock runs from the request to the first content
+                async with asyncio.timeout(timeouts[1]):
+                    sresp = await self.transport.open_stream(http, timeout_s=timeouts[0])
+                    if sresp.status >= 300:
+                        raise wire.error(sresp.status, sresp.headers, await sresp.read_all(), target=target)
+                    decoder = wire.stream(target)
+                    chunks_it = sresp.chunks().__aiter__()
+                    first: list[dict[str, Any]] = []
+                    while True:
+                        try:
+                            data = await chunks_it.__anext__()
+                        except StopAsyncIteration:
+                            first.extend(decoder.close())
+                            return _Opened(sresp, chunks_it, decoder, first, finished=True, t_first=t_first)
+                        got = decoder.feed(data)
+                        first.extend(got)
+                        if any(_has_content(c) for c in got):
+                            return _Opened(sresp, chunks_it, decoder, first, finished=False,
+                                           t_first=time.perf_counter())
+            except (TimeoutError, asyncio.TimeoutError):
+                if sresp is not None:
+                    await sresp.close()
+                raise ProviderError("timeout", "no first token in time") from None
+            except BaseException:
+                if sresp is not None:
+                    await sresp.close()
+                raise
+
+        try:
+            cand, opened, event = await self._walk(run.prepared, run, attempt)  # type: ignore[arg-type]
+        except RouterFailure as failure:
+            run.status = run.status if run.status == "aborted" else "error"
+            run.error = {"kind": failure.kind, "message": failure.message, "status": failure.status}
+            self._finish(run)
+            raise
+        except asyncio.CancelledError:
+            run.status = "client_disconnected"
+            self._finish(run)
+            raise
+        run.ttft_ms = (opened.t_first - run.prepared.t0) * 1000  # type: ignore[union-attr]
+        return RoutedStream(self, run, cand, opened, event)
+
+
+@dataclass(slots=True)
+class _Opened:
+    sresp: StreamResponse
+    chunks_it: AsyncIterator[bytes]
+    decoder: Any
+    first: list[dict[str, Any]]
+    finished: bool
+    t_first: float
+
+
+class RoutedStream:
+    """A committed stream: iterate :meth:`events` for SSE payloads (dicts), ending with usage + x_router."""
+
+    def __init__(self, router: Router, run: Run, cand: Mapping[str, Any], opened: _Opened, event: dict[str, Any]) -> None:
+        self.router = router
+        self.run = run
+        self.cand = cand
+        self.opened = opened
+        self.event = event
+        self.served = cand.get("served_model_id")
+        self._usage: Any = None
+        self._done = False
+        self._created = int(time.time())
+
+    def _rewrite(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        if not chunk.get("created"):
+            chunk["created"] = self._created
+        if chunk.get("usage") and not chunk.get("choices"):
+            self._usage = chunk["usage"]
+            return None
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        chunk["model"] = self.served
+        return chunk
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Chunks for the client. The last is the usage + x_router chunk; an upstream cut ends with an error event."""
+        captured: list[str] = []
+        capture = self.router.settings.capture_content
+        try:
+            for c in self.opened.first:
+                out = self._rewrite(c)
+                if out is not None:
+                    if capture:
+                        captured.append(_delta_text(out))
+                    yield out
+            if not self.opened.finished:
+                try:
+                    async for data in self.opened.chunks_it:
+                        for c in self.opened.decoder.feed(data):
+                            out = self._rewrite(c)
+                            if out is not None:
+                                if capture:
+                                    captured.append(_delta_text(out))
+                                yield out
+                    for c in self.opened.decoder.close():
+                        out = self._rewrite(c)
+                        if out is not None:
+                            yield out
+                except ProviderError as exc:
+                    self._interrupted(exc)
+                    yield {"error": {"message": f"upstream stream from {self.cand['provider_id']} failed after "
+                                                f"content was sent: {exc.kind}", "type": "router_error",
+                                     "code": "stream_interrupted"}}
+                    return
+            self.event["latency_ms"] = round((time.perf_counter() - self.opened.t_first) * 1000 + (self.run.ttft_ms or 0), 3)
+            usage = Usage.from_openai(self._usage)
+            self.router._success(self.run, self.cand, usage, self.event)
+            if capture:
+                self.run.response_content = "".join(captured)
+            self.run.total_ms = (time.perf_counter() - self.run.prepared.t0) * 1000  # type: ignore[union-attr]
+            yield {"id": f"chatcmpl-{self.run.trace_id}", "object": "chat.completion.chunk",
+                   "created": int(time.time()), "model": self.served, "choices": [],
+                   "usage": _usage_json(usage), "x_router": self.run.x_router()}
+            self._done = True
+        except (asyncio.CancelledError, GeneratorExit):
+            if self.run.status == "pending":
+                self.run.status = "client_disconnected"
+                self.event["error_kind"] = "client_disconnected"
+            raise
+        finally:
+            await self.opened.sresp.close()
+            if self.run.status == "pending":
+                self.run.status = "client_disconnected"
+            self.router._finish(self.run)
+
+    def _interrupted(self, exc: ProviderError) -> None:
+        self.run.status = "interrupted"
+        self.event.update({"error_kind": "stream_interrupted", "error_message": exc.message[:300]})
+        self.run.error = {"kind": "stream_interrupted", "message": exc.message, "status": 502}
+        self.router.runtime.record_failure(self.cand["provider_id"], self.cand["model_family"], "stream_interrupted",
+                                           self.event.get("latency_ms") or 0.0)
+        self.run.answered_by = self.router._answered(self.cand)
+        self.run.usage = Usage.from_openai(self._usage)
+        self.run.cost = self.router._cost(self.cand, self.run.usage)
+
+
+def _usage_json(u: Usage) -> dict[str, Any]:
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}}
+
+
+def _has_content(chunk: Mapping[str, Any]) -> bool:
+    for ch in chunk.get("choices") or []:
+        d = ch.get("delta") or {}
+        if d.get("content") or d.get("tool_calls") or d.get("refusal"):
+            return True
+        if ch.get("finish_reason"):
+            return True
+    return False
+
+
+def _delta_text(chunk: Mapping[str, Any]) -> str:
+    out = []
+    for ch in chunk.get("choices") or []:
+        c = (ch.get("delta") or {}).get("content")
+        if isinstance(c, str):
+            out.append(c)
+    return "".join(out)
+
+
+def _positive(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v <= 0:
+        return None
+    return float(v)
+
+
+def _backoff(action: Mapping[str, Any], attempt: int) -> float:
+    b = action.get("backoff_ms")
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        return max(0.0, float(b))
+    if isinstance(b, list) and b:
+        v = b[attempt - 1] if attempt - 1 < len(b) else b[-1]
+        return max(0.0, float(v))
+    return 0.0
+
+
+def _price_library() -> Any:
+    try:
+        from ..catalog.prices import GenaiPrices
+        return GenaiPrices()
+    except Exception:  # pragma: no cover
+        return None
+
+
+__all__ = ["Router", "Run", "RouterFailure", "RoutedStream", "TraceSink", "status_for", "RequestError"]

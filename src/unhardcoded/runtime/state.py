@@ -1,0 +1,206 @@
+"""Runtime state the language observes: breakers, disabled providers, and what
+real attempts measured per route.
+
+* A provider's **breaker** opens after ``breaker_threshold`` consecutive
+  provider-fault failures, or at once when a FailPlan action carries
+  ``open_breaker_ms``; it stays open for that long (default
+  ``breaker_open_ms``) and then closes by itself. A success closes it.
+* ``disable_provider`` takes a provider out for ``disable_ms`` (the action's
+  ``disable_ms`` knob, else the host default).
+* Every attempt is an **observation** of its route (provider, family) in a
+  rolling window: ``success_rate`` (share of attempts that did not fail by
+  the provider's fault), ``latency_ms`` (mean over successful attempts) and
+  ``tok_s`` (output tokens per second of generation). They are stamped onto
+  candidates, so ``cmp success_rate``, ``field latency_ms`` and
+  ``is breaker_open`` mean what they say.
+
+Errors caused by the request itself (``bad_request``, ``content_filter``,
+``context_overflow``) say nothing about a provider and count nowhere.
+
+The state is in-process; a snapshot of it goes into every trace so a decision
+replays without it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ..providers.base import CLIENT_FAULT_KINDS
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Breaker:
+    consecutive_failures: int = 0
+    open_until_ms: int = 0
+    opened_at_ms: int | None = None
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class Disable:
+    kind: str
+    at_ms: int
+    until_ms: int
+
+
+@dataclass(slots=True)
+class Observation:
+    at_ms: int
+    ok: bool
+    latency_ms: float
+    tok_s: float | None
+
+
+@dataclass
+class RuntimeConfig:
+    breaker_threshold: int = 3
+    breaker_open_ms: int = 30_000
+    disable_ms: int = 300_000
+    window_ms: int = 15 * 60_000
+    window_max: int = 512        # observations kept per route
+
+
+class RuntimeState:
+    def __init__(self, config: RuntimeConfig | None = None, clock: Callable[[], int] = wall_ms) -> None:
+        self.config = config or RuntimeConfig()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.breakers: dict[str, Breaker] = {}
+        self.disabled: dict[str, Disable] = {}
+        self.routes: dict[str, deque[Observation]] = {}
+        self.credits: dict[str, float] = {}
+        self.version = 0  # bumps on every change; lets callers cache stamped candidates
+
+    # ---- what the language sees -------------------------------------------
+    def is_disabled(self, provider: str, now_ms: int | None = None) -> bool:
+        d = self.disabled.get(provider)
+        if d is None:
+            return False
+        now = self.clock() if now_ms is None else now_ms
+        if now >= d.until_ms:
+            with self._lock:
+                if self.disabled.get(provider) is d:
+                    del self.disabled[provider]
+                    self.version += 1
+            return False
+        return True
+
+    def breaker_is_open(self, provider: str, now_ms: int) -> bool:
+        b = self.breakers.get(provider)
+        return b is not None and b.open_until_ms > now_ms
+
+    def snapshot(self, now_ms: int) -> dict[str, Any]:
+        """``ctx.state`` at ``now_ms``: open breakers, live disables, credits."""
+        breakers = {p: True for p, b in self.breakers.items() if b.open_until_ms > now_ms}
+        disabled = {p: {"kind": d.kind, "at_ms": d.at_ms} for p, d in self.disabled.items() if d.until_ms > now_ms}
+        return {"breakers": breakers, "disabled": disabled, "credits": dict(self.credits), "ema": {}}
+
+    def observed(self, now_ms: int) -> dict[str, dict[str, float]]:
+        """Per route key ``provider|family``: success_rate, latency_ms, tok_s over the window."""
+        out: dict[str, dict[str, float]] = {}
+        horizon = now_ms - self.config.window_ms
+        for key, obs in list(self.routes.items()):
+            live = [o for o in obs if o.at_ms >= horizon]
+            if not live:
+                continue
+            ok = [o for o in live if o.ok]
+            stats: dict[str, float] = {"success_rate": len(ok) / len(live), "attempts": float(len(live))}
+            if ok:
+                stats["latency_ms"] = sum(o.latency_ms for o in ok) / len(ok)
+                speeds = [o.tok_s for o in ok if o.tok_s is not None]
+                if speeds:
+                    stats["tok_s"] = sum(speeds) / len(speeds)
+            out[key] = stats
+        return out
+
+    def stamp(self, candidates: Sequence[Mapping[str, Any]], now_ms: int) -> list[Mapping[str, Any]]:
+        """Candidates with observed fields stamped; unobserved ones are shared, not copied."""
+        observed = self.observed(now_ms)
+        if not observed:
+            return list(candidates)
+        out: list[Mapping[str, Any]] = []
+        for c in candidates:
+            stats = observed.get(f"{c['provider_id']}|{c['model_family']}")
+            if stats is None:
+                out.append(c)
+                continue
+            stamped = dict(c)
+            for k in ("success_rate", "latency_ms", "tok_s"):
+                if k in stats:
+                    stamped[k] = stats[k]
+            out.append(stamped)
+        return out
+
+    # ---- what attempts report -----------------------------------------------
+    def record_success(self, provider: str, family: str, latency_ms: float, tok_s: float | None = None) -> None:
+        now = self.clock()
+        with self._lock:
+            b = self.breakers.get(provider)
+            if b is not None:
+                b.consecutive_failures = 0
+                b.open_until_ms = 0
+            self._observe(f"{provider}|{family}", Observation(now, True, latency_ms, tok_s))
+            self.version += 1
+
+    def record_failure(self, provider: str, family: str, kind: str, latency_ms: float,
+                       open_breaker_ms: float | None = None) -> None:
+        if kind in CLIENT_FAULT_KINDS:
+            return
+        now = self.clock()
+        with self._lock:
+            b = self.breakers.setdefault(provider, Breaker())
+            b.consecutive_failures += 1
+            b.last_error = kind
+            if open_breaker_ms is not None or b.consecutive_failures >= self.config.breaker_threshold:
+                span = int(open_breaker_ms) if open_breaker_ms is not None else self.config.breaker_open_ms
+                b.opened_at_ms = now
+                b.open_until_ms = max(b.open_until_ms, now + span)
+            self._observe(f"{provider}|{family}", Observation(now, False, latency_ms, None))
+            self.version += 1
+
+    def disable(self, provider: str, kind: str, ms: float | None = None) -> None:
+        now = self.clock()
+        with self._lock:
+            self.disabled[provider] = Disable(kind, now, now + int(ms if ms is not None else self.config.disable_ms))
+            self.version += 1
+
+    def _observe(self, key: str, o: Observation) -> None:
+        q = self.routes.get(key)
+        if q is None:
+            q = self.routes[key] = deque(maxlen=self.config.window_max)
+        q.append(o)
+
+    # ---- operator view -----------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "now_ms": now,
+            "breakers": {p: {"open": b.open_until_ms > now, "consecutive_failures": b.consecutive_failures,
+                             "opened_at_ms": b.opened_at_ms, "ms_until_close": max(0, b.open_until_ms - now),
+                             "last_error": b.last_error}
+                         for p, b in sorted(self.breakers.items())},
+            "disabled": {p: {"kind": d.kind, "at_ms": d.at_ms, "ms_until_enabled": max(0, d.until_ms - now)}
+                         for p, d in sorted(self.disabled.items()) if d.until_ms > now},
+            "routes": dict(sorted(self.observed(now).items())),
+            "window_ms": self.config.window_ms,
+        }
+
+    def reset(self, providers: Iterable[str] | None = None) -> None:
+        with self._lock:
+            if providers is None:
+                self.breakers.clear()
+                self.disabled.clear()
+                self.routes.clear()
+            else:
+                for p in providers:
+                    self.breakers.pop(p, None)
+                    self.disabled.pop(p, None)
+            self.version += 1

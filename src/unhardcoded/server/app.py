@@ -1,0 +1,381 @@
+"""The HTTP surface: a small ASGI application, nothing but routing and encoding.
+
+Every error is an OpenAI-shaped body ``{"error": {"message", "type", "code",
+"param"}}`` with a 4xx/5xx status; ``param`` carries the JSONPath of the
+fault when there is one. A request that cannot be served never produces a
+traceback: unexpected exceptions become a 500 ``internal_error`` with a trace
+id, and are logged without request content or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import parse_qs
+
+from ..lang import strictjson
+from ..lang.errors import LangError
+from ..router.contract import RequestError
+from ..router.engine import Router, RouterFailure
+
+log = logging.getLogger("unhardcoded.server")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def _json_default(o: Any) -> Any:
+    from decimal import Decimal
+    if isinstance(o, Decimal):
+        return str(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    raise TypeError(type(o).__name__)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=False, default=_json_default,
+                      allow_nan=False).encode("utf-8")
+
+
+def _clean(o: Any) -> Any:
+    """JSON has no NaN or infinity; such numbers are written null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error", extra: Mapping[str, Any] | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param, self.type = status, code, message, param, type_
+        self.extra = extra or {}
+        self.headers = headers or []
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
+        out: dict[str, Any] = {"error": err}
+        out.update(self.extra)
+        return out
+
+
+def lang_error(exc: LangError, status: int = 400) -> HTTPError:
+    if exc.kind == "invalid_policy":
+        msg = f"policy_ir rejected at admission: {exc.message} (at {exc.path})"
+        return HTTPError(status, "invalid_policy", msg, exc.path, extra={"admission": exc.to_dict()})
+    if exc.kind == "invalid_flow":
+        msg = f"flow_ir rejected at admission: {exc.message} (at {exc.path})"
+        return HTTPError(status, "invalid_flow", msg, exc.path, extra={"admission": exc.to_dict()})
+    if isinstance(exc, RequestError):
+        return HTTPError(exc.status, exc.code, exc.message, exc.path)
+    return HTTPError(status, exc.code, f"{exc.message} (at {exc.path})", exc.path)
+
+
+def validate_chat_body(body: Any) -> None:
+    """The shape every chat request must have, with the path of the first fault."""
+    if not isinstance(body, dict):
+        raise HTTPError(400, "bad_request_body", "the request body is a JSON object", "$")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise HTTPError(400, "bad_messages", "messages is a non-empty list", "$.messages")
+    for i, m in enumerate(msgs):
+        p = f"$.messages[{i}]"
+        if not isinstance(m, dict):
+            raise HTTPError(400, "bad_messages", "each message is an object", p)
+        if m.get("role") not in _ROLES:
+            raise HTTPError(400, "bad_messages", f"role must be one of {', '.join(sorted(_ROLES))}", p + ".role")
+        c = m.get("content")
+        if c is not None and not isinstance(c, (str, list)):
+            raise HTTPError(400, "bad_messages", "content is a string, a list of parts, or null", p + ".content")
+        if isinstance(c, list):
+            for j, part in enumerate(c):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise HTTPError(400, "bad_messages", "a content part is an object with a type", f"{p}.content[{j}]")
+    for key, kinds in (("stream", bool), ("temperature", (int, float)), ("top_p", (int, float)),
+                       ("max_tokens", int), ("max_completion_tokens", int), ("n", int), ("tools", list)):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, kinds) or (kinds is not bool and isinstance(v, bool))):
+            raise HTTPError(400, "bad_parameter", f"{key} has the wrong type", f"$.{key}")
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        v = body.get(key)
+        if isinstance(v, int) and v < 1:
+            raise HTTPError(400, "bad_parameter", f"{key} must be at least 1", f"$.{key}")
+
+
+class App:
+    """ASGI application serving one :class:`Router`."""
+
+    def __init__(self, router: Router, *, extra_routes: Mapping[tuple[str, str], Any] | None = None) -> None:
+        self.router = router
+        self.settings = router.settings
+        self.extra_routes = dict(extra_routes or {})
+        self.started = time.time()
+        self.flows: Any = None
+        self.registered_flows: Any = None
+
+    # ---- ASGI entry ---------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._dispatch(scope, receive, send)
+        except HTTPError as exc:
+            await self._send_json(send, exc.status, exc.body(), exc.headers)
+        except Exception:  # never a traceback to the caller
+            trace = f"err_{int(time.time() * 1000):x}"
+            log.exception("internal error %s on %s %s", trace, scope.get("method"), scope.get("path"))
+            await self._send_json(send, 500, {"error": {"message": f"internal error ({trace})", "type": "server_error",
+                                                        "code": "internal_error", "param": None}})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                start = getattr(self.router.sink, "start", None)
+                if start is not None:
+                    res = start()
+                    if hasattr(res, "__await__"):
+                        await res
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.router.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path.endswith("/chat/completions"):
+            prefix = path[: -len("/chat/completions")]
+            if prefix == "/v1":
+                profile = None
+            elif prefix.endswith("/v1") and prefix.count("/") == 2 and len(prefix) > 4:
+                profile = prefix[1:-3]
+            else:
+                raise HTTPError(404, "not_found", f"no route {path}")
+            self._auth(scope)
+            body = await self._read_json(scope, receive)
+            await self._until_disconnect(self.chat(body, profile, send), receive)
+            return
+        handler = self.extra_routes.get((method, path))
+        if handler is None:
+            handler = {
+                ("GET", "/healthz"): self.healthz,
+                ("GET", "/v1/models"): self.models,
+                ("GET", "/x/runtime"): self.runtime,
+                ("GET", "/x/fields"): self.fields,
+                ("POST", "/x/rank"): self.rank,
+                ("GET", "/x/rank"): self.rank,
+                ("POST", "/x/policy/normalize"): self.policy_normalize,
+                ("POST", "/x/flow/normalize"): self.flow_normalize,
+            }.get((method, path))
+        if handler is None:
+            for (m, prefix), h in self.extra_routes.items():
+                if m == method and prefix.endswith("/") and path.startswith(prefix):
+                    handler = h
+                    break
+        if handler is None:
+            raise HTTPError(404, "not_found", f"no route {method} {path}")
+        if path != "/healthz":
+            self._auth(scope)
+        body = await self._read_json(scope, receive) if method == "POST" else None
+        status, payload = await handler(scope, body)
+        await self._send_json(send, status, payload)
+
+    # ---- plumbing -------------------------------------------------------------
+    async def _until_disconnect(self, work: Awaitable[None], receive: Receive) -> None:
+        """Run ``work``; if the client goes away first, cancel it (the run is recorded as such)."""
+        task = asyncio.ensure_future(work)
+
+        async def watch() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    task.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not watcher.done():
+                raise
+        finally:
+            watcher.cancel()
+
+    def _auth(self, scope: Scope) -> None:
+        if not self.settings.caller_keys_sha256:
+            return
+        presented = None
+        for k, v in scope.get("headers", []):
+            if k == b"authorization":
+                text = v.decode("latin-1")
+                if text.lower().startswith("bearer "):
+                    presented = text[7:].strip()
+        if not self.settings.caller_key_ok(presented):
+            raise HTTPError(401, "caller_auth", "missing or unknown caller key", type_="authentication_error")
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
+        limit = self.settings.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise HTTPError(400, "client_disconnected", "the client went away")
+            data = msg.get("body", b"")
+            size += len(data)
+            if size > limit:
+                raise HTTPError(413, "body_too_large", f"request body exceeds {limit} bytes")
+            chunks.append(data)
+            more = msg.get("more_body", False)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise HTTPError(400, "json_syntax", "the request body is empty; send a JSON object", "$")
+        try:
+            return strictjson.loads(raw)
+        except LangError as exc:
+            raise lang_error(exc) from None
+
+    async def _send_json(self, send: Send, status: int, payload: Any,
+                         headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = dumps(payload)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+    # ---- chat -------------------------------------------------------------------
+    async def chat(self, body: Any, profile: str | None, send: Send) -> None:
+        validate_chat_body(body)
+        flows = getattr(self, "flows", None)
+        if flows is not None and flows.wants(body):
+            await flows.chat(body, send)
+            return
+        if body.get("flow_ir") is not None:
+            raise HTTPError(400, "flows_unavailable", "this router runs no flows", "$.flow_ir")
+        try:
+            if body.get("stream"):
+                await self._chat_stream(body, profile, send)
+                return
+            completion, _run = await self.router.complete(body, path_profile=profile)
+        except LangError as exc:
+            raise lang_error(exc) from None
+        except RouterFailure as failure:
+            raise self._failure(failure) from None
+        await self._send_json(send, 200, completion)
+
+    def _failure(self, failure: RouterFailure) -> HTTPError:
+        run = failure.run
+        lines = []
+        for e in run.events:
+            if e.get("event") == "attempted" and e.get("error_kind"):
+                msg = (e.get("error_message") or "")[:120].replace('"', "'")
+                lines.append(f'{e["provider_id"]}/{e["model_family"]}={e["error_kind"]}({e.get("http_status")}) "{msg}"')
+        message = failure.message + ("" if not lines else ": " + "; ".join(lines))
+        headers = []
+        if failure.status in (429, 503):
+            headers.append((b"retry-after", b"1"))
+        return HTTPError(failure.status, failure.kind.removeprefix("exhausted: ") if failure.kind != "no_candidates"
+                         else "no_candidates", message, type_="router_error",
+                         extra={"x_router": run.x_router()}, headers=headers)
+
+    async def _chat_stream(self, body: Mapping[str, Any], profile: str | None, send: Send) -> None:
+        stream = await self.router.open_stream(body, path_profile=profile)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        clean_end = False
+        async for event in stream.events():
+            await send({"type": "http.response.body", "body": b"data: " + dumps(event) + b"\n\n", "more_body": True})
+            if "x_router" in event:
+                clean_end = True
+        tail = b"data: [DONE]\n\n" if clean_end else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    # ---- small endpoints ------------------------------------------------------
+    async def healthz(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        return 200, {"ok": True, "initialized": True, "catalog": self.router.catalog.digest[:12],
+                     "routes": len(self.router.catalog), "uptime_s": round(time.time() - self.started, 1)}
+
+    async def models(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        cat = self.router.catalog
+        data = [{"id": f"profile:{name}", "object": "model", "created": 0, "owned_by": "unhardcoded",
+                 "description": p.description} for name, p in sorted(cat.profiles.items())]
+        data += [{"id": f"family:{fam}", "object": "model", "created": 0, "owned_by": m.vendor or "unknown"}
+                 for fam, m in sorted(cat.models.items())]
+        extra = getattr(self, "registered_flows", None)
+        if extra:
+            data += [{"id": f"flow:{name}", "object": "model", "created": 0, "owned_by": "unhardcoded"}
+                     for name in sorted(extra)]
+        return 200, {"object": "list", "data": data}
+
+    async def runtime(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        return 200, self.router.runtime.describe()
+
+    async def fields(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        s = self.router.catalog.schema
+        return 200, {"fields": s.describe(), "tier_order": list(s.tier_order)}
+
+    async def rank(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        if scope["method"] == "GET":
+            q = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            body = {"model": f"profile:{q['profile'][0]}" if "profile" in q else ""}
+            if "context" in q:
+                try:
+                    body["requirements"] = {"min_context": int(q["context"][0])}
+                except ValueError:
+                    raise HTTPError(400, "bad_parameter", "context is an integer", "$.context") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "bad_request_body", "the body is a JSON object", "$")
+        try:
+            prep = self.router.prepare(body, require_keys=bool(body.get("only_keyed", False)))
+        except LangError as exc:
+            raise lang_error(exc) from None
+        eff = prep.choice.effective
+        ranked = [{"provider": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
+                   "served_model_id": r.candidate.get("served_model_id"), "tier": r.candidate.get("tier"),
+                   "price_in": r.candidate.get("price_in"), "price_out": r.candidate.get("price_out"),
+                   "score": r.score} for r in prep.plan.ordered]
+        rejected = [{"provider": r.provider, "model": r.model, "reason": r.reason}
+                    for r in [*prep.pre_rejected, *prep.plan.rejected]]
+        return 200, {"rank_source": "router", "policy": prep.choice.describe(), "policy_fingerprint": eff.fingerprint,
+                     "policy_identity": eff.identity, "ranked": ranked, "rejected": rejected,
+                     "catalog": self.router.catalog.digest, "ts": int(time.time() * 1000)}
+
+    async def policy_normalize(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict) or "policy_ir" not in body:
+            raise HTTPError(400, "bad_request_body", 'send {"policy_ir": <term>}', "$")
+        try:
+            c = self.router.compiler.compile(body["policy_ir"], path=("policy_ir",))
+        except LangError as exc:
+            raise lang_error(exc) from None
+        return 200, {"policy_ir": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint,
+                     "identity": c.identity, "id": c.short_id, "sort": c.sort, "version": c.version}
+
+    async def flow_normalize(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        from ..lang.flow import VERSION, admit_flow
+        if not isinstance(body, dict) or "flow_ir" not in body:
+            raise HTTPError(400, "bad_request_body", 'send {"flow_ir": <flow>}', "$")
+        try:
+            nf = admit_flow(body["flow_ir"], self.router.catalog.schema, path=("flow_ir",))
+        except LangError as exc:
+            raise lang_error(exc) from None
+        return 200, {"flow_ir": nf.term, "encoded": nf.encoding, "fingerprint": nf.fingerprint,
+                     "identity": nf.identity, "id": nf.short_id, "version": VERSION}
