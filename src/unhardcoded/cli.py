@@ -167,6 +167,90 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .server import serve
+
+    settings = load_settings(args.config, host=args.host, port=args.port, catalog=args.catalog,
+                             data_dir=args.data_dir)
+    print(f"unhardcoded listening on http://{settings.host}:{settings.port}/v1  "
+          f"(traces: {settings.data_dir}/traces.sqlite3)", file=sys.stderr)
+    serve(settings, log_level=args.log_level)
+    return 0
+
+
+def _store_for(args: argparse.Namespace):  # noqa: ANN202
+    from .config import load_settings
+    from .traces import open_store
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    return settings, open_store(settings)
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    from .traces.views import traces_table
+
+    _, store = _store_for(args)
+    rows, nxt = store.list(policy=args.policy, route=args.route, model=args.model, provider=args.provider,
+                           status=args.status, limit=args.limit, cursor=args.cursor,
+                           since_ms=_since(args.since))
+    if args.json:
+        print(json.dumps({"data": rows, "next_cursor": nxt}, indent=2))
+    else:
+        print(traces_table(rows, nxt))
+    return 0
+
+
+def _since(text: str | None) -> int | None:
+    if not text:
+        return None
+    import time
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1] in units and text[:-1].isdigit():
+        return int((time.time() - int(text[:-1]) * units[text[-1]]) * 1000)
+    return int(text)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .traces.views import receipt
+
+    _, store = _store_for(args)
+    rec = store.get(args.trace_id)
+    if rec is None:
+        print(f"error: no trace {args.trace_id}", file=sys.stderr)
+        return 2
+    print(json.dumps(rec, indent=2, ensure_ascii=False) if args.json else receipt(rec))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .traces.replay import ReplayError, against_current, replay_record
+    from .traces.views import replay_text
+
+    settings, store = _store_for(args)
+    rec = store.get(args.trace_id)
+    if rec is None:
+        print(f"error: no trace {args.trace_id}", file=sys.stderr)
+        return 2
+    try:
+        if args.against == "current":
+            from .catalog import load_catalog
+            from .router.engine import Router
+            router = Router(load_catalog(args.catalog or settings.catalog), settings)
+            out = against_current(rec, router)
+        else:
+            snap = store.catalog_snapshot(rec.get("catalog", {}).get("digest", ""))
+            if snap is None:
+                print("error: the catalog snapshot of this trace is not stored", file=sys.stderr)
+                return 2
+            out = replay_record(rec, snap)
+    except ReplayError as exc:
+        print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2, ensure_ascii=False) if args.json else replay_text(out))
+    return 0 if out.get("identical", True) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unhardcoded", description="A decision layer for LLM calls.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,6 +274,41 @@ def build_parser() -> argparse.ArgumentParser:
     fl = sub.add_parser("fields", help="the field vocabulary policies observe")
     fl.add_argument("--catalog")
     fl.set_defaults(fn=cmd_fields)
+
+    sv = sub.add_parser("serve", help="run the router (OpenAI-compatible) on loopback")
+    sv.add_argument("--config", help="settings file (TOML)")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    sv.add_argument("--catalog")
+    sv.add_argument("--data-dir", dest="data_dir")
+    sv.add_argument("--log-level", default="warning")
+    sv.set_defaults(fn=cmd_serve)
+
+    def store_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config")
+        sp.add_argument("--data-dir", dest="data_dir")
+        sp.add_argument("--json", action="store_true")
+
+    tr = sub.add_parser("traces", help="recent runs, newest first")
+    store_args(tr)
+    for name in ("policy", "route", "model", "provider", "status", "cursor"):
+        tr.add_argument(f"--{name}")
+    tr.add_argument("--since", help="e.g. 24h, 30m, or milliseconds since the epoch")
+    tr.add_argument("--limit", type=int, default=20)
+    tr.set_defaults(fn=cmd_traces)
+
+    one = sub.add_parser("trace", help="one run's receipt: what answered, why, the path, latency, cost")
+    store_args(one)
+    one.add_argument("trace_id")
+    one.set_defaults(fn=cmd_trace)
+
+    rp = sub.add_parser("replay", help="re-run a stored decision from its record alone and compare bytes")
+    store_args(rp)
+    rp.add_argument("trace_id")
+    rp.add_argument("--against", choices=("stored", "current"), default="stored",
+                    help="stored: the record's own inputs; current: today's catalog and state")
+    rp.add_argument("--catalog", help="with --against current: the catalog to compare with")
+    rp.set_defaults(fn=cmd_replay)
 
     conf = sub.add_parser("conformance", help="conformance vectors")
     csub = conf.add_subparsers(dest="action", required=True)

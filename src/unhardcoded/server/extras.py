@@ -1,0 +1,78 @@
+"""Operator endpoints beyond the chat surface: trace history and replay."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import parse_qs
+
+from ..traces.replay import ReplayError, against_current, replay_record
+from .app import App, HTTPError
+
+_FILTERS = ("policy", "route", "model", "provider", "status")
+
+
+def _store(app: App) -> Any:
+    store = app.router.sink
+    if not hasattr(store, "list"):
+        raise HTTPError(501, "no_trace_store", "this router keeps no trace store")
+    return store
+
+
+def install(app: App) -> None:
+    async def list_traces(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        store = _store(app)
+        q = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        kw: dict[str, Any] = {k: q[k] for k in _FILTERS if k in q}
+        for key, name in (("since_ms", "since"), ("until_ms", "until")):
+            if name in q:
+                try:
+                    kw[key] = int(q[name])
+                except ValueError:
+                    raise HTTPError(400, "bad_parameter", f"{name} is milliseconds since the epoch", f"$.{name}") from None
+        try:
+            limit = int(q.get("limit", 50))
+        except ValueError:
+            raise HTTPError(400, "bad_parameter", "limit is an integer", "$.limit") from None
+        if not 1 <= limit <= 1000:
+            raise HTTPError(400, "bad_parameter", "limit is between 1 and 1000", "$.limit")
+        try:
+            rows, nxt = await asyncio.to_thread(store.list, cursor=q.get("cursor"), limit=limit, **kw)
+        except ValueError as exc:
+            raise HTTPError(400, "bad_cursor", str(exc), "$.cursor") from None
+        return 200, {"object": "list", "data": rows, "next_cursor": nxt}
+
+    async def get_trace(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        store = _store(app)
+        trace_id = scope["path"].rsplit("/", 1)[-1]
+        rec = await asyncio.to_thread(store.get, trace_id)
+        if rec is None:
+            raise HTTPError(404, "trace_not_found", f"no trace {trace_id}")
+        return 200, rec
+
+    async def replay(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        store = _store(app)
+        if not isinstance(body, dict) or not isinstance(body.get("trace_id"), str):
+            raise HTTPError(400, "bad_request_body", 'send {"trace_id": "...", "against": "stored"|"current"}', "$")
+        against = body.get("against", "stored")
+        if against not in ("stored", "current"):
+            raise HTTPError(400, "bad_parameter", "against is stored or current", "$.against")
+        rec = await asyncio.to_thread(store.get, body["trace_id"])
+        if rec is None:
+            raise HTTPError(404, "trace_not_found", f"no trace {body['trace_id']}")
+        try:
+            if against == "current":
+                return 200, against_current(rec, app.router)
+            snap = await asyncio.to_thread(store.catalog_snapshot, rec.get("catalog", {}).get("digest", ""))
+            if snap is None:
+                raise HTTPError(409, "catalog_missing", "the catalog snapshot of this trace is not stored")
+            return 200, replay_record(rec, snap)
+        except ReplayError as exc:
+            raise HTTPError(409, exc.code, exc.message) from None
+
+    from .flows import install as install_flows
+    install_flows(app)
+
+    app.extra_routes[("GET", "/x/traces")] = list_traces
+    app.extra_routes[("GET", "/x/traces/")] = get_trace
+    app.extra_routes[("POST", "/x/replay")] = replay

@@ -1,0 +1,166 @@
+"""The trace record (schema ``unhardcoded.trace/v1``, docs/spec/trace.md).
+
+A record is built from a finished :class:`~unhardcoded.router.engine.Run`
+off the request path. It holds everything the decision depended on, so a
+replay needs nothing else but the catalog snapshot it names (stored once,
+content-addressed). Message content is included only when the operator turned
+content capture on. No key, header or credential is ever part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+SCHEMA = "unhardcoded.trace/v1"
+OBSERVED_FIELDS = ("success_rate", "latency_ms", "tok_s")
+
+
+def score_repr(v: Any) -> Any:
+    """A score as JSON: finite numbers as themselves, the others as strings."""
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+    return v
+
+
+def score_value(v: Any) -> Any:
+    if v == "nan":
+        return math.nan
+    if v == "inf":
+        return math.inf
+    if v == "-inf":
+        return -math.inf
+    return v
+
+
+def canonical(v: Any) -> bytes:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def decision_view(ordered: Sequence[Any], rejected: Sequence[Any]) -> dict[str, Any]:
+    """The decision as data: the failover order with scores, and every rejection."""
+    return {
+        "ordered": [[r.candidate["provider_id"], r.candidate["model_family"], score_repr(r.score)] for r in ordered],
+        "rejected": [[x.provider, x.model, x.reason] for x in rejected],
+    }
+
+
+def decision_bytes(view: Mapping[str, Any]) -> bytes:
+    """Canonical bytes of a decision; two decisions are the same iff these are equal.
+
+    Scores are written with Python's shortest round-trip repr, so equal bytes
+    mean bit-identical doubles.
+    """
+    ordered = [[p, f, repr(s) if isinstance(s, float) else s] for p, f, s in view["ordered"]]
+    return canonical({"ordered": ordered, "rejected": view["rejected"]})
+
+
+def reduce_request(view: Mapping[str, Any]) -> dict[str, Any]:
+    """``ctx.request`` without tool schemas: ``meets_req`` only needs to know tools are present."""
+    out = dict(view)
+    tools = out.get("tools")
+    if isinstance(tools, list):
+        out["tools"] = [{"type": t.get("type", "function") if isinstance(t, Mapping) else "function"} for t in tools]
+    return out
+
+
+def _policy_ident(c: Any) -> dict[str, Any]:
+    return {"term": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint, "identity": c.identity,
+            "sort": c.sort}
+
+
+def pool_delta(pool: Sequence[Mapping[str, Any]], catalog_candidates: Sequence[Mapping[str, Any]],
+               pre_rejected: Sequence[Any]) -> dict[str, Any]:
+    """How the decision's pool differs from the catalog snapshot: exclusions and observed stamps."""
+    stamps: dict[str, dict[str, Any]] = {}
+    for c in pool:
+        s = {k: c[k] for k in OBSERVED_FIELDS if k in c}
+        if s:
+            stamps[f"{c['provider_id']}|{c['model_family']}"] = s
+    return {"excluded": [[x.provider, x.model, x.reason] for x in pre_rejected], "stamps": stamps}
+
+
+def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> dict[str, Any]:
+    prep = run.prepared
+    rec: dict[str, Any] = {
+        "schema": SCHEMA,
+        "trace_id": run.trace_id,
+        "kind": "flow" if run.flow is not None else "chat",
+        "started_at_ms": prep.started_ms if prep else run.finished_ms,
+        "finished_at_ms": run.finished_ms,
+        "status": run.status,
+        "stream": run.stream,
+    }
+    if prep is not None:
+        c = prep.contract
+        choice = prep.choice
+        rec["route"] = {"model": c.route, "profile": choice.profile, "policy_name": c.policy_name,
+                        "flow_name": c.flow_name, "pin": list(c.pin) if c.pin else None,
+                        "requirements": c.requirements}
+        rec["policy"] = {"source": choice.source, "profile": choice.profile,
+                         "sent": _policy_ident(choice.sent) if choice.sent is not None else None,
+                         "effective": _policy_ident(choice.effective),
+                         "envelope": catalog.envelope if choice.source != "profile" else None}
+        rec["catalog"] = {"digest": catalog.digest, "source": catalog.source}
+        ctx = prep.ctx
+        rec["inputs"] = {
+            "request": reduce_request(ctx.get("request", {})),
+            "state": ctx.get("state", {}),
+            "now_ms": ctx.get("now_ms"),
+            "seed": ctx.get("seed"),
+            "pool": pool_delta(prep.pool, catalog.candidates(), prep.pre_rejected),
+        }
+        view = decision_view(prep.plan.ordered, prep.plan.rejected)
+        rec["decision"] = {
+            "ranked": [{"provider_id": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
+                        "served_model_id": r.candidate.get("served_model_id"), "tier": r.candidate.get("tier"),
+                        "score": score_repr(r.score), "price_in": r.candidate.get("price_in"),
+                        "price_out": r.candidate.get("price_out")} for r in prep.plan.ordered],
+            "rejected": [{"provider": x.provider, "model": x.model, "reason": x.reason}
+                         for x in [*prep.pre_rejected, *prep.plan.rejected]],
+            "view": view,
+            "digest": hashlib.sha256(decision_bytes(view)).hexdigest(),
+        }
+    rec["path"] = run.events
+    rec["answer"] = dict(run.answered_by) if run.answered_by else None
+    rec["usage"] = run.usage.to_dict()
+    rec["cost"] = {**run.cost.to_dict(), "failed_attempts": run.failed_costs}
+    rec["latency"] = {"total_ms": round(run.total_ms, 3), "ttft_ms": None if run.ttft_ms is None else round(run.ttft_ms, 3)}
+    rec["error"] = run.error
+    if run.deadline_exceeded:
+        rec["request_deadline_exceeded"] = True
+    if run.filters:
+        rec["filters"] = run.filters
+    if run.flow is not None:
+        rec["flow"] = run.flow
+    if capture_content and (run.request_messages is not None or run.response_content is not None):
+        rec["content"] = {"messages": run.request_messages, "response": run.response_content}
+    return rec
+
+
+def summary_row(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The indexed columns of a record."""
+    route = rec.get("route") or {}
+    pol = (rec.get("policy") or {}).get("effective") or {}
+    if rec.get("kind") == "flow":
+        pol = {"identity": (rec.get("flow") or {}).get("identity")}
+    ans = rec.get("answer") or {}
+    usage = rec.get("usage") or {}
+    cost = rec.get("cost") or {}
+    lat = rec.get("latency") or {}
+    return {
+        "trace_id": rec["trace_id"], "started_at_ms": rec.get("started_at_ms") or 0,
+        "finished_at_ms": rec.get("finished_at_ms"), "status": rec.get("status"), "kind": rec.get("kind"),
+        "route": route.get("model"), "profile": route.get("profile"), "policy_name": route.get("policy_name"),
+        "policy_identity": pol.get("identity"), "provider": ans.get("provider_id"),
+        "model_family": ans.get("model_family"), "served_model_id": ans.get("served_model_id"),
+        "tokens_in": usage.get("tokens_in"), "tokens_out": usage.get("tokens_out"),
+        "tokens_cached": usage.get("tokens_cached"), "cost_usd": cost.get("cost_usd"),
+        "cost_basis": cost.get("cost_basis"), "total_ms": lat.get("total_ms"), "ttft_ms": lat.get("ttft_ms"),
+        "catalog_digest": (rec.get("catalog") or {}).get("digest"),
+    }

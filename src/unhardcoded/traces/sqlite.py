@@ -1,0 +1,329 @@
+"""The embedded trace store: SQLite in WAL mode, written off the request path.
+
+``submit(run)`` only puts the finished run on a queue (no serialisation, no
+I/O on the request path). One writer thread builds the records and commits
+them in batches: every ``flush_ms`` (default 100 ms) or every ``batch_max``
+runs, whichever comes first, in one transaction. Catalog snapshots are written
+once, keyed by their digest.
+
+Durability, stated precisely: SQLite in WAL mode with ``synchronous=NORMAL``
+keeps every committed transaction through a process crash (``kill -9``); what a
+crash can lose is what was still queued, i.e. the runs that finished in the
+last flush interval and not yet committed, and never fewer than all of a batch
+(a transaction commits whole or not at all: no torn record). A clean shutdown
+(``close()``) drains the queue first and loses nothing.
+
+Retention: the writer deletes records older than ``retention_days`` in small
+batches between writes; routing never waits for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .record import build_record, canonical, summary_row
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id TEXT PRIMARY KEY,
+    started_at_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    status TEXT,
+    kind TEXT,
+    route TEXT,
+    profile TEXT,
+    policy_name TEXT,
+    policy_identity TEXT,
+    provider TEXT,
+    model_family TEXT,
+    served_model_id TEXT,
+    tokens_in INTEGER,
+    tokens_out INTEGER,
+    tokens_cached INTEGER,
+    cost_usd TEXT,
+    cost_basis TEXT,
+    total_ms REAL,
+    ttft_ms REAL,
+    catalog_digest TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_started ON traces (started_at_ms DESC, trace_id DESC);
+CREATE INDEX IF NOT EXISTS traces_policy ON traces (policy_identity, started_at_ms);
+CREATE INDEX IF NOT EXISTS traces_model ON traces (model_family, started_at_ms);
+CREATE INDEX IF NOT EXISTS traces_provider ON traces (provider, started_at_ms);
+CREATE INDEX IF NOT EXISTS traces_status ON traces (status, started_at_ms);
+CREATE INDEX IF NOT EXISTS traces_route ON traces (route, started_at_ms);
+CREATE TABLE IF NOT EXISTS catalogs (
+    digest TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    snapshot TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "route", "profile", "policy_name",
+            "policy_identity", "provider", "model_family", "served_model_id", "tokens_in", "tokens_out",
+            "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest")
+
+_STOP = object()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def encode_cursor(started_at_ms: int, trace_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{started_at_ms}:{trace_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    pad = "=" * (-len(cursor) % 4)
+    try:
+        ms, tid = base64.urlsafe_b64decode(cursor + pad).decode().split(":", 1)
+        return int(ms), tid
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("malformed cursor") from exc
+
+
+class SQLiteStore:
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, capture_content: bool = False, retention_days: int | None = 30,
+                 flush_ms: int = 100, batch_max: int = 512) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.capture_content = capture_content
+        self.retention_days = retention_days
+        self.flush_ms = flush_ms
+        self.batch_max = batch_max
+        self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._known_catalogs: set[str] = set()
+        self._lock = threading.Lock()
+        self.written = 0
+        self.errors = 0
+        self._last_purge = 0.0
+        conn = _connect(self.path)
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 'unhardcoded.trace/v1')")
+        self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
+        conn.close()
+
+    # ---- writing ------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._run, name="trace-writer", daemon=True)
+                self._writer.start()
+
+    def submit(self, run: Any) -> None:
+        if self._writer is None:
+            self.start()
+        self._q.put(run)
+
+    def submit_record(self, record: Mapping[str, Any], catalog: Any = None) -> None:
+        """Store an already-built record (flows, imports)."""
+        self.submit(("record", record, catalog))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until everything submitted so far is committed."""
+        done = threading.Event()
+        self._q.put(("barrier", done))
+        if self._writer is None:
+            self.start()
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            self._q.put(_STOP)
+            self._writer.join(timeout=30)
+        self._writer = None
+
+    def _run(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while True:
+                item = self._q.get()
+                batch = [item]
+                deadline = time.monotonic() + self.flush_ms / 1000.0
+                while len(batch) < self.batch_max:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(self._q.get(timeout=left))
+                    except queue.Empty:
+                        break
+                stop = any(x is _STOP for x in batch)
+                self._write(conn, [x for x in batch if x is not _STOP])
+                if stop:
+                    # drain whatever arrived with the stop
+                    rest = []
+                    while True:
+                        try:
+                            rest.append(self._q.get_nowait())
+                        except queue.Empty:
+                            break
+                    self._write(conn, [x for x in rest if x is not _STOP])
+                    return
+                self._maybe_purge(conn)
+        finally:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection, items: list[Any]) -> None:
+        rows, catalogs, barriers = [], {}, []
+        for item in items:
+            if isinstance(item, tuple) and item and item[0] == "barrier":
+                barriers.append(item[1])
+                continue
+            try:
+                if isinstance(item, tuple) and item and item[0] == "record":
+                    rec, cat = item[1], item[2]
+                else:
+                    cat = item.prepared.catalog if item.prepared is not None else None
+                    rec = build_record(item, cat, capture_content=self.capture_content) if cat is not None else None
+                    if rec is None:
+                        continue
+                if cat is not None and cat.digest not in self._known_catalogs:
+                    catalogs[cat.digest] = cat
+                row = summary_row(rec)
+                rows.append(tuple(row[c] for c in _COLUMNS) + (canonical(rec).decode("utf-8"),))
+            except Exception:  # a record that cannot be built must not stop the writer
+                self.errors += 1
+        if rows or catalogs:
+            try:
+                conn.execute("BEGIN")
+                for digest, cat in catalogs.items():
+                    conn.execute("INSERT OR IGNORE INTO catalogs (digest, created_at_ms, snapshot) VALUES (?, ?, ?)",
+                                 (digest, int(time.time() * 1000), canonical(cat.snapshot()).decode("utf-8")))
+                conn.executemany(f"INSERT OR REPLACE INTO traces ({', '.join(_COLUMNS)}, record) "
+                                 f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})", rows)
+                conn.execute("COMMIT")
+                self._known_catalogs.update(catalogs)
+                self.written += len(rows)
+            except sqlite3.Error:
+                self.errors += 1
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        for b in barriers:
+            b.set()
+
+    def _maybe_purge(self, conn: sqlite3.Connection) -> None:
+        if not self.retention_days:
+            return
+        now = time.monotonic()
+        if now - self._last_purge < 60:
+            return
+        self._last_purge = now
+        self.purge(older_than_ms=int(time.time() * 1000) - self.retention_days * 86_400_000, conn=conn)
+
+    def purge(self, *, older_than_ms: int, conn: sqlite3.Connection | None = None, batch: int = 1000) -> int:
+        """Delete records that started before ``older_than_ms``, a batch per transaction."""
+        own = conn is None
+        conn = conn or _connect(self.path)
+        total = 0
+        try:
+            while True:
+                cur = conn.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
+                                   "WHERE started_at_ms < ? LIMIT ?)", (older_than_ms, batch))
+                total += cur.rowcount
+                if cur.rowcount < batch:
+                    break
+            conn.execute("DELETE FROM catalogs WHERE digest NOT IN (SELECT DISTINCT catalog_digest FROM traces "
+                         "WHERE catalog_digest IS NOT NULL)")
+            self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
+        finally:
+            if own:
+                conn.close()
+        return total
+
+    # ---- reading -------------------------------------------------------------
+    def _read(self) -> sqlite3.Connection:
+        return _connect(self.path)
+
+    def get(self, trace_id: str) -> dict[str, Any] | None:
+        conn = self._read()
+        try:
+            row = conn.execute("SELECT record FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+        finally:
+            conn.close()
+        return json.loads(row[0]) if row else None
+
+    def catalog_snapshot(self, digest: str) -> dict[str, Any] | None:
+        conn = self._read()
+        try:
+            row = conn.execute("SELECT snapshot FROM catalogs WHERE digest = ?", (digest,)).fetchone()
+        finally:
+            conn.close()
+        return json.loads(row[0]) if row else None
+
+    def list(self, *, since_ms: int | None = None, until_ms: int | None = None, policy: str | None = None,
+             route: str | None = None, model: str | None = None, provider: str | None = None,
+             status: str | None = None, cursor: str | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+        where, args = [], []
+        if since_ms is not None:
+            where.append("started_at_ms >= ?")
+            args.append(since_ms)
+        if until_ms is not None:
+            where.append("started_at_ms < ?")
+            args.append(until_ms)
+        if policy:
+            ident = policy.removeprefix("pol_")
+            if len(ident) == 64:
+                where.append("policy_identity = ?")
+                args.append(ident)
+            else:
+                where.append("policy_identity LIKE ?")
+                args.append(ident.replace("%", "").replace("_", "") + "%")
+        if route:
+            where.append("route = ?")
+            args.append(route)
+        if model:
+            where.append("(model_family = ? OR served_model_id = ?)")
+            args += [model, model]
+        if provider:
+            where.append("provider = ?")
+            args.append(provider)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if cursor:
+            ms, tid = decode_cursor(cursor)
+            where.append("(started_at_ms < ? OR (started_at_ms = ? AND trace_id < ?))")
+            args += [ms, ms, tid]
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM traces"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at_ms DESC, trace_id DESC LIMIT ?"
+        args.append(limit + 1)
+        conn = self._read()
+        try:
+            rows = [dict(zip(_COLUMNS, r)) for r in conn.execute(sql, args)]
+        finally:
+            conn.close()
+        nxt = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            nxt = encode_cursor(rows[-1]["started_at_ms"], rows[-1]["trace_id"])
+        return rows, nxt
+
+    def count(self) -> int:
+        conn = self._read()
+        try:
+            return conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0]
+        finally:
+            conn.close()
