@@ -1,6 +1,9 @@
 """The ``unhardcoded`` command line.
 
+    unhardcoded demo        the whole product on loopback, no keys, no network
+    unhardcoded serve       the OpenAI-compatible router
     unhardcoded rank        dry-run: rank the catalog with a policy, print a table
+    unhardcoded traces / trace / replay   the trace store
     unhardcoded policy      admit a term; print its normal form, encoding and identity
     unhardcoded fields      the field vocabulary a policy can observe
     unhardcoded conformance replay FILE   replay language-neutral vectors
@@ -251,9 +254,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if out.get("identical", True) else 1
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+    return demo_main(args.data_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unhardcoded", description="A decision layer for LLM calls.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="the whole product on loopback: mock providers, real HTTP, no keys")
+    d.add_argument("--data-dir", dest="data_dir", help="where the demo's traces go (default: a new temp dir)")
+    d.set_defaults(fn=cmd_demo)
 
     r = sub.add_parser("rank", help="dry-run: rank the catalog with a policy (no call is made)")
     r.add_argument("--catalog", help="catalog file (TOML or JSON); default: the shipped catalog")

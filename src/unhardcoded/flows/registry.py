@@ -49,14 +49,22 @@ def load_flow_file(path: Path, schema: Schema) -> RegisteredFlow:
     return RegisteredFlow(name, doc.get("description", ""), doc["flow_ir"], normal, str(path))
 
 
-def load_registry(schema: Schema, flows_dir: str | None = None, *, examples: bool = True) -> dict[str, RegisteredFlow]:
-    files: list[Path] = []
-    if examples:
-        files += sorted(EXAMPLES.glob("*.json"))
-    if flows_dir:
-        files += sorted(Path(flows_dir).glob("*.json"))
+def load_registry(schema: Schema, flows_dir: str | None = None, *, examples: bool = True,
+                  skipped: list[str] | None = None) -> dict[str, RegisteredFlow]:
+    """Shipped examples that the catalog cannot admit (they observe a field it does not
+    declare) are left out and named in ``skipped``; an operator's own file must admit."""
     out: dict[str, RegisteredFlow] = {}
-    for f in files:
-        reg = load_flow_file(f, schema)
-        out[reg.name] = reg
+    if examples:
+        for f in sorted(EXAMPLES.glob("*.json")):
+            try:
+                reg = load_flow_file(f, schema)
+            except FlowRegistryError as exc:
+                if skipped is not None:
+                    skipped.append(f"{f.name}: {exc.message}")
+                continue
+            out[reg.name] = reg
+    if flows_dir:
+        for f in sorted(Path(flows_dir).glob("*.json")):
+            reg = load_flow_file(f, schema)
+            out[reg.name] = reg
     return out

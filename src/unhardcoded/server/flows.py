@@ -19,7 +19,9 @@ class FlowService:
     def __init__(self, app: App) -> None:
         self.app = app
         self.router = app.router
-        self.registry = load_registry(self.router.catalog.schema, self.router.settings.flows_dir)
+        self.skipped: list[str] = []
+        self.registry = load_registry(self.router.catalog.schema, self.router.settings.flows_dir,
+                                      skipped=self.skipped)
         self.runner = FlowRunner(self.router)
         app.registered_flows = self.registry  # listed by /v1/models
 

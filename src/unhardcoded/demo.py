@@ -1,0 +1,147 @@
+"""``unhardcoded demo``: the whole product on loopback, with no keys and no network.
+
+It starts strict mock providers (OpenAI-compatible, Anthropic Messages,
+Gemini — each refusing what the real API refuses), serves the router over real
+HTTP with the shipped catalog pointed at those mocks, and makes real calls:
+a policy sent as data, a failover, a flow. Then it prints one receipt from the
+trace store and replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEMO_KEY = "demo-key-not-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _post(base: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    import aiohttp
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{base}/chat/completions", json=body,
+                          headers={"authorization": "Bearer caller-key"}) as r:
+            return r.status, await r.json()
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+async def run_demo(data_dir: str | None = None) -> int:
+    import uvicorn
+
+    from .catalog import load_catalog
+    from .catalog.loader import DEFAULT_CATALOG, build_catalog, read_document
+    from .catalog.prices import default_price_source
+    from .config import Keys, Settings
+    from .router.engine import Router
+    from .server import build_app
+    from .testing.upstreams import Fail, Upstream
+    from .traces.replay import replay_record
+    from .traces.sqlite import SQLiteStore
+    from .traces.views import receipt, replay_text
+
+    shipped = load_catalog()
+    served_ids: dict[str, set[str]] = {"openai": set(), "anthropic": set(), "gemini": set()}
+    for c in shipped.candidates():
+        served_ids[shipped.providers[c["provider_id"]].wire].add(c["served_model_id"])
+    ups = {w: Upstream(w, key=DEMO_KEY, models=ids) for w, ids in served_ids.items()}
+    urls = {w: await u.start() for w, u in ups.items()}
+
+    doc = read_document(DEFAULT_CATALOG)
+    for p in doc["providers"].values():
+        p["base_url"] = urls[p["wire"]]
+    catalog = build_catalog(doc, base_dir=DEFAULT_CATALOG.parent, prices=default_price_source(), source="default.toml (demo: mock providers)")
+    keys = {p.key_env: DEMO_KEY for p in catalog.providers.values() if p.key_env}
+    data = Path(data_dir or tempfile.mkdtemp(prefix="unhardcoded-demo-"))
+    settings = Settings(keys=Keys(keys, {}), data_dir=str(data))
+    store = SQLiteStore(data / "traces.sqlite3", flush_ms=20)
+    router = Router(catalog, settings, sink=store)
+    app = build_app(settings, router=router)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    base = f"http://127.0.0.1:{port}/v1"
+    failures = 0
+    try:
+        _say("unhardcoded demo: everything on loopback, no keys, no network")
+        _say(f"  providers  strict mocks of OpenAI, Anthropic and Gemini ({', '.join(urls.values())})")
+        _say(f"  router     {base}  (catalog: {len(catalog)} routes; traces: {data / 'traces.sqlite3'})")
+        _say()
+
+        pred = ["cmp", "bench_intelligence", "ge", 0.5]
+        _say(f"1. A policy sent as data with the call: {json.dumps(pred)}")
+        status, body = await _post(base, {"model": "", "messages": [{"role": "user", "content": "Say hello."}],
+                                          "policy_ir": pred})
+        failures += status != 200
+        x = body.get("x_router", {})
+        _say(f"   answered by {x.get('provider')}/{x.get('model_family')} "
+             f"(policy {x.get('policy_id')}, ranked {len(x.get('decision_trace', {}).get('ranked', []))}, "
+             f"rejected {len(x.get('decision_trace', {}).get('rejected', []))}, cost ${x.get('cost_usd') or 0:.6f})")
+        _say(f"   answer: {body.get('choices', [{}])[0].get('message', {}).get('content', '')!r}")
+        _say()
+
+        pick = x.get("served_model_id")
+        wire = catalog.providers[x["provider"]].wire if x.get("provider") in catalog.providers else "openai"
+        if pick:
+            ups[wire].script(pick, Fail(429, "rate limited (scripted by the demo)"))
+        _say("2. The same call, but the first pick answers 429: the policy's FailPlan moves on")
+        status, body = await _post(base, {"model": "", "messages": [{"role": "user", "content": "Say hello again."}],
+                                          "policy_ir": pred})
+        failures += status != 200
+        x2 = body.get("x_router", {})
+        for e in x2.get("decision_trace", {}).get("decision_path", []):
+            if e.get("event") == "attempted":
+                what = f"{e['error_kind']} ({e.get('http_status')})" if e.get("error_kind") else "answered"
+                _say(f"   attempt {e['provider_id']}/{e['model_family']}: {what}")
+        _say()
+
+        _say("3. A flow: two drafts in parallel, then a synthesis (model: flow:two-drafts)")
+        status, body = await _post(base, {"model": "flow:two-drafts",
+                                          "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
+        failures += status != 200
+        fx = body.get("x_router", {})
+        for n in fx.get("flow_nodes", []):
+            _say(f"   node {n['node']:<10} {n.get('provider')}/{n.get('model_family')}  "
+                 f"started {n['started_ms']:.0f} ms, took {n['latency_ms']:.0f} ms")
+        _say(f"   {fx.get('runs')} billable run(s); flow {fx.get('flow_id')}")
+        _say()
+
+        store.flush()
+        rec = store.get(x2.get("trace_id", ""))
+        if rec is not None:
+            _say(f"4. The receipt of call 2 (unhardcoded trace {rec['trace_id']} --data-dir {data}):")
+            _say("   " + receipt(rec).replace("\n", "\n   "))
+            _say()
+            out = replay_record(rec, store.catalog_snapshot(rec["catalog"]["digest"]))
+            _say(f"5. Replayed from the stored record alone (unhardcoded replay {rec['trace_id']} --data-dir {data}):")
+            _say("   " + replay_text(out).replace("\n", "\n   "))
+            failures += not out["identical"]
+        else:
+            failures += 1
+    finally:
+        server.should_exit = True
+        await task
+        for u in ups.values():
+            await u.stop()
+        store.close()
+    _say()
+    _say("Next: point the official OpenAI SDK at `unhardcoded serve` with your own keys "
+         "(OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...).")
+    return 1 if failures else 0
+
+
+def main(data_dir: str | None = None) -> int:
+    return asyncio.run(run_demo(data_dir))

@@ -1,0 +1,325 @@
+"""Traces: a record for every router path, what is (never) stored, history, retention, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import aiohttp
+import openai
+import pytest
+
+from unhardcoded.testing.upstreams import Delay, Fail, Reply, Stall, Upstream, run_in_thread
+from unhardcoded.traces.replay import replay_record
+from unhardcoded.traces.sqlite import SQLiteStore
+
+from .harness import KEYS, NEXT, free_port, policy, start_stack
+
+MSG = [{"role": "user", "content": "The secret plan is ZEBRA-7."}]
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    s = await start_stack(tmp_path)
+    yield s
+    await s.close()
+
+
+def record(stack, trace_id: str) -> dict:
+    stack.store.flush()
+    rec = stack.store.get(trace_id)
+    assert rec is not None
+    assert rec["schema"] == "unhardcoded.trace/v1"
+    return rec
+
+
+def latest(stack) -> dict:
+    stack.store.flush()
+    rows, _ = stack.store.list(limit=1)
+    return stack.store.get(rows[0]["trace_id"])
+
+
+def events(rec: dict) -> list[tuple]:
+    return [(e["event"], e.get("provider_id"), e.get("error_kind")) for e in rec["path"]]
+
+
+async def test_success(stack) -> None:
+    r = await stack.client.chat.completions.create(model="", messages=MSG)
+    rec = record(stack, r.model_extra["x_router"]["trace_id"])
+    assert rec["status"] == "ok" and rec["kind"] == "chat" and rec["stream"] is False
+    assert rec["answer"]["provider_id"] == "ge"
+    assert rec["usage"]["tokens_in"] == r.usage.prompt_tokens and rec["usage"]["tokens_out"] == r.usage.completion_tokens
+    assert rec["cost"]["cost_basis"] == "computed" and float(rec["cost"]["cost_usd"]) > 0
+    assert rec["latency"]["total_ms"] > 0
+    assert rec["policy"]["effective"]["identity"] == r.model_extra["x_router"]["policy_identity"]
+    assert rec["decision"]["ranked"][0]["provider_id"] == "ge"
+    assert rec["inputs"]["state"] == {"breakers": {}, "disabled": {}, "credits": {}, "ema": {}}
+    assert rec["catalog"]["digest"] == stack.router.catalog.digest
+    assert stack.store.catalog_snapshot(rec["catalog"]["digest"]) is not None
+
+
+async def test_retry_and_failover(stack) -> None:
+    fp = ["override", ["always", NEXT], "server_error", {"action": "retry_same", "attempts": 1}]
+    pol = policy(["top"], ["neg", ["normalize", ["field", "price_in"]]], ["argmax"], failplan=fp)
+    stack.gemini.script("gemini-3-flash-preview", Fail(500), Fail(500))
+    r = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": pol})
+    rec = record(stack, r.model_extra["x_router"]["trace_id"])
+    assert events(rec) == [("attempted", "ge", "server_error"), ("retry_scheduled", "ge", None),
+                           ("attempted", "ge", "server_error"), ("attempted", "oa", None)]
+    assert rec["path"][0]["http_status"] == 500
+    assert rec["answer"]["provider_id"] == "oa"
+
+
+async def test_all_failed(stack) -> None:
+    stack.openai.script("gpt-5.5", Fail(500))
+    with pytest.raises(openai.APIStatusError):
+        await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": policy(["family_eq", "gpt-5.5"])})
+    rec = latest(stack)
+    assert rec["status"] == "error" and rec["answer"] is None
+    assert rec["error"]["kind"] == "exhausted: server_error" and rec["error"]["status"] == 502
+    assert rec["cost"]["cost_usd"] is None
+
+
+async def test_abort(stack) -> None:
+    fp = ["override", ["always", NEXT], "rate_limit", {"action": "abort"}]
+    stack.openai.script("gpt-5.5", Fail(429))
+    with pytest.raises(openai.RateLimitError):
+        await stack.client.chat.completions.create(
+            model="", messages=MSG, extra_body={"policy_ir": policy(["top"], ["field", "bench_intelligence"], ["argmax"], failplan=fp)})
+    rec = latest(stack)
+    assert rec["status"] == "aborted" and events(rec) == [("attempted", "oa", "rate_limit")]
+
+
+async def test_no_candidates(stack) -> None:
+    with pytest.raises(openai.APIStatusError):
+        await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": ["bot"]})
+    rec = latest(stack)
+    assert rec["status"] == "error" and rec["error"]["kind"] == "no_candidates" and rec["path"] == []
+    assert all(x["reason"] == "bot" for x in rec["decision"]["rejected"])
+
+
+async def test_streaming(stack) -> None:
+    stream = await stack.client.chat.completions.create(model="", messages=MSG, stream=True)
+    chunks = [c async for c in stream]
+    rec = record(stack, chunks[-1].model_extra["x_router"]["trace_id"])
+    assert rec["status"] == "ok" and rec["stream"] is True
+    assert rec["latency"]["ttft_ms"] is not None and rec["latency"]["ttft_ms"] <= rec["latency"]["total_ms"]
+    assert rec["usage"]["tokens_out"] == chunks[-1].usage.completion_tokens
+
+
+async def test_client_disconnect_mid_stream(stack) -> None:
+    stack.gemini.script("gemini-3-flash-preview", Delay(0))
+    async with aiohttp.ClientSession() as s:
+        stack.gemini.script("gemini-3-flash-preview", Stall())
+        task = asyncio.ensure_future(s.post(stack.base_url + "/chat/completions",
+                                            json={"model": "", "messages": MSG, "stream": True,
+                                                  "policy_ir": policy(["family_eq", "gemini-3-flash-preview"])}))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    for _ in range(100):
+        stack.store.flush()
+        rows, _ = stack.store.list(status="client_disconnected")
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    assert rows, "a client that went away still leaves a trace"
+    rec = stack.store.get(rows[0]["trace_id"])
+    assert rec["path"][0]["provider_id"] == "ge"
+
+
+async def test_client_disconnect_non_stream(stack) -> None:
+    stack.openai.script("gpt-5.5", Stall())
+    async with aiohttp.ClientSession() as s:
+        task = asyncio.ensure_future(s.post(stack.base_url + "/chat/completions",
+                                            json={"model": "", "messages": MSG,
+                                                  "policy_ir": policy(["family_eq", "gpt-5.5"])}))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    for _ in range(100):
+        stack.store.flush()
+        rows, _ = stack.store.list(status="client_disconnected")
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    assert rows and rows[0]["route"] == ""
+
+
+async def test_no_message_content_is_stored_while_capture_is_off(stack) -> None:
+    r = await stack.client.chat.completions.create(model="", messages=MSG)
+    stack.store.flush()
+    blob = sqlite3.connect(stack.store.path).execute("SELECT group_concat(record, '') FROM traces").fetchone()[0]
+    assert "ZEBRA-7" not in blob
+    assert r.choices[0].message.content not in blob
+    assert "content" not in record(stack, r.model_extra["x_router"]["trace_id"])
+
+
+async def test_content_is_stored_when_the_operator_turns_capture_on(tmp_path) -> None:
+    s = await start_stack(tmp_path, capture_content=True)
+    try:
+        r = await s.client.chat.completions.create(model="", messages=MSG)
+        rec = record(s, r.model_extra["x_router"]["trace_id"])
+        assert rec["content"]["messages"] == MSG
+        assert rec["content"]["response"][0]["content"] == r.choices[0].message.content
+    finally:
+        await s.close()
+
+
+async def test_history_filters_and_cursor_pagination(stack) -> None:
+    for i in range(5):
+        await stack.client.chat.completions.create(model="", messages=[{"role": "user", "content": f"n{i}"}])
+    await stack.client.chat.completions.create(model="family:claude-haiku-4-5", messages=MSG)
+    stack.store.flush()
+    status, page1 = await stack.get("/x/traces?limit=4")
+    assert status == 200 and len(page1["data"]) == 4 and page1["next_cursor"]
+    status, page2 = await stack.get(f"/x/traces?limit=4&cursor={page1['next_cursor']}")
+    ids = [r["trace_id"] for r in page1["data"] + page2["data"]]
+    assert len(ids) == len(set(ids)) == 6
+    starts = [r["started_at_ms"] for r in page1["data"] + page2["data"]]
+    assert starts == sorted(starts, reverse=True)
+    _, by_model = await stack.get("/x/traces?model=claude-haiku-4-5")
+    assert [r["model_family"] for r in by_model["data"]] == ["claude-haiku-4-5"]
+    _, by_route = await stack.get("/x/traces?route=family:claude-haiku-4-5")
+    assert len(by_route["data"]) == 1
+    _, by_provider = await stack.get("/x/traces?provider=ge")
+    assert len(by_provider["data"]) == 5
+    pol = page1["data"][0]["policy_identity"]
+    _, by_policy = await stack.get(f"/x/traces?policy=pol_{pol[:6]}")
+    assert len(by_policy["data"]) >= 1 and all(r["policy_identity"] == pol for r in by_policy["data"])
+    now = int(time.time() * 1000)
+    _, future = await stack.get(f"/x/traces?since={now + 60000}")
+    assert future["data"] == []
+    status, bad = await stack.get("/x/traces?cursor=@@@")
+    assert status == 400 and bad["error"]["code"] == "bad_cursor"
+    status, one = await stack.get(f"/x/traces/{ids[0]}")
+    assert status == 200 and one["trace_id"] == ids[0]
+    status, missing = await stack.get("/x/traces/tr_nope")
+    assert status == 404 and missing["error"]["code"] == "trace_not_found"
+
+
+async def test_replay_endpoint_and_against_current(stack) -> None:
+    r = await stack.client.chat.completions.create(model="", messages=MSG)
+    tid = r.model_extra["x_router"]["trace_id"]
+    stack.store.flush()
+    status, same = await stack.post("/x/replay", {"trace_id": tid})
+    assert status == 200 and same["identical"] is True
+    # today ge is disabled: the stored policy now picks something else
+    stack.router.runtime.disable("ge", "auth_error")
+    status, now = await stack.post("/x/replay", {"trace_id": tid, "against": "current"})
+    assert status == 200
+    assert now["pick_before"]["provider"] == "ge" and now["pick_after"]["provider"] == "oa"
+    assert any(c["provider"] == "ge" for c in now["changes"])
+    assert now["cost_after_usd"] is not None and now["cost_delta_usd"] is not None
+
+
+def test_retention_purges_old_records_in_batches(tmp_path) -> None:
+    store = SQLiteStore(tmp_path / "t.sqlite3", retention_days=None)
+    conn = sqlite3.connect(store.path)
+    now = int(time.time() * 1000)
+    rows = [(f"tr_{i:04d}", now - (40 if i % 2 else 1) * 86_400_000, "ok", "{}") for i in range(2500)]
+    conn.executemany("INSERT INTO traces (trace_id, started_at_ms, status, record) VALUES (?, ?, ?, ?)", rows)
+    conn.commit()
+    assert store.purge(older_than_ms=now - 30 * 86_400_000, batch=300) == 1250
+    assert store.count() == 1250
+
+
+def test_the_cli_lists_and_prints_a_receipt(tmp_path) -> None:
+    from unhardcoded.cli import main
+    import contextlib
+    import io
+
+    async def make() -> str:
+        s = await start_stack(tmp_path)
+        try:
+            s.gemini.script("gemini-3-flash-preview", Fail(429))
+            r = await s.client.chat.completions.create(model="", messages=MSG)
+            s.store.flush()
+            return r.model_extra["x_router"]["trace_id"]
+        finally:
+            await s.close()
+    tid = asyncio.run(make())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["traces", "--data-dir", str(tmp_path)]) == 0
+        assert main(["trace", tid, "--data-dir", str(tmp_path)]) == 0
+        assert main(["replay", tid, "--data-dir", str(tmp_path)]) == 0
+    text = out.getvalue()
+    assert tid in text
+    assert "answered   oa / gpt-5.4-mini" in text
+    assert "1. ge/gemini-3-flash-preview attempt 1: rate_limit (429)" in text
+    assert f"replay {tid}: identical" in text
+
+
+CRASH_CATALOG = """
+version = 1
+[providers.oa]
+wire = "openai"
+base_url = "{url}"
+key_env = "OA_KEY"
+[models."gpt-5.5"]
+routes = [{{ provider = "oa", id = "gpt-5.5", price_in = 1, price_out = 2 }}]
+[profiles.default]
+policy = '["policy", ["meets_req"], ["zero"], ["argmax"], ["id"], ["always", {{"action": "next_candidate"}}]]'
+"""
+
+
+def test_kill_9_under_load_loses_at_most_the_unflushed_batch(tmp_path) -> None:
+    """A crash can lose only what the writer had not committed; never a torn record."""
+    with run_in_thread(Upstream("openai", key=KEYS["OA_KEY"])) as ups:
+        cat = tmp_path / "catalog.toml"
+        cat.write_text(CRASH_CATALOG.format(url=ups["openai"].base_url))
+        port = free_port()
+        env = {**os.environ, "OA_KEY": KEYS["OA_KEY"]}
+        proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--catalog", str(cat),
+                                 "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            done = asyncio.run(_load(base, seconds=2.0))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    conn = sqlite3.connect(tmp_path / "data" / "traces.sqlite3")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = conn.execute("SELECT record FROM traces").fetchall()
+    for (raw,) in stored:
+        rec = json.loads(raw)  # every stored record is whole
+        assert rec["status"] == "ok" and rec["decision"]["digest"]
+    lost = done - len(stored)
+    assert done > 50
+    # the writer commits at least every 100 ms, at most 512 runs a batch: a crash loses at most one batch
+    assert 0 <= lost <= 512, (done, len(stored))
+
+
+async def _load(base: str, seconds: float) -> int:
+    for _ in range(200):
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(base + "/healthz") as r:
+                    if r.status == 200:
+                        break
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.05)
+    done = 0
+    stop = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as s:
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                async with s.post(base + "/v1/chat/completions", json={"messages": MSG}) as r:
+                    await r.read()
+                    if r.status == 200:
+                        done += 1
+        await asyncio.gather(*[worker() for _ in range(8)])
+    return done
