@@ -8,10 +8,12 @@ once, keyed by their digest.
 
 Durability, stated precisely: SQLite in WAL mode with ``synchronous=NORMAL``
 keeps every committed transaction through a process crash (``kill -9``); what a
-crash can lose is what was still queued, i.e. the runs that finished in the
-last flush interval and not yet committed, and never fewer than all of a batch
-(a transaction commits whole or not at all: no torn record). A clean shutdown
-(``close()``) drains the queue first and loses nothing.
+crash can lose is what was still queued and not yet committed — in steady state
+the runs of the last flush interval, and never more than ``max_pending``
+(default 2048) runs: when the writer falls that far behind, ``submit`` waits
+for it (backpressure) rather than let the exposure grow. A transaction commits
+whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
+drains the queue first and loses nothing.
 
 Retention: the writer deletes records older than ``retention_days`` in small
 batches between writes; routing never waits for it.
@@ -100,7 +102,7 @@ class SQLiteStore:
     name = "sqlite"
 
     def __init__(self, path: str | Path, *, capture_content: bool = False, retention_days: int | None = 30,
-                 flush_ms: int = 100, batch_max: int = 512) -> None:
+                 flush_ms: int = 100, batch_max: int = 512, max_pending: int = 2048) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,9 @@ class SQLiteStore:
         self.retention_days = retention_days
         self.flush_ms = flush_ms
         self.batch_max = batch_max
+        self.max_pending = max_pending
+        self._pending = 0
+        self._room = threading.Condition()
         self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._known_catalogs: set[str] = set()
@@ -129,9 +134,18 @@ class SQLiteStore:
                 self._writer.start()
 
     def submit(self, run: Any) -> None:
-        if self._writer is None:
+        if self._writer is None or not self._writer.is_alive():
             self.start()
+        with self._room:
+            if self._pending >= self.max_pending:
+                self._room.wait_for(lambda: self._pending < self.max_pending, timeout=30)
+            self._pending += 1
         self._q.put(run)
+
+    @property
+    def pending(self) -> int:
+        """Runs handed over and not yet committed (what a crash right now would lose)."""
+        return self._pending
 
     def submit_record(self, record: Mapping[str, Any], catalog: Any = None) -> None:
         """Store an already-built record (flows, imports)."""
@@ -219,6 +233,11 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+        done = len(items) - len(barriers)
+        if done:
+            with self._room:
+                self._pending = max(0, self._pending - done)
+                self._room.notify_all()
         for b in barriers:
             b.set()
 
