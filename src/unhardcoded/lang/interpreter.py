@@ -31,7 +31,7 @@ from .errors import EvaluationError
 from .fields import Schema, default_schema
 from .ordering import InvalidOrder, reference_sort
 from .prng import MODULUS, lcg, substream
-from .requirements import meets_requirements, scope_matches, truthy
+from .requirements import RequestCheck, scope_matches, truthy
 from .signature import OPERATIONAL_SORTS, OPS
 
 Pred = Callable[[Mapping[str, Any], Mapping[str, Any]], "str | None"]
@@ -122,6 +122,9 @@ def evaluate(t: list, algebra: Mapping[str, Callable[[list], Any]]) -> Any:
 # --------------------------------------------------------------------------
 
 def _number(v: Any, name: str) -> Any:
+    t = type(v)
+    if t is float or t is int:
+        return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise EvaluationError("bad_observation", f"field {name!r} observed a non-number ({type(v).__name__})")
     return v
@@ -261,9 +264,19 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
 
     @op("meets_req")
     def _meets_req(a: list) -> Pred:
+        # The request side is worked out once per request object, not per candidate.
+        memo: list[Any] = [None]  # one (request, check) tuple, swapped whole
+
         def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            request = ctx.get("request") if type(ctx) is dict else (ctx.get("request") if isinstance(ctx, Mapping) else None)
+            entry = memo[0]
+            if entry is not None and entry[0] is request and request is not None:
+                check = entry[1]
+            else:
+                check = RequestCheck(request)
+                memo[0] = (request, check)
             try:
-                return meets_requirements(c, ctx)
+                return check(c)
             except TypeError as exc:
                 raise EvaluationError("bad_requirements", f"requirements cannot be compared: {exc}") from None
         return p

@@ -34,6 +34,8 @@ def truthy(v: Any) -> bool:
 
 
 def _m(obj: Any, key: str) -> Any:
+    if type(obj) is dict:
+        return obj.get(key)
     return obj.get(key) if isinstance(obj, Mapping) else None
 
 
@@ -67,38 +69,54 @@ def derive_needs(request: Any) -> list[str]:
     return seen
 
 
+class RequestCheck:
+    """The request side of ``meets_req``, worked out once per request."""
+
+    __slots__ = ("needs", "min_context", "family", "tier", "privacy", "min_quality", "min_tok_s", "empty")
+
+    def __init__(self, request: Any) -> None:
+        req = _m(request, "requirements")
+        self.needs = [(n, NEED_TO_CAPABILITY[n]) for n in derive_needs(request)
+                      if isinstance(n, str) and n in NEED_TO_CAPABILITY]
+        if not isinstance(req, Mapping):
+            req = {}
+        self.min_context = req.get("min_context") if truthy(req.get("min_context")) else None
+        self.family = req.get("model_family") if truthy(req.get("model_family")) else None
+        self.tier = req.get("tier") if truthy(req.get("tier")) else None
+        self.privacy = req.get("privacy")
+        self.min_quality = req.get("min_quality") if truthy(req.get("min_quality")) else None
+        self.min_tok_s = req.get("min_tok_s") if truthy(req.get("min_tok_s")) else None
+        self.empty = not self.needs and self.min_context is None and self.family is None and self.tier is None \
+            and self.privacy not in ("tee_required", "no_log") and self.min_quality is None and self.min_tok_s is None
+
+    def __call__(self, cand: Mapping[str, Any]) -> str | None:
+        if self.empty:
+            return None
+        caps = cand.get("capabilities")
+        for need, flag in self.needs:
+            if not truthy(_m(caps, flag)):
+                return "missing_capability:" + need
+        if self.min_context is not None and _or(_m(caps, "context"), 0) < self.min_context:
+            return "min_context"
+        if self.family is not None and cand.get("model_family") != self.family:
+            return "model_family"
+        if self.tier is not None and cand.get("tier") != self.tier:
+            return "tier"
+        privacy = self.privacy
+        if privacy == "tee_required" and not truthy(cand.get("has_tee")):
+            return "tee_required"
+        if privacy == "no_log" and not (truthy(cand.get("no_log")) or truthy(cand.get("has_tee"))):
+            return "no_log"
+        if self.min_quality is not None and _or(cand.get("quality_hint"), 0) < self.min_quality:
+            return "min_quality"
+        if self.min_tok_s is not None and _or(cand.get("tok_s"), 0) < self.min_tok_s:
+            return "min_tok_s"
+        return None
+
+
 def meets_requirements(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
     """None when the candidate meets the request's requirements, else the reason."""
-    request = _m(ctx, "request")
-    req = _m(request, "requirements")
-    caps = cand.get("capabilities")
-    for need in derive_needs(request):
-        flag = NEED_TO_CAPABILITY.get(need) if isinstance(need, str) else None
-        if flag is not None and not truthy(_m(caps, flag)):
-            return "missing_capability:" + need
-    if not isinstance(req, Mapping):
-        return None
-    min_context = req.get("min_context")
-    if truthy(min_context) and _or(_m(caps, "context"), 0) < min_context:
-        return "min_context"
-    family = req.get("model_family")
-    if truthy(family) and cand.get("model_family") != family:
-        return "model_family"
-    tier = req.get("tier")
-    if truthy(tier) and cand.get("tier") != tier:
-        return "tier"
-    privacy = req.get("privacy")
-    if privacy == "tee_required" and not truthy(cand.get("has_tee")):
-        return "tee_required"
-    if privacy == "no_log" and not (truthy(cand.get("no_log")) or truthy(cand.get("has_tee"))):
-        return "no_log"
-    min_quality = req.get("min_quality")
-    if truthy(min_quality) and _or(cand.get("quality_hint"), 0) < min_quality:
-        return "min_quality"
-    min_tok_s = req.get("min_tok_s")
-    if truthy(min_tok_s) and _or(cand.get("tok_s"), 0) < min_tok_s:
-        return "min_tok_s"
-    return None
+    return RequestCheck(_m(ctx, "request"))(cand)
 
 
 def scope_matches(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Sequence
 
@@ -215,7 +215,8 @@ class Router:
     def set_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.compiler = Compiler(catalog.schema)
-        self._credentialed_cache: tuple[int, list, list] | None = None
+        self._credentialed: tuple[list[Mapping[str, Any]], list[Rejection]] | None = None
+        self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
 
     async def close(self) -> None:
         await self.transport.close()
@@ -227,6 +228,12 @@ class Router:
 
     # ------------------------------------------------------------------ decide
     def _credentialed_pool(self) -> tuple[list[Mapping[str, Any]], list[Rejection]]:
+        """The catalog's routes the caller holds a key for (computed once per catalog)."""
+        if self._credentialed is None:
+            self._credentialed = self._compute_credentialed()
+        return self._credentialed
+
+    def _compute_credentialed(self) -> tuple[list[Mapping[str, Any]], list[Rejection]]:
         keys = self.settings.keys
         pool: list[Mapping[str, Any]] = []
         rejected: list[Rejection] = []
@@ -247,14 +254,31 @@ class Router:
         if require_keys:
             pool, pre = self._credentialed_pool()
         else:
-            pool, pre = list(self.catalog.candidates()), []
+            pool, pre = self.catalog.candidates(), []
         pool = self.runtime.stamp(pool, now)
         ctx: dict[str, Any] = {"request": contract.request_view(body), "state": self.runtime.snapshot(now),
                                "now_ms": now}
         if contract.seed is not None:
             ctx["seed"] = contract.seed
-        plan = decide(choice.effective.policy, pool, ctx, contract.pin)
+        plan = self._plan(choice, pool, ctx, contract.pin)
         return Prepared(body, contract, choice, ctx, pool, pre, plan, now, t0, self.catalog)
+
+    def _plan(self, choice: PolicyChoice, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
+              pin: tuple[str, str] | None) -> Plan:
+        """decide(), memoised: a plan is a pure function of the policy, the pool, the request's
+        requirements, the runtime state, the seed and the pin (no operation reads the clock)."""
+        key = _plan_key(choice.effective.identity, pool, ctx, pin)
+        if key is not None:
+            hit = self._plans.get(key)
+            if hit is not None and hit[0] is pool:  # the entry holds its pool: ids are never reused under it
+                self._plans.move_to_end(key)
+                return hit[1]
+        plan = decide(choice.effective.policy, pool, ctx, pin)
+        if key is not None:
+            self._plans[key] = (pool, plan)
+            if len(self._plans) > 512:
+                self._plans.popitem(last=False)
+        return plan
 
     # ------------------------------------------------------------------ attempt
     def _target(self, cand: Mapping[str, Any]) -> Target:
@@ -603,6 +627,27 @@ class RoutedStream:
         self.run.answered_by = self.router._answered(self.cand)
         self.run.usage = Usage.from_openai(self._usage)
         self.run.cost = self.router._cost(self.cand, self.run.usage)
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _plan_key(identity: str, pool: Any, ctx: Mapping[str, Any], pin: Any) -> Any:
+    """Everything a plan depends on, hashable; None when something is not (then no caching)."""
+    try:
+        state = ctx["state"]
+        key = (identity, id(pool), pin, ctx.get("seed"), _freeze(ctx["request"]),
+               tuple(sorted(state["breakers"])), tuple(sorted(state["disabled"])),
+               tuple(sorted(state["credits"].items())), _freeze(state.get("ema")))
+        hash(key)
+        return key
+    except (TypeError, KeyError):
+        return None
 
 
 def _usage_json(u: Usage) -> dict[str, Any]:

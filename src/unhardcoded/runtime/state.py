@@ -66,6 +66,7 @@ class RuntimeConfig:
     disable_ms: int = 300_000
     window_ms: int = 15 * 60_000
     window_max: int = 512        # observations kept per route
+    stamp_refresh_ms: int = 100  # observed fields stamped onto candidates are at most this old
 
 
 class RuntimeState:
@@ -77,7 +78,8 @@ class RuntimeState:
         self.disabled: dict[str, Disable] = {}
         self.routes: dict[str, deque[Observation]] = {}
         self.credits: dict[str, float] = {}
-        self.version = 0  # bumps on every change; lets callers cache stamped candidates
+        self.version = 0  # bumps on every change
+        self._stamped: tuple[Any, int, list[Mapping[str, Any]]] | None = None
 
     # ---- what the language sees -------------------------------------------
     def is_disabled(self, provider: str, now_ms: int | None = None) -> bool:
@@ -122,7 +124,20 @@ class RuntimeState:
         return out
 
     def stamp(self, candidates: Sequence[Mapping[str, Any]], now_ms: int) -> list[Mapping[str, Any]]:
-        """Candidates with observed fields stamped; unobserved ones are shared, not copied."""
+        """Candidates with observed fields stamped; unobserved ones are shared, not copied.
+
+        The stamped pool is rebuilt at most every ``stamp_refresh_ms`` while only successes
+        arrive, and at once after a failure: a decision sees successes at most that old and
+        failures immediately (its trace records exactly which it saw).
+        """
+        cached = self._stamped
+        if cached is not None and cached[0] is candidates and 0 <= now_ms - cached[1] < self.config.stamp_refresh_ms:
+            return cached[2]
+        out = self._stamp(candidates, now_ms)
+        self._stamped = (candidates, now_ms, out)
+        return out
+
+    def _stamp(self, candidates: Sequence[Mapping[str, Any]], now_ms: int) -> list[Mapping[str, Any]]:
         observed = self.observed(now_ms)
         if not observed:
             return list(candidates)
@@ -165,6 +180,7 @@ class RuntimeState:
                 b.open_until_ms = max(b.open_until_ms, now + span)
             self._observe(f"{provider}|{family}", Observation(now, False, latency_ms, None))
             self.version += 1
+            self._stamped = None  # a failure is news: the next decision sees it at once
 
     def disable(self, provider: str, kind: str, ms: float | None = None) -> None:
         now = self.clock()
@@ -195,6 +211,7 @@ class RuntimeState:
 
     def reset(self, providers: Iterable[str] | None = None) -> None:
         with self._lock:
+            self._stamped = None
             if providers is None:
                 self.breakers.clear()
                 self.disabled.clear()

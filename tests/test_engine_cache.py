@@ -1,0 +1,57 @@
+"""The decision cache never changes a decision: cached plans equal freshly computed ones."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from unhardcoded.catalog import build_catalog
+from unhardcoded.config import Keys, Settings
+from unhardcoded.router.decision import decide
+from unhardcoded.router.engine import Router
+from unhardcoded.runtime.state import RuntimeState
+from unhardcoded.traces.record import decision_bytes, decision_view
+
+from .test_replay import PROVIDERS, bodies, catalogs
+
+
+def fresh(router: Router, prep) -> bytes:
+    plan = decide(prep.choice.effective.policy, prep.pool, prep.ctx, prep.contract.pin)
+    return decision_bytes(decision_view(plan.ordered, plan.rejected))
+
+
+@settings(max_examples=150)
+@given(catalogs(), st.lists(bodies(), min_size=1, max_size=4), st.lists(st.sampled_from(PROVIDERS), max_size=3))
+def test_cached_plans_equal_fresh_ones_across_state_changes(doc, bodies_, breaking) -> None:
+    now = [1_700_000_000_000]
+    rt = RuntimeState(clock=lambda: now[0])
+    router = Router(build_catalog(doc), Settings(keys=Keys({f"{p.upper()}_KEY": "k" for p in PROVIDERS}, {})),
+                    runtime=rt, clock=rt.clock)
+    for step in range(len(breaking) + 1):
+        for body in bodies_ * 2:  # the second pass hits the cache
+            prep = router.prepare(body)
+            got = decision_bytes(decision_view(prep.plan.ordered, prep.plan.rejected))
+            assert got == fresh(router, prep)
+        if step < len(breaking):
+            rt.record_failure(breaking[step], "m1", "server_error", 10.0, open_breaker_ms=60_000)
+            now[0] += 1
+
+
+def test_a_repeated_request_reuses_its_plan_and_a_breaker_change_does_not() -> None:
+    doc = {"providers": {"a": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                         "b": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+           "models": {"m": {"routes": [{"provider": "a", "price_in": 1, "price_out": 1},
+                                       {"provider": "b", "price_in": 2, "price_out": 2}]}},
+           "profiles": {"default": {"policy": '["policy", ["not", ["is", "breaker_open"]], ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]'}}}
+    now = [1_700_000_000_000]
+    rt = RuntimeState(clock=lambda: now[0])
+    router = Router(build_catalog(doc), Settings(), runtime=rt, clock=rt.clock)
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    p1, p2 = router.prepare(body), router.prepare(body)
+    assert p1.plan is p2.plan
+    rt.record_failure("a", "m", "server_error", 1.0, open_breaker_ms=1000)
+    p3 = router.prepare(body)
+    assert p3.plan is not p1.plan
+    assert [r.candidate["provider_id"] for r in p3.plan.ordered] == ["b"]
+    now[0] += 2000  # the breaker closes by itself
+    p4 = router.prepare(body)
+    assert [r.candidate["provider_id"] for r in p4.plan.ordered] == ["a", "b"]
