@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+
+import orjson
 from typing import Any, Mapping, Sequence
 
 SCHEMA = "unhardcoded.trace/v1"
@@ -39,7 +41,13 @@ def score_value(v: Any) -> Any:
 
 
 def canonical(v: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: the bytes we hash (decisions, catalogs)."""
     return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def dump_record(rec: Any) -> bytes:
+    """A record as stored: compact JSON (orjson: a trace is written per call, so this is hot)."""
+    return orjson.dumps(rec)
 
 
 def decision_view(ordered: Sequence[Any], rejected: Sequence[Any]) -> dict[str, Any]:
@@ -85,6 +93,45 @@ def pool_delta(pool: Sequence[Mapping[str, Any]], catalog_candidates: Sequence[M
     return {"excluded": [[x.provider, x.model, x.reason] for x in pre_rejected], "stamps": stamps}
 
 
+class _Memo:
+    """A small identity-keyed memo that holds its keys (so ids are never reused under it)."""
+
+    def __init__(self, size: int = 256) -> None:
+        from collections import OrderedDict
+        self.size = size
+        self.data: "OrderedDict[int, tuple[Any, Any]]" = OrderedDict()
+
+    def get(self, obj: Any, make: Any) -> Any:
+        hit = self.data.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        value = make(obj)
+        self.data[id(obj)] = (obj, value)
+        if len(self.data) > self.size:
+            self.data.popitem(last=False)
+        return value
+
+
+# Plans and stamped pools are shared by many runs (the router memoises them): their part
+# of the record is built once. Used by the single writer thread only.
+_DECISIONS = _Memo()
+_POOLS = _Memo()
+
+
+def decision_section(plan: Any, pre_rejected: Sequence[Any]) -> dict[str, Any]:
+    view = decision_view(plan.ordered, plan.rejected)
+    return {
+        "ranked": [{"provider_id": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
+                    "served_model_id": r.candidate.get("served_model_id"), "tier": r.candidate.get("tier"),
+                    "score": score_repr(r.score), "price_in": r.candidate.get("price_in"),
+                    "price_out": r.candidate.get("price_out")} for r in plan.ordered],
+        "rejected": [{"provider": x.provider, "model": x.model, "reason": x.reason}
+                     for x in [*pre_rejected, *plan.rejected]],
+        "view": view,
+        "digest": hashlib.sha256(decision_bytes(view)).hexdigest(),
+    }
+
+
 def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> dict[str, Any]:
     prep = run.prepared
     rec: dict[str, Any] = {
@@ -108,24 +155,15 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
                          "envelope": catalog.envelope if choice.source != "profile" else None}
         rec["catalog"] = {"digest": catalog.digest, "source": catalog.source}
         ctx = prep.ctx
+        pre = prep.pre_rejected
         rec["inputs"] = {
             "request": reduce_request(ctx.get("request", {})),
             "state": ctx.get("state", {}),
             "now_ms": ctx.get("now_ms"),
             "seed": ctx.get("seed"),
-            "pool": pool_delta(prep.pool, catalog.candidates(), prep.pre_rejected),
+            "pool": _POOLS.get(prep.pool, lambda pool: pool_delta(pool, catalog.candidates(), pre)),
         }
-        view = decision_view(prep.plan.ordered, prep.plan.rejected)
-        rec["decision"] = {
-            "ranked": [{"provider_id": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
-                        "served_model_id": r.candidate.get("served_model_id"), "tier": r.candidate.get("tier"),
-                        "score": score_repr(r.score), "price_in": r.candidate.get("price_in"),
-                        "price_out": r.candidate.get("price_out")} for r in prep.plan.ordered],
-            "rejected": [{"provider": x.provider, "model": x.model, "reason": x.reason}
-                         for x in [*prep.pre_rejected, *prep.plan.rejected]],
-            "view": view,
-            "digest": hashlib.sha256(decision_bytes(view)).hexdigest(),
-        }
+        rec["decision"] = _DECISIONS.get(prep.plan, lambda plan: decision_section(plan, pre))
     rec["path"] = run.events
     rec["answer"] = dict(run.answered_by) if run.answered_by else None
     rec["usage"] = run.usage.to_dict()

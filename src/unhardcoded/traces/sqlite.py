@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .record import build_record, canonical, summary_row
+from .record import build_record, canonical, dump_record, summary_row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -213,7 +213,7 @@ class SQLiteStore:
                 if cat is not None and cat.digest not in self._known_catalogs:
                     catalogs[cat.digest] = cat
                 row = summary_row(rec)
-                rows.append(tuple(row[c] for c in _COLUMNS) + (canonical(rec).decode("utf-8"),))
+                rows.append(tuple(row[c] for c in _COLUMNS) + (dump_record(rec).decode("utf-8"),))
             except Exception:  # a record that cannot be built must not stop the writer
                 self.errors += 1
         if rows or catalogs:
