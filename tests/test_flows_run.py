@@ -274,3 +274,25 @@ async def test_generated_dags_run_and_every_llm_node_runs_once(tmp_path_factory,
         assert x["flow_identity"] == normal.identity
     finally:
         await s.close()
+
+
+async def test_operator_flow_files_are_registered_and_bad_ones_refused(tmp_path) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    good = {"name": "echo-twice", "description": "one step",
+            "flow_ir": ["flow", {"u": {"kind": "input"}, "a": llm("Repeat.", ["u"], "gpt-5.5"),
+                                 "o": {"kind": "output", "inputs": ["a"]}}]}
+    (flows / "echo.json").write_text(json.dumps(good))
+    s = await start_stack(tmp_path / "ok", flows_dir=str(flows))
+    try:
+        r = await s.client.chat.completions.create(model="flow:echo-twice", messages=MSG)
+        assert xr(r)["flow_name"] == "echo-twice"
+        assert "flow:echo-twice" in {m.id for m in (await s.client.models.list()).data}
+    finally:
+        await s.close()
+    bad = dict(good, flow_ir=["flow", {"u": {"kind": "input"}, "o": {"kind": "output", "inputs": ["zz"]}}])
+    (flows / "bad.json").write_text(json.dumps(bad))
+    from unhardcoded.flows.registry import FlowRegistryError
+    with pytest.raises(FlowRegistryError) as e:
+        await start_stack(tmp_path / "bad", flows_dir=str(flows))
+    assert e.value.code == "unknown_input" and "bad.json" in e.value.message

@@ -477,6 +477,10 @@ async def test_stream_cut_after_content_is_an_error_never_a_clean_finish(stack) 
     stack.store.flush()
     rows, _ = stack.store.list(status="interrupted")
     assert len(rows) == 1 and rows[0]["provider"] == "ge"
+    rec = stack.store.get(rows[0]["trace_id"])
+    billed = rec["cost"]["failed_attempts"]
+    assert len(billed) == 1 and billed[0]["error_kind"] == "stream_interrupted"
+    assert billed[0]["cost_usd"] is None and "usage" in billed[0]["note"]  # unknown, never shown as zero
 
 
 async def test_stream_every_route_failing_is_a_plain_json_error(stack) -> None:

@@ -323,3 +323,25 @@ async def _load(base: str, seconds: float) -> int:
                         done += 1
         await asyncio.gather(*[worker() for _ in range(8)])
     return done
+
+
+def test_a_clean_shutdown_loses_no_trace(tmp_path) -> None:
+    with run_in_thread(Upstream("openai", key=KEYS["OA_KEY"])) as ups:
+        cat = tmp_path / "catalog.toml"
+        cat.write_text(CRASH_CATALOG.format(url=ups["openai"].base_url))
+        port = free_port()
+        env = {**os.environ, "OA_KEY": KEYS["OA_KEY"]}
+        proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--catalog", str(cat),
+                                 "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            done = asyncio.run(_load(f"http://127.0.0.1:{port}", seconds=1.0))
+            proc.send_signal(signal.SIGTERM)
+            # uvicorn shuts down gracefully, then re-raises the signal it caught
+            assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    conn = sqlite3.connect(tmp_path / "data" / "traces.sqlite3")
+    assert done > 20
+    assert conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == done

@@ -310,7 +310,9 @@ class Router:
     def _cost(self, cand: Mapping[str, Any], usage: Usage) -> Cost:
         route = self.catalog.route(cand["provider_id"], cand["model_family"])
         provider = self.catalog.providers[cand["provider_id"]]
-        if route is None:
+        if route is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0
+                             and usage.reported_cost is None):
+            # no usage reported (a real call always has prompt tokens): the cost is unknown, not zero
             return Cost(None, None)
         return self.costs.cost(usage, route.price, provider.pricing_id, route.model_id)
 
@@ -627,6 +629,11 @@ class RoutedStream:
         self.run.answered_by = self.router._answered(self.cand)
         self.run.usage = Usage.from_openai(self._usage)
         self.run.cost = self.router._cost(self.cand, self.run.usage)
+        # the provider billed what it generated before the cut; say what we know of it
+        self.run.failed_costs.append({
+            "provider_id": self.cand["provider_id"], "model_family": self.cand["model_family"],
+            "error_kind": "stream_interrupted", **self.run.cost.to_dict(),
+            "note": None if self.run.cost.usd is not None else "the stream was cut before the provider reported usage"})
 
 
 def _freeze(v: Any) -> Any:

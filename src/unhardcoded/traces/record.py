@@ -13,8 +13,11 @@ import hashlib
 import json
 import math
 
-import orjson
 from typing import Any, Mapping, Sequence
+
+import orjson
+
+from ..lang.requirements import derive_needs
 
 SCHEMA = "unhardcoded.trace/v1"
 OBSERVED_FIELDS = ("success_rate", "latency_ms", "tok_s")
@@ -158,6 +161,7 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
         pre = prep.pre_rejected
         rec["inputs"] = {
             "request": reduce_request(ctx.get("request", {})),
+            "derived_needs": derive_needs(ctx.get("request", {})),
             "state": ctx.get("state", {}),
             "now_ms": ctx.get("now_ms"),
             "seed": ctx.get("seed"),
