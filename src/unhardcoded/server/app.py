@@ -17,6 +17,8 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import parse_qs
 
+import orjson
+
 from ..lang import strictjson
 from ..lang.errors import LangError
 from ..router.contract import RequestError
@@ -44,8 +46,12 @@ def _json_default(o: Any) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=False, default=_json_default,
-                      allow_nan=False).encode("utf-8")
+    """Compact JSON; NaN and infinities are written null (JSON has no such numbers)."""
+    try:
+        return orjson.dumps(obj, default=_json_default)
+    except TypeError:  # e.g. a key that is not a string: the slow, forgiving path
+        return json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=False, default=_json_default,
+                          allow_nan=False).encode("utf-8")
 
 
 def _clean(o: Any) -> Any:
