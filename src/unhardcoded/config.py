@@ -47,6 +47,7 @@ class Keys:
     def __init__(self, from_file: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> None:
         self._file = dict(from_file or {})
         self._env = environ if environ is not None else os.environ
+        self._secrets: list[str] | None = None
 
     def get(self, name: str | None) -> str | None:
         if not name:
@@ -58,10 +59,12 @@ class Keys:
         return v or None
 
     def all_values(self) -> list[str]:
-        """Every known secret value, for redaction."""
-        vals = [v for v in self._file.values() if v]
-        vals += [v for k, v in self._env.items() if v and (k.endswith("_API_KEY") or k.endswith("_KEY"))]
-        return vals
+        """Every known secret value, for redaction (read once: keys are fixed for a process)."""
+        if self._secrets is None:
+            vals = [v for v in self._file.values() if v]
+            vals += [v for k, v in self._env.items() if v and (k.endswith("_API_KEY") or k.endswith("_KEY"))]
+            self._secrets = vals
+        return self._secrets
 
     def __repr__(self) -> str:
         return f"Keys({len(self._file)} from file)"

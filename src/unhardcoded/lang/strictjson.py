@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any
 
 from .errors import JSONError, PathPart
@@ -31,6 +32,7 @@ __all__ = ["loads", "MAX_ABS_FLOAT"]
 
 MAX_ABS_FLOAT = sys.float_info.max
 _INT64 = 1 << 63
+_local = threading.local()  # one decoder per thread, its fault list cleared per call
 
 
 class _Fault:
@@ -146,8 +148,12 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     else:
         raise TypeError(f"strict JSON decodes bytes or str, not {type(data).__name__}")
 
-    faults: list[int] = []
-    decoder = _make_decoder(faults)
+    state = _local.__dict__.get("state")
+    if state is None:
+        faults: list[int] = []
+        state = _local.state = (faults, _make_decoder(faults))
+    faults, decoder = state
+    faults.clear()
     try:
         value = decoder.decode(text)
     except json.JSONDecodeError as exc:

@@ -1,9 +1,11 @@
-"""The HTTP transport every provider module shares: one pooled aiohttp session.
+"""The HTTP transport every provider module shares.
 
-Wires build requests and parse bytes; this module moves the bytes, with three
-clocks: a connect timeout, a per-attempt timeout, and for streams a
-first-byte timeout. Network failures become :class:`ProviderError` kinds
-(``network_error``, ``timeout``) with messages that never include a key.
+Wires build requests and parse bytes; this module moves the bytes over one
+pooled keep-alive HTTP/1.1 client (:mod:`unhardcoded.providers.http1`), with
+three clocks: a connect timeout, a per-attempt timeout, and for streams a
+stall timeout between reads (the first-token clock is the router's).
+Transport failures become :class:`ProviderError` kinds (``network_error``,
+``timeout``, ``stream_interrupted``) with messages that never include a key.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping
 
-import aiohttp
-
 from .base import HttpRequest, ProviderError
+from .http1 import Client, HTTPError, StreamingResponse
 
 
 @dataclass(slots=True)
@@ -27,96 +28,60 @@ class Response:
 class Transport:
     """A connection pool for upstream calls. Create once per process, close on shutdown."""
 
-    def __init__(self, *, connect_timeout_s: float = 10.0, limit: int = 512, limit_per_host: int = 128) -> None:
-        self._connect_timeout_s = connect_timeout_s
-        self._limit = limit
-        self._limit_per_host = limit_per_host
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit_per_host,
-                                             ttl_dns_cache=300, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                                  skip_auto_headers=("User-Agent",))
-        return self._session
+    def __init__(self, *, connect_timeout_s: float = 10.0, max_idle_per_host: int = 256) -> None:
+        self._client = Client(connect_timeout_s=connect_timeout_s, max_idle_per_host=max_idle_per_host)
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-
-    def _timeout(self, total_s: float | None) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=total_s, connect=self._connect_timeout_s)
+        self._client.close()
 
     async def send(self, req: HttpRequest, *, timeout_s: float) -> Response:
         """One request, whole response. Raises ProviderError for network faults and timeouts."""
-        session = self._get_session()
         try:
-            async with session.request(req.method, req.url, data=req.body, headers=req.headers,
-                                       timeout=self._timeout(timeout_s), allow_redirects=False) as resp:
-                body = await resp.read()
-                return Response(resp.status, resp.headers, body)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                r = await self._client.request(req.method, req.url, req.headers, req.body)
+        except (TimeoutError, asyncio.TimeoutError):
             raise ProviderError("timeout", f"no answer within {timeout_s:g} s") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise ProviderError("network_error", f"connection dropped mid-response ({type(exc).__name__})") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderError("network_error", _describe(exc)) from None
+        except HTTPError as exc:
+            raise ProviderError(exc.kind, exc.message) from None
+        return Response(r.status, r.headers, r.body)
 
     async def open_stream(self, req: HttpRequest, *, timeout_s: float,
                           first_byte_timeout_s: float | None = None) -> "StreamResponse":
         """Open a streaming request. A non-2xx status is returned whole (read the body)."""
-        session = self._get_session()
-        # No total timeout: a long answer may stream for minutes. A stall of
-        # timeout_s between two reads is what fails a stream.
-        ctx = session.request(req.method, req.url, data=req.body, headers=req.headers,
-                              timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout_s,
-                                                            sock_read=first_byte_timeout_s or timeout_s),
-                              allow_redirects=False)
         try:
-            resp = await ctx.__aenter__()
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(first_byte_timeout_s or timeout_s):
+                r = await self._client.stream(req.method, req.url, req.headers, req.body)
+        except (TimeoutError, asyncio.TimeoutError):
             raise ProviderError("timeout", "no response headers in time") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderError("network_error", _describe(exc)) from None
-        return StreamResponse(ctx, resp, timeout_s)
+        except HTTPError as exc:
+            raise ProviderError(exc.kind, exc.message) from None
+        return StreamResponse(r, timeout_s)
 
 
 class StreamResponse:
-    def __init__(self, ctx: object, resp: aiohttp.ClientResponse, timeout_s: float) -> None:
-        self._ctx = ctx
-        self.resp = resp
+    def __init__(self, resp: StreamingResponse, stall_timeout_s: float) -> None:
+        self._resp = resp
         self.status = resp.status
         self.headers = resp.headers
-        self._timeout_s = timeout_s
+        self._stall = stall_timeout_s
 
     async def read_all(self) -> bytes:
         try:
-            return await self.resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return await self._resp.read_all(self._stall)
+        except HTTPError:
             return b""
         finally:
             await self.close()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives. Raises ProviderError on a timeout or a dropped connection."""
+        """The body as it arrives; a stall or a dropped connection raises ProviderError."""
         try:
-            async for data in self.resp.content.iter_any():
+            async for data in self._resp.chunks(self._stall):
                 yield data
-        except asyncio.TimeoutError:
-            raise ProviderError("timeout", "the stream stalled") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderError("stream_interrupted", f"connection dropped ({type(exc).__name__})") from None
+        except HTTPError as exc:
+            if exc.kind == "timeout":
+                raise ProviderError("timeout", "the stream stalled") from None
+            raise ProviderError("stream_interrupted", exc.message) from None
 
     async def close(self) -> None:
-        try:
-            self.resp.release()
-            await self._ctx.__aexit__(None, None, None)  # type: ignore[attr-defined]
-        except Exception:  # pragma: no cover - best effort on teardown
-            pass
-
-
-def _describe(exc: BaseException) -> str:
-    # aiohttp's messages name the host and port, never headers: safe to show.
-    text = str(exc) or type(exc).__name__
-    return text[:200]
+        self._resp.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..config import Settings
 from ..costs import Cost, CostCalculator, Usage
 from ..lang.compiler import Compiler
 from ..lang.interpreter import Plan, Ranked, Rejection
+from ..memo import IdentityMemo
 from ..providers import WIRES
 from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
 from ..providers.transport import StreamResponse, Transport
@@ -57,10 +59,12 @@ def status_for(kind: str) -> int:
     return STATUS_BY_KIND.get(kind.removeprefix("exhausted: "), 502)
 
 
+_IDS = random.Random(int.from_bytes(os.urandom(16), "big"))
+
+
 def new_trace_id() -> str:
-    # time-ordered: 48-bit milliseconds then 80 random bits, base32hex-free hex
-    ms = int(time.time() * 1000)
-    return f"tr_{ms:012x}{os.urandom(10).hex()}"
+    # time-ordered: 48 bits of milliseconds, then 80 random bits (unique, not secret)
+    return f"tr_{int(time.time() * 1000):012x}{_IDS.getrandbits(80):020x}"
 
 
 @dataclass(slots=True)
@@ -105,16 +109,16 @@ class Run:
         if self.prepared is None:
             return [], 0
         ordered = self.prepared.plan.ordered
-        rows = [{"provider_id": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
-                 "served_model_id": r.candidate.get("served_model_id"), "score": _finite(r.score),
-                 "tier": r.candidate.get("tier")} for r in (ordered if cap is None else ordered[:cap])]
-        return rows, len(ordered)
+        if cap == 10:  # the caller's view: shared by every run of the same plan
+            return _RANKED.get(self.prepared.plan, lambda plan: _ranked_rows(plan.ordered[:10])), len(ordered)
+        return _ranked_rows(ordered if cap is None else ordered[:cap]), len(ordered)
 
     def rejected_view(self) -> list[dict[str, Any]]:
         if self.prepared is None:
             return []
-        return [{"provider": r.provider, "model": r.model, "reason": r.reason}
-                for r in [*self.prepared.pre_rejected, *self.prepared.plan.rejected]]
+        # a plan comes from one pool, and a pool from one set of routes without keys
+        pre = self.prepared.pre_rejected
+        return _REJECTED.get(self.prepared.plan, lambda plan: _rejected_rows([*pre, *plan.rejected]))
 
     def decision_trace(self) -> dict[str, Any]:
         ranked, total = self.ranked_view()
@@ -156,6 +160,20 @@ class Run:
                 out["policy_name"] = self.prepared.contract.policy_name
         out["decision_trace"] = self.decision_trace()
         return out
+
+
+_RANKED = IdentityMemo()
+_REJECTED = IdentityMemo()
+
+
+def _ranked_rows(ordered: Sequence[Ranked]) -> list[dict[str, Any]]:
+    return [{"provider_id": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
+             "served_model_id": r.candidate.get("served_model_id"), "score": _finite(r.score),
+             "tier": r.candidate.get("tier")} for r in ordered]
+
+
+def _rejected_rows(rejected: Sequence[Rejection]) -> list[dict[str, Any]]:
+    return [{"provider": r.provider, "model": r.model, "reason": r.reason} for r in rejected]
 
 
 def _finite(v: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import orjson
 
 from ..lang.requirements import derive_needs
+from ..memo import IdentityMemo
 
 SCHEMA = "unhardcoded.trace/v1"
 OBSERVED_FIELDS = ("success_rate", "latency_ms", "tok_s")
@@ -96,29 +97,10 @@ def pool_delta(pool: Sequence[Mapping[str, Any]], catalog_candidates: Sequence[M
     return {"excluded": [[x.provider, x.model, x.reason] for x in pre_rejected], "stamps": stamps}
 
 
-class _Memo:
-    """A small identity-keyed memo that holds its keys (so ids are never reused under it)."""
-
-    def __init__(self, size: int = 256) -> None:
-        from collections import OrderedDict
-        self.size = size
-        self.data: "OrderedDict[int, tuple[Any, Any]]" = OrderedDict()
-
-    def get(self, obj: Any, make: Any) -> Any:
-        hit = self.data.get(id(obj))
-        if hit is not None and hit[0] is obj:
-            return hit[1]
-        value = make(obj)
-        self.data[id(obj)] = (obj, value)
-        if len(self.data) > self.size:
-            self.data.popitem(last=False)
-        return value
-
-
 # Plans and stamped pools are shared by many runs (the router memoises them): their part
 # of the record is built once. Used by the single writer thread only.
-_DECISIONS = _Memo()
-_POOLS = _Memo()
+_DECISIONS = IdentityMemo()
+_POOLS = IdentityMemo()
 
 
 def decision_section(plan: Any, pre_rejected: Sequence[Any]) -> dict[str, Any]:

@@ -1,0 +1,162 @@
+"""The upstream HTTP/1.1 client against a raw server that can misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from unhardcoded.providers.http1 import Client, HTTPError
+
+
+class RawServer:
+    """Answers each request with the next scripted action (bytes to send, or a callable)."""
+
+    def __init__(self) -> None:
+        self.script: list = []
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                body = await reader.readexactly(length)
+                self.requests.append(head + body)
+                action = self.script.pop(0) if self.script else ok(b"{}")
+                if callable(action):
+                    await action(writer)
+                    return
+                writer.write(action)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode() \
+        + b"\r\n" + extra + b"\r\n" + body
+
+
+@pytest.fixture
+async def server():
+    s = RawServer()
+    s.url = await s.start()
+    yield s
+    await s.stop()
+
+
+async def test_keep_alive_reuses_one_connection(server) -> None:
+    c = Client()
+    for i in range(5):
+        server.script.append(ok(b'{"n": %d}' % i))
+        r = await c.request("POST", server.url + "/v1/x?y=1", {"authorization": "Bearer k"}, b'{"a": 1}')
+        assert r.status == 200 and r.body == b'{"n": %d}' % i
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"POST /v1/x?y=1 HTTP/1.1\r\nhost: 127.0.0.1:")
+    assert b"authorization: Bearer k" in server.requests[0]
+    c.close()
+
+
+async def test_chunked_response_and_lowercase_headers(server) -> None:
+    server.script.append(b"HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    c = Client()
+    r = await c.request("POST", server.url, {}, b"x")
+    assert r.status == 429 and r.body == b"hello world" and r.headers["retry-after"] == "3"
+    c.close()
+
+
+async def test_a_stale_idle_connection_is_retried_once_on_a_fresh_one(server) -> None:
+    async def close_now(writer: asyncio.StreamWriter) -> None:
+        writer.write(ok(b"first", b"connection: keep-alive\r\n"))
+        await writer.drain()
+        writer.close()  # the server drops the connection the client will want to reuse
+    server.script += [close_now, ok(b"second")]
+    c = Client()
+    assert (await c.request("POST", server.url, {}, b"1")).body == b"first"
+    await asyncio.sleep(0.05)
+    assert (await c.request("POST", server.url, {}, b"2")).body == b"second"
+    assert server.connections == 2
+    c.close()
+
+
+async def test_a_connection_dropped_mid_response_is_a_network_error(server) -> None:
+    async def half(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial")
+        await writer.drain()
+    server.script.append(half)
+    c = Client()
+    with pytest.raises(HTTPError) as e:
+        await c.request("POST", server.url, {}, b"x")
+    assert e.value.kind == "network_error" and "mid-response" in e.value.message
+    c.close()
+
+
+async def test_streaming_yields_chunks_as_they_arrive(server) -> None:
+    gate = asyncio.Event()
+
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/event-stream\r\n\r\n"
+                     b"8\r\ndata: 1\n\r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"8\r\ndata: 2\n\r\n0\r\n\r\n")
+        await writer.drain()
+    server.script.append(slow)
+    c = Client()
+    s = await c.stream("POST", server.url, {}, b"x")
+    assert s.status == 200 and s.headers["content-type"] == "text/event-stream"
+    it = s.chunks(5).__aiter__()
+    assert await it.__anext__() == b"data: 1\n"
+    gate.set()
+    assert await it.__anext__() == b"data: 2\n"
+    with pytest.raises(StopAsyncIteration):
+        await it.__anext__()
+    s.close()
+    c.close()
+
+
+async def test_a_stalled_stream_times_out(server) -> None:
+    async def stall(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+    server.script.append(stall)
+    c = Client()
+    s = await c.stream("POST", server.url, {}, b"x")
+    with pytest.raises(HTTPError) as e:
+        async for _ in s.chunks(0.2):
+            pass
+    assert e.value.kind == "timeout"
+    s.close()
+    c.close()
+
+
+async def test_connection_refused_is_a_network_error() -> None:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    c = Client()
+    with pytest.raises(HTTPError) as e:
+        await c.request("POST", f"http://127.0.0.1:{port}/", {}, b"")
+    assert e.value.kind == "network_error"
+
+
+async def test_not_an_http_url_is_refused() -> None:
+    with pytest.raises(HTTPError):
+        await Client().request("POST", "ftp://example/", {}, b"")
