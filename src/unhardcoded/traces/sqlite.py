@@ -15,6 +15,11 @@ for it (backpressure) rather than let the exposure grow. A transaction commits
 whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
 drains the queue first and loses nothing.
 
+Decisions are content-addressed too: many runs share one decision (same
+policy, catalog, state and request shape), so a record stores its decision's
+digest and the decision itself is written once to ``decisions``; reading a
+record puts it back.
+
 Retention: the writer deletes records older than ``retention_days`` in small
 batches between writes; routing never waits for it.
 """
@@ -27,6 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -66,6 +72,11 @@ CREATE TABLE IF NOT EXISTS catalogs (
     digest TEXT PRIMARY KEY,
     created_at_ms INTEGER NOT NULL,
     snapshot TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    digest TEXT PRIMARY KEY,
+    last_used_ms INTEGER NOT NULL,
+    section TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
@@ -124,6 +135,7 @@ class SQLiteStore:
         conn.executescript(_SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 'unhardcoded.trace/v1')")
         self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
+        self._decision_text: "OrderedDict[str, str]" = OrderedDict()  # digest -> JSON, recent ones
         conn.close()
 
     # ---- writing ------------------------------------------------------------
@@ -197,7 +209,7 @@ class SQLiteStore:
             conn.close()
 
     def _write(self, conn: sqlite3.Connection, items: list[Any]) -> None:
-        rows, catalogs, barriers = [], {}, []
+        rows, catalogs, barriers, decisions = [], {}, [], {}
         for item in items:
             if isinstance(item, tuple) and item and item[0] == "barrier":
                 barriers.append(item[1])
@@ -213,6 +225,7 @@ class SQLiteStore:
                 if cat is not None and cat.digest not in self._known_catalogs:
                     catalogs[cat.digest] = cat
                 row = summary_row(rec)
+                rec = self._externalise(rec, decisions)
                 rows.append(tuple(row[c] for c in _COLUMNS) + (dump_record(rec).decode("utf-8"),))
             except Exception:  # a record that cannot be built must not stop the writer
                 self.errors += 1
@@ -222,10 +235,15 @@ class SQLiteStore:
                 for digest, cat in catalogs.items():
                     conn.execute("INSERT OR IGNORE INTO catalogs (digest, created_at_ms, snapshot) VALUES (?, ?, ?)",
                                  (digest, int(time.time() * 1000), canonical(cat.snapshot()).decode("utf-8")))
+                now_ms = int(time.time() * 1000)
+                conn.executemany("INSERT INTO decisions (digest, last_used_ms, section) VALUES (?, ?, ?) "
+                                 "ON CONFLICT(digest) DO UPDATE SET last_used_ms = excluded.last_used_ms",
+                                 [(dg, now_ms, text) for dg, text in decisions.items()])
                 conn.executemany(f"INSERT OR REPLACE INTO traces ({', '.join(_COLUMNS)}, record) "
                                  f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})", rows)
                 conn.execute("COMMIT")
                 self._known_catalogs.update(catalogs)
+
                 self.written += len(rows)
             except sqlite3.Error:
                 self.errors += 1
@@ -240,6 +258,39 @@ class SQLiteStore:
                 self._room.notify_all()
         for b in barriers:
             b.set()
+
+    def _externalise(self, rec: dict[str, Any], decisions: dict[str, str]) -> dict[str, Any]:
+        """Replace decision sections (the record's, and each flow node's) by their digests."""
+        d = rec.get("decision")
+        if isinstance(d, dict) and "digest" in d and "view" in d:
+            dg = d["digest"]
+            text = self._decision_text.get(dg)
+            if text is None:
+                text = self._decision_text[dg] = dump_record(d).decode("utf-8")
+                if len(self._decision_text) > 1024:
+                    self._decision_text.popitem(last=False)
+            decisions[dg] = text  # written once, touched by every batch that uses it
+            rec = {**rec, "decision": {"digest": dg, "stored_apart": True}}
+        flow = rec.get("flow")
+        if isinstance(flow, dict) and flow.get("nodes"):
+            nodes = []
+            for n in flow["nodes"]:
+                if isinstance(n.get("record"), dict):
+                    n = {**n, "record": self._externalise(n["record"], decisions)}
+                nodes.append(n)
+            rec = {**rec, "flow": {**flow, "nodes": nodes}}
+        return rec
+
+    def _inflate(self, conn: sqlite3.Connection, rec: dict[str, Any]) -> dict[str, Any]:
+        d = rec.get("decision")
+        if isinstance(d, dict) and d.get("stored_apart"):
+            row = conn.execute("SELECT section FROM decisions WHERE digest = ?", (d["digest"],)).fetchone()
+            if row is not None:
+                rec["decision"] = json.loads(row[0])
+        for n in (rec.get("flow") or {}).get("nodes") or []:
+            if isinstance(n.get("record"), dict):
+                self._inflate(conn, n["record"])
+        return rec
 
     def _maybe_purge(self, conn: sqlite3.Connection) -> None:
         if not self.retention_days:
@@ -262,6 +313,8 @@ class SQLiteStore:
                 total += cur.rowcount
                 if cur.rowcount < batch:
                     break
+            # a decision last used before the horizon is referenced only by purged records
+            conn.execute("DELETE FROM decisions WHERE last_used_ms < ?", (older_than_ms,))
             conn.execute("DELETE FROM catalogs WHERE digest NOT IN (SELECT DISTINCT catalog_digest FROM traces "
                          "WHERE catalog_digest IS NOT NULL)")
             self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
@@ -278,9 +331,9 @@ class SQLiteStore:
         conn = self._read()
         try:
             row = conn.execute("SELECT record FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+            return self._inflate(conn, json.loads(row[0])) if row else None
         finally:
             conn.close()
-        return json.loads(row[0]) if row else None
 
     def catalog_snapshot(self, digest: str) -> dict[str, Any] | None:
         conn = self._read()
