@@ -281,15 +281,16 @@ def test_kill_9_under_load_loses_at_most_max_pending(tmp_path) -> None:
         env = {**os.environ, "OA_KEY": KEYS["OA_KEY"]}
         proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--catalog", str(cat),
                                  "--port", str(port), "--data-dir", str(tmp_path / "data")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
         try:
             base = f"http://127.0.0.1:{port}"
             done = asyncio.run(_load(base, seconds=2.0))
-            os.kill(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and its worker, at once
             proc.wait(timeout=10)
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
     conn = sqlite3.connect(tmp_path / "data" / "traces.sqlite3")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored = conn.execute("SELECT record FROM traces").fetchall()
@@ -333,7 +334,8 @@ def test_a_clean_shutdown_loses_no_trace(tmp_path) -> None:
         env = {**os.environ, "OA_KEY": KEYS["OA_KEY"]}
         proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--catalog", str(cat),
                                  "--port", str(port), "--data-dir", str(tmp_path / "data")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
         try:
             done = asyncio.run(_load(f"http://127.0.0.1:{port}", seconds=1.0))
             proc.send_signal(signal.SIGTERM)
@@ -341,7 +343,7 @@ def test_a_clean_shutdown_loses_no_trace(tmp_path) -> None:
             assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
     conn = sqlite3.connect(tmp_path / "data" / "traces.sqlite3")
     assert done > 20
     assert conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == done

@@ -178,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              data_dir=args.data_dir)
     print(f"unhardcoded listening on http://{settings.host}:{settings.port}/v1  "
           f"(traces: {settings.data_dir}/traces.sqlite3)", file=sys.stderr)
-    serve(settings, log_level=args.log_level)
+    serve(settings, log_level=args.log_level, server=args.server, config_path=args.config)
     return 0
 
 
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--catalog")
     sv.add_argument("--data-dir", dest="data_dir")
     sv.add_argument("--log-level", default="warning")
+    sv.add_argument("--server", choices=("granian", "uvicorn"), default="granian",
+                    help="HTTP server: granian (RSGI, faster; the default when installed) or uvicorn (ASGI)")
     sv.set_defaults(fn=cmd_serve)
 
     def store_args(sp: argparse.ArgumentParser) -> None:

@@ -26,7 +26,24 @@ def build_app(settings: Settings, *, router: Router | None = None) -> App:
     return app
 
 
-def serve(settings: Settings, *, log_level: str = "warning") -> None:  # pragma: no cover - exercised by the CLI
+def serve(settings: Settings, *, log_level: str = "warning", server: str = "granian",
+          config_path: str | None = None) -> None:  # pragma: no cover - exercised by the CLI
+    """Run the router. granian (RSGI) is the faster server here; uvicorn (ASGI) is the fallback."""
+    if server == "granian":
+        try:
+            from granian import Granian
+            from granian.constants import Interfaces, Loops
+        except ImportError:
+            server = "uvicorn"
+        else:
+            import os
+            os.environ["UNHARDCODED_CATALOG"] = settings.catalog or ""
+            os.environ["UNHARDCODED_DATA"] = settings.data_dir
+            os.environ["UNHARDCODED_CONFIG"] = config_path or ""
+            Granian("unhardcoded.server.rsgi:make_app", factory=True, address=settings.host, port=settings.port,
+                    interface=Interfaces.RSGI, workers=1, runtime_threads=1, loop=Loops.auto,
+                    log_enabled=log_level in ("info", "debug"), backlog=2048).serve()
+            return
     import uvicorn
 
     app = build_app(settings)
