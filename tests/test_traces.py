@@ -272,8 +272,8 @@ policy = '["policy", ["meets_req"], ["zero"], ["argmax"], ["id"], ["always", {{"
 """
 
 
-def test_kill_9_under_load_loses_at_most_max_pending(tmp_path) -> None:
-    """A crash can lose only what the writer had not committed; never a torn record."""
+def _serve_under_load(tmp_path, seconds: float, stop_signal: int) -> int:
+    """Run `unhardcoded serve` in its own process group, load it, stop it with a signal; return the answers."""
     with run_in_thread(Upstream("openai", key=KEYS["OA_KEY"])) as ups:
         cat = tmp_path / "catalog.toml"
         cat.write_text(CRASH_CATALOG.format(url=ups["openai"].base_url))
@@ -284,13 +284,23 @@ def test_kill_9_under_load_loses_at_most_max_pending(tmp_path) -> None:
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
         try:
-            base = f"http://127.0.0.1:{port}"
-            done = asyncio.run(_load(base, seconds=2.0))
-            os.killpg(proc.pid, signal.SIGKILL)  # the server and its worker, at once
-            proc.wait(timeout=10)
+            done = asyncio.run(_load(f"http://127.0.0.1:{port}", seconds=seconds))
+            if stop_signal == signal.SIGKILL:
+                os.killpg(proc.pid, signal.SIGKILL)  # the server and its worker, at once
+                proc.wait(timeout=10)
+            else:
+                proc.send_signal(stop_signal)
+                # the server shuts down gracefully, then may re-raise the signal it caught
+                assert proc.wait(timeout=30) in (0, -stop_signal)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+    return done
+
+
+def test_kill_9_under_load_loses_at_most_max_pending(tmp_path) -> None:
+    """A crash can lose only what the writer had not committed; never a torn record."""
+    done = _serve_under_load(tmp_path, 2.0, signal.SIGKILL)
     conn = sqlite3.connect(tmp_path / "data" / "traces.sqlite3")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored = conn.execute("SELECT record FROM traces").fetchall()
@@ -327,23 +337,7 @@ async def _load(base: str, seconds: float) -> int:
 
 
 def test_a_clean_shutdown_loses_no_trace(tmp_path) -> None:
-    with run_in_thread(Upstream("openai", key=KEYS["OA_KEY"])) as ups:
-        cat = tmp_path / "catalog.toml"
-        cat.write_text(CRASH_CATALOG.format(url=ups["openai"].base_url))
-        port = free_port()
-        env = {**os.environ, "OA_KEY": KEYS["OA_KEY"]}
-        proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--catalog", str(cat),
-                                 "--port", str(port), "--data-dir", str(tmp_path / "data")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        try:
-            done = asyncio.run(_load(f"http://127.0.0.1:{port}", seconds=1.0))
-            proc.send_signal(signal.SIGTERM)
-            # uvicorn shuts down gracefully, then re-raises the signal it caught
-            assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+    done = _serve_under_load(tmp_path, 1.0, signal.SIGTERM)
     conn = sqlite3.connect(tmp_path / "data" / "traces.sqlite3")
     assert done > 20
     assert conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == done

@@ -80,9 +80,11 @@ class RSGIApp:
 def make_app() -> RSGIApp:
     """granian's factory: settings from the environment the CLI prepared."""
     from ..config import load_settings
-    from . import build_app
+    from . import build_app, tune_gc
 
     settings = load_settings(os.environ.get("UNHARDCODED_CONFIG") or None,
                              catalog=os.environ.get("UNHARDCODED_CATALOG") or None,
                              data_dir=os.environ.get("UNHARDCODED_DATA") or None)
-    return RSGIApp(build_app(settings))
+    app = RSGIApp(build_app(settings))
+    tune_gc()
+    return app
