@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEEvent, SSEParser, Target, chat_chunk, content_text, error_text, json_body,
-    parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block,
+    parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block, dump_body,
 )
 
 API_VERSION = "2023-06-01"
@@ -337,7 +337,7 @@ class AnthropicWire:
             headers["x-api-key"] = target.api_key
         headers.update(target.headers)
         return HttpRequest("POST", f"{target.base_url}/messages", headers,
-                           json.dumps(out, ensure_ascii=False).encode())
+                           dump_body(out))
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes, target: Target) -> dict[str, Any]:
         if not 200 <= status < 300:

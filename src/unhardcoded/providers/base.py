@@ -41,6 +41,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
+import orjson
+
 ERROR_KINDS = (
     "auth_error", "rate_limit", "payment_required", "timeout", "model_unavailable", "bad_request",
     "context_overflow", "server_error", "network_error", "bad_response", "stream_interrupted",
@@ -218,10 +220,18 @@ def usage_block(prompt: int, completion: int, *, total: int | None = None, cache
     }
 
 
+def dump_body(doc: Any) -> bytes:
+    """A request body as compact UTF-8 JSON (orjson: this runs on every attempt)."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # e.g. an integer wider than 64 bits: the standard encoder takes it
+        return json.dumps(doc, ensure_ascii=False).encode()
+
+
 def json_body(body: bytes, what: str) -> Any:
     """Decode a 2xx body; anything that is not JSON is a ``bad_response``."""
     try:
-        return json.loads(body)
+        return orjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ProviderError("bad_response", f"{what}: body is not JSON: {body[:120]!r}") from None
 

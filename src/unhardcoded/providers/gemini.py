@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEEvent, SSEParser, Target, chat_chunk, content_text, error_text, json_body,
-    parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block,
+    parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block, dump_body,
 )
 
 # Documented placeholder for function calls whose signature is unknown (history that
@@ -421,7 +421,7 @@ class GeminiWire:
             headers["x-goog-api-key"] = target.api_key
         headers.update(target.headers)
         return HttpRequest("POST", f"{target.base_url}/models/{model}:{action}", headers,
-                           json.dumps(out, ensure_ascii=False).encode())
+                           dump_body(out))
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes, target: Target) -> dict[str, Any]:
         if not 200 <= status < 300:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEEvent, SSEParser, Target, error_text, json_body, retry_after, scrub,
-    status_kind, usage_block,
+    status_kind, usage_block, dump_body,
 )
 
 # Fields the router reads itself; no provider knows them (OpenAI answers 400 to unknown ones).
@@ -120,7 +120,7 @@ class OpenAIWire:
             headers["Authorization"] = f"Bearer {target.api_key}"
         headers.update(target.headers)
         return HttpRequest("POST", f"{target.base_url}/chat/completions", headers,
-                           json.dumps(out, ensure_ascii=False).encode())
+                           dump_body(out))
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes, target: Target) -> dict[str, Any]:
         if not 200 <= status < 300:

@@ -50,24 +50,47 @@ def with_filter(policy_term: list, pred: Any) -> list:
     return out
 
 
-def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler) -> PolicyChoice:
+def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
+                  memo: dict[Any, PolicyChoice] | None = None) -> PolicyChoice:
+    """The effective policy. ``memo`` (per catalog) remembers choices by what they depend on:
+    the sent term's identity (or none) and the profile; the envelope is the catalog's."""
     term = contract.policy_ir
     if term is not None:
         sent = compiler.compile(term, path=("policy_ir",))
-        if sent.sort == "Policy":
-            eff_term = constrain(term, catalog.envelope) if catalog.envelope is not None else term
-            return PolicyChoice("policy", None, sent, compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
-        if sent.sort == "Pred":
-            profile = _profile(contract, catalog)
-            eff_term = with_filter(profile.policy, term)
-            if catalog.envelope is not None:
-                eff_term = constrain(eff_term, catalog.envelope)
-            return PolicyChoice("predicate", profile.name, sent,
-                                compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
-        raise AdmissionError("sort_mismatch", f"policy_ir is a full Policy or a Pred term, not a {sent.sort}",
-                             ["policy_ir"])
+        if memo is not None:
+            hit = memo.get((sent.identity, contract.profile))
+            if hit is not None:
+                return hit
+        choice = _choose_sent(sent, term, contract, catalog, compiler)
+        if memo is not None:
+            if len(memo) > 1024:
+                memo.clear()
+            memo[(sent.identity, contract.profile)] = choice
+        return choice
+    if memo is not None:
+        hit = memo.get((None, contract.profile))
+        if hit is not None:
+            return hit
     profile = _profile(contract, catalog)
-    return PolicyChoice("profile", profile.name, None, compiler.compile(profile.policy, want="Policy"))
+    choice = PolicyChoice("profile", profile.name, None, compiler.compile(profile.policy, want="Policy"))
+    if memo is not None:
+        memo[(None, contract.profile)] = choice
+    return choice
+
+
+def _choose_sent(sent: Compiled, term: Any, contract: Contract, catalog: Catalog, compiler: Compiler) -> PolicyChoice:
+    if sent.sort == "Policy":
+        eff_term = constrain(term, catalog.envelope) if catalog.envelope is not None else term
+        return PolicyChoice("policy", None, sent, compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
+    if sent.sort == "Pred":
+        profile = _profile(contract, catalog)
+        eff_term = with_filter(profile.policy, term)
+        if catalog.envelope is not None:
+            eff_term = constrain(eff_term, catalog.envelope)
+        return PolicyChoice("predicate", profile.name, sent,
+                            compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
+    raise AdmissionError("sort_mismatch", f"policy_ir is a full Policy or a Pred term, not a {sent.sort}",
+                         ["policy_ir"])
 
 
 def _profile(contract: Contract, catalog: Catalog) -> Any:

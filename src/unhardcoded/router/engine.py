@@ -235,6 +235,7 @@ class Router:
         self.compiler = Compiler(catalog.schema)
         self._credentialed: tuple[list[Mapping[str, Any]], list[Rejection]] | None = None
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
+        self._choices: dict[Any, PolicyChoice] = {}
 
     async def close(self) -> None:
         await self.transport.close()
@@ -267,7 +268,7 @@ class Router:
                 require_keys: bool = True) -> Prepared:
         t0 = time.perf_counter()
         contract = parse_contract(body, path_profile=path_profile)
-        choice = choose_policy(contract, self.catalog, self.compiler)
+        choice = choose_policy(contract, self.catalog, self.compiler, self._choices)
         now = self.clock()
         if require_keys:
             pool, pre = self._credentialed_pool()

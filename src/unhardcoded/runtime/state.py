@@ -8,7 +8,8 @@ real attempts measured per route.
 * ``disable_provider`` takes a provider out for ``disable_ms`` (the action's
   ``disable_ms`` knob, else the host default).
 * Every attempt is an **observation** of its route (provider, family) in a
-  rolling window: ``success_rate`` (share of attempts that did not fail by
+  rolling window (15 minutes, kept as one-minute slices, so memory does not grow
+  with traffic): ``success_rate`` (share of attempts that did not fail by
   the provider's fault), ``latency_ms`` (mean over successful attempts) and
   ``tok_s`` (output tokens per second of generation). They are stamped onto
   candidates, so ``cmp success_rate``, ``field latency_ms`` and
@@ -51,12 +52,15 @@ class Disable:
     until_ms: int
 
 
-@dataclass(slots=True)
-class Observation:
-    at_ms: int
-    ok: bool
-    latency_ms: float
-    tok_s: float | None
+class Bucket:
+    """What the attempts of one route measured in one slice of the window."""
+
+    __slots__ = ("start_ms", "n", "ok", "latency_sum", "tok_s_sum", "tok_s_n")
+
+    def __init__(self, start_ms: int) -> None:
+        self.start_ms = start_ms
+        self.n = self.ok = self.tok_s_n = 0
+        self.latency_sum = self.tok_s_sum = 0.0
 
 
 @dataclass
@@ -65,7 +69,7 @@ class RuntimeConfig:
     breaker_open_ms: int = 30_000
     disable_ms: int = 300_000
     window_ms: int = 15 * 60_000
-    window_max: int = 512        # observations kept per route
+    buckets: int = 15            # the window is kept as this many slices (one minute each by default)
     stamp_refresh_ms: int = 100  # observed fields stamped onto candidates are at most this old
 
 
@@ -76,7 +80,7 @@ class RuntimeState:
         self._lock = threading.Lock()
         self.breakers: dict[str, Breaker] = {}
         self.disabled: dict[str, Disable] = {}
-        self.routes: dict[str, deque[Observation]] = {}
+        self.routes: dict[str, deque[Bucket]] = {}
         self.credits: dict[str, float] = {}
         self.version = 0  # bumps on every change
         self._stamped: tuple[Any, int, list[Mapping[str, Any]]] | None = None
@@ -109,17 +113,24 @@ class RuntimeState:
         """Per route key ``provider|family``: success_rate, latency_ms, tok_s over the window."""
         out: dict[str, dict[str, float]] = {}
         horizon = now_ms - self.config.window_ms
-        for key, obs in list(self.routes.items()):
-            live = [o for o in obs if o.at_ms >= horizon]
-            if not live:
+        for key, buckets in list(self.routes.items()):
+            n = ok = tn = 0
+            lat = ts = 0.0
+            for b in list(buckets):
+                if b.start_ms < horizon:
+                    continue
+                n += b.n
+                ok += b.ok
+                lat += b.latency_sum
+                ts += b.tok_s_sum
+                tn += b.tok_s_n
+            if not n:
                 continue
-            ok = [o for o in live if o.ok]
-            stats: dict[str, float] = {"success_rate": len(ok) / len(live), "attempts": float(len(live))}
+            stats: dict[str, float] = {"success_rate": ok / n, "attempts": float(n)}
             if ok:
-                stats["latency_ms"] = sum(o.latency_ms for o in ok) / len(ok)
-                speeds = [o.tok_s for o in ok if o.tok_s is not None]
-                if speeds:
-                    stats["tok_s"] = sum(speeds) / len(speeds)
+                stats["latency_ms"] = lat / ok
+            if tn:
+                stats["tok_s"] = ts / tn
             out[key] = stats
         return out
 
@@ -162,7 +173,7 @@ class RuntimeState:
             if b is not None:
                 b.consecutive_failures = 0
                 b.open_until_ms = 0
-            self._observe(f"{provider}|{family}", Observation(now, True, latency_ms, tok_s))
+            self._observe(f"{provider}|{family}", now, True, latency_ms, tok_s)
             self.version += 1
 
     def record_failure(self, provider: str, family: str, kind: str, latency_ms: float,
@@ -178,7 +189,7 @@ class RuntimeState:
                 span = int(open_breaker_ms) if open_breaker_ms is not None else self.config.breaker_open_ms
                 b.opened_at_ms = now
                 b.open_until_ms = max(b.open_until_ms, now + span)
-            self._observe(f"{provider}|{family}", Observation(now, False, latency_ms, None))
+            self._observe(f"{provider}|{family}", now, False, latency_ms, None)
             self.version += 1
             self._stamped = None  # a failure is news: the next decision sees it at once
 
@@ -188,11 +199,22 @@ class RuntimeState:
             self.disabled[provider] = Disable(kind, now, now + int(ms if ms is not None else self.config.disable_ms))
             self.version += 1
 
-    def _observe(self, key: str, o: Observation) -> None:
+    def _observe(self, key: str, now: int, ok: bool, latency_ms: float, tok_s: float | None) -> None:
+        width = max(1, self.config.window_ms // self.config.buckets)
+        start = now - now % width
         q = self.routes.get(key)
         if q is None:
-            q = self.routes[key] = deque(maxlen=self.config.window_max)
-        q.append(o)
+            q = self.routes[key] = deque(maxlen=self.config.buckets + 1)
+        if not q or q[-1].start_ms != start:
+            q.append(Bucket(start))
+        b = q[-1]
+        b.n += 1
+        if ok:
+            b.ok += 1
+            b.latency_sum += latency_ms
+            if tok_s is not None:
+                b.tok_s_sum += tok_s
+                b.tok_s_n += 1
 
     # ---- operator view -----------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -64,13 +64,10 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_started ON traces (started_at_ms DESC, trace_id DESC);
 CREATE INDEX IF NOT EXISTS traces_policy ON traces (policy_identity, started_at_ms);
-CREATE INDEX IF NOT EXISTS traces_model ON traces (model_family, started_at_ms);
-CREATE INDEX IF NOT EXISTS traces_provider ON traces (provider, started_at_ms);
-CREATE INDEX IF NOT EXISTS traces_status ON traces (status, started_at_ms);
-CREATE INDEX IF NOT EXISTS traces_route ON traces (route, started_at_ms);
 CREATE TABLE IF NOT EXISTS catalogs (
     digest TEXT PRIMARY KEY,
     created_at_ms INTEGER NOT NULL,
+    last_used_ms INTEGER NOT NULL DEFAULT 0,
     snapshot TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS decisions (
@@ -209,7 +206,7 @@ class SQLiteStore:
             conn.close()
 
     def _write(self, conn: sqlite3.Connection, items: list[Any]) -> None:
-        rows, catalogs, barriers, decisions = [], {}, [], {}
+        rows, catalogs, barriers, decisions, used_catalogs = [], {}, [], {}, set()
         for item in items:
             if isinstance(item, tuple) and item and item[0] == "barrier":
                 barriers.append(item[1])
@@ -222,8 +219,10 @@ class SQLiteStore:
                     rec = build_record(item, cat, capture_content=self.capture_content) if cat is not None else None
                     if rec is None:
                         continue
-                if cat is not None and cat.digest not in self._known_catalogs:
-                    catalogs[cat.digest] = cat
+                if cat is not None:
+                    used_catalogs.add(cat.digest)
+                    if cat.digest not in self._known_catalogs:
+                        catalogs[cat.digest] = cat
                 row = summary_row(rec)
                 rec = self._externalise(rec, decisions)
                 rows.append(tuple(row[c] for c in _COLUMNS) + (dump_record(rec).decode("utf-8"),))
@@ -232,10 +231,12 @@ class SQLiteStore:
         if rows or catalogs:
             try:
                 conn.execute("BEGIN")
-                for digest, cat in catalogs.items():
-                    conn.execute("INSERT OR IGNORE INTO catalogs (digest, created_at_ms, snapshot) VALUES (?, ?, ?)",
-                                 (digest, int(time.time() * 1000), canonical(cat.snapshot()).decode("utf-8")))
                 now_ms = int(time.time() * 1000)
+                for digest, cat in catalogs.items():
+                    conn.execute("INSERT OR IGNORE INTO catalogs (digest, created_at_ms, last_used_ms, snapshot) "
+                                 "VALUES (?, ?, ?, ?)", (digest, now_ms, now_ms, canonical(cat.snapshot()).decode("utf-8")))
+                for digest in used_catalogs:
+                    conn.execute("UPDATE catalogs SET last_used_ms = ? WHERE digest = ?", (now_ms, digest))
                 conn.executemany("INSERT INTO decisions (digest, last_used_ms, section) VALUES (?, ?, ?) "
                                  "ON CONFLICT(digest) DO UPDATE SET last_used_ms = excluded.last_used_ms",
                                  [(dg, now_ms, text) for dg, text in decisions.items()])
@@ -313,10 +314,9 @@ class SQLiteStore:
                 total += cur.rowcount
                 if cur.rowcount < batch:
                     break
-            # a decision last used before the horizon is referenced only by purged records
+            # a decision or catalog last used before the horizon is referenced only by purged records
             conn.execute("DELETE FROM decisions WHERE last_used_ms < ?", (older_than_ms,))
-            conn.execute("DELETE FROM catalogs WHERE digest NOT IN (SELECT DISTINCT catalog_digest FROM traces "
-                         "WHERE catalog_digest IS NOT NULL)")
+            conn.execute("DELETE FROM catalogs WHERE last_used_ms < ?", (older_than_ms,))
             self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
         finally:
             if own:
