@@ -38,21 +38,42 @@ def tune_gc() -> None:
 
 def serve(settings: Settings, *, log_level: str = "warning", server: str = "granian",
           config_path: str | None = None) -> None:  # pragma: no cover - exercised by the CLI
-    """Run the router. granian (RSGI) is the faster server here; uvicorn (ASGI) is the fallback."""
+    """Run the router in this process.
+
+    granian (RSGI, embedded: one process, no supervisor) is the faster server here;
+    uvicorn (ASGI) is the fallback. SIGINT and SIGTERM stop accepting, finish what is in
+    flight and drain the trace store.
+    """
     if server == "granian":
         try:
-            from granian import Granian
-            from granian.constants import Interfaces, Loops
+            from granian.constants import Interfaces
+            from granian.server.embed import Server as Embedded
         except ImportError:
             server = "uvicorn"
         else:
-            import os
-            os.environ["UNHARDCODED_CATALOG"] = settings.catalog or ""
-            os.environ["UNHARDCODED_DATA"] = settings.data_dir
-            os.environ["UNHARDCODED_CONFIG"] = config_path or ""
-            Granian("unhardcoded.server.rsgi:make_app", factory=True, address=settings.host, port=settings.port,
-                    interface=Interfaces.RSGI, workers=1, runtime_threads=1, loop=Loops.auto,
-                    log_enabled=log_level in ("info", "debug"), backlog=2048).serve()
+            import asyncio
+            import signal
+
+            from .rsgi import RSGIApp
+
+            async def main() -> None:
+                app = RSGIApp(build_app(settings))
+                tune_gc()
+                srv = Embedded(app, address=settings.host, port=settings.port, interface=Interfaces.RSGI,
+                               runtime_threads=1, backlog=2048, log_enabled=log_level in ("info", "debug"))
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, srv.stop)
+                try:
+                    await srv.serve()
+                finally:
+                    await app.app.router.close()
+
+            try:
+                import uvloop
+                uvloop.run(main())
+            except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+                asyncio.run(main())
             return
     import uvicorn
 

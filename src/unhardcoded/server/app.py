@@ -317,8 +317,14 @@ class App:
 
     # ---- small endpoints ------------------------------------------------------
     async def healthz(self, scope: Scope, body: Any) -> tuple[int, Any]:
-        return 200, {"ok": True, "initialized": True, "catalog": self.router.catalog.digest[:12],
-                     "routes": len(self.router.catalog), "uptime_s": round(time.time() - self.started, 1)}
+        out = {"ok": True, "initialized": True, "catalog": self.router.catalog.digest[:12],
+               "routes": len(self.router.catalog), "uptime_s": round(time.time() - self.started, 1)}
+        sink = self.router.sink
+        if hasattr(sink, "pending"):
+            # traces handed to the writer and not yet committed: what a crash now would lose
+            out["traces_pending"] = sink.pending
+            out["traces_written"] = getattr(sink, "written", None)
+        return 200, out
 
     async def models(self, scope: Scope, body: Any) -> tuple[int, Any]:
         cat = self.router.catalog

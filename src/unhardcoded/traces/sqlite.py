@@ -85,6 +85,20 @@ _COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "ro
 _STOP = object()
 
 
+class _Batch:
+    """One transaction's worth: rows built so far and what they refer to."""
+
+    __slots__ = ("rows", "catalogs", "used_catalogs", "decisions", "barriers", "items")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.catalogs: dict[str, Any] = {}
+        self.used_catalogs: set[str] = set()
+        self.decisions: dict[str, str] = {}
+        self.barriers: list[Any] = []
+        self.items = 0
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -178,86 +192,96 @@ class SQLiteStore:
         conn = _connect(self.path)
         try:
             while True:
-                item = self._q.get()
-                batch = [item]
+                batch = _Batch()
+                stop = self._take(batch, self._q.get())
                 deadline = time.monotonic() + self.flush_ms / 1000.0
-                while len(batch) < self.batch_max:
+                # build each record as it arrives (no burst of work at flush time that would
+                # hold the interpreter against the request loop), commit once per interval
+                while not stop and batch.items < self.batch_max:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     try:
-                        batch.append(self._q.get(timeout=left))
+                        item = self._q.get(timeout=left)
                     except queue.Empty:
                         break
-                stop = any(x is _STOP for x in batch)
-                self._write(conn, [x for x in batch if x is not _STOP])
-                if stop:
-                    # drain whatever arrived with the stop
-                    rest = []
+                    stop = self._take(batch, item)
+                if stop:  # drain whatever arrived with the stop
                     while True:
                         try:
-                            rest.append(self._q.get_nowait())
+                            self._take(batch, self._q.get_nowait())
                         except queue.Empty:
                             break
-                    self._write(conn, [x for x in rest if x is not _STOP])
+                self._commit(conn, batch)
+                if stop:
                     return
                 self._maybe_purge(conn)
         finally:
             conn.close()
 
     def _write(self, conn: sqlite3.Connection, items: list[Any]) -> None:
-        rows, catalogs, barriers, decisions, used_catalogs = [], {}, [], {}, set()
+        """Build and commit ``items`` in one transaction (used by tests and tools)."""
+        batch = _Batch()
         for item in items:
-            if isinstance(item, tuple) and item and item[0] == "barrier":
-                barriers.append(item[1])
-                continue
-            try:
-                if isinstance(item, tuple) and item and item[0] == "record":
-                    rec, cat = item[1], item[2]
-                else:
-                    cat = item.prepared.catalog if item.prepared is not None else None
-                    rec = build_record(item, cat, capture_content=self.capture_content) if cat is not None else None
-                    if rec is None:
-                        continue
-                if cat is not None:
-                    used_catalogs.add(cat.digest)
-                    if cat.digest not in self._known_catalogs:
-                        catalogs[cat.digest] = cat
-                row = summary_row(rec)
-                rec = self._externalise(rec, decisions)
-                rows.append(tuple(row[c] for c in _COLUMNS) + (dump_record(rec).decode("utf-8"),))
-            except Exception:  # a record that cannot be built must not stop the writer
-                self.errors += 1
-        if rows or catalogs:
+            self._take(batch, item)
+        self._commit(conn, batch)
+
+    def _take(self, batch: "_Batch", item: Any) -> bool:
+        """Add one queued item to the batch; True when it is the stop signal."""
+        if item is _STOP:
+            return True
+        if isinstance(item, tuple) and item and item[0] == "barrier":
+            batch.barriers.append(item[1])
+            return False
+        batch.items += 1
+        try:
+            if isinstance(item, tuple) and item and item[0] == "record":
+                rec, cat = item[1], item[2]
+            else:
+                cat = item.prepared.catalog if item.prepared is not None else None
+                if cat is None:
+                    return False
+                rec = build_record(item, cat, capture_content=self.capture_content)
+            if cat is not None:
+                batch.used_catalogs.add(cat.digest)
+                if cat.digest not in self._known_catalogs:
+                    batch.catalogs[cat.digest] = cat
+            row = summary_row(rec)
+            rec = self._externalise(rec, batch.decisions)
+            batch.rows.append(tuple(row[c] for c in _COLUMNS) + (dump_record(rec).decode("utf-8"),))
+        except Exception:  # a record that cannot be built must not stop the writer
+            self.errors += 1
+        return False
+
+    def _commit(self, conn: sqlite3.Connection, batch: "_Batch") -> None:
+        if batch.rows or batch.catalogs:
             try:
                 conn.execute("BEGIN")
                 now_ms = int(time.time() * 1000)
-                for digest, cat in catalogs.items():
+                for digest, cat in batch.catalogs.items():
                     conn.execute("INSERT OR IGNORE INTO catalogs (digest, created_at_ms, last_used_ms, snapshot) "
                                  "VALUES (?, ?, ?, ?)", (digest, now_ms, now_ms, canonical(cat.snapshot()).decode("utf-8")))
-                for digest in used_catalogs:
+                for digest in batch.used_catalogs:
                     conn.execute("UPDATE catalogs SET last_used_ms = ? WHERE digest = ?", (now_ms, digest))
                 conn.executemany("INSERT INTO decisions (digest, last_used_ms, section) VALUES (?, ?, ?) "
                                  "ON CONFLICT(digest) DO UPDATE SET last_used_ms = excluded.last_used_ms",
-                                 [(dg, now_ms, text) for dg, text in decisions.items()])
+                                 [(dg, now_ms, text) for dg, text in batch.decisions.items()])
                 conn.executemany(f"INSERT OR REPLACE INTO traces ({', '.join(_COLUMNS)}, record) "
-                                 f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})", rows)
+                                 f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})", batch.rows)
                 conn.execute("COMMIT")
-                self._known_catalogs.update(catalogs)
-
-                self.written += len(rows)
+                self._known_catalogs.update(batch.catalogs)
+                self.written += len(batch.rows)
             except sqlite3.Error:
                 self.errors += 1
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-        done = len(items) - len(barriers)
-        if done:
+        if batch.items:
             with self._room:
-                self._pending = max(0, self._pending - done)
+                self._pending = max(0, self._pending - batch.items)
                 self._room.notify_all()
-        for b in barriers:
+        for b in batch.barriers:
             b.set()
 
     def _externalise(self, rec: dict[str, Any], decisions: dict[str, str]) -> dict[str, Any]:
