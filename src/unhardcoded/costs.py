@@ -46,7 +46,7 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: Any) -> "Usage":
-        if not isinstance(usage, Mapping):
+        if type(usage) is not dict and not isinstance(usage, Mapping):
             return cls()
 
         def count(v: Any) -> int:
@@ -56,8 +56,8 @@ class Usage:
         cost = usage.get("cost")
         reported = Decimal(str(cost)) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0 else None
         return cls(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")),
-                   count(details.get("cached_tokens") if isinstance(details, Mapping) else 0),
-                   count(cdetails.get("reasoning_tokens") if isinstance(cdetails, Mapping) else 0), reported)
+                   count(details.get("cached_tokens") if type(details) is dict else 0),
+                   count(cdetails.get("reasoning_tokens") if type(cdetails) is dict else 0), reported)
 
     def to_dict(self) -> dict[str, int]:
         return {"tokens_in": self.prompt_tokens, "tokens_out": self.completion_tokens,

@@ -29,6 +29,11 @@ from .interpreter import Custom, Policy, default_algebra, evaluate
 from .normalform import normalize_and_encode
 from .signature import VERSION
 
+try:  # the core needs no dependency; with orjson the cache key is ~15x cheaper to build
+    from orjson import JSONEncodeError as _KeyError, dumps as _text_key
+except ImportError:  # pragma: no cover
+    _KeyError, _text_key = ValueError, repr
+
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
@@ -99,10 +104,11 @@ class Compiler:
     def compile(self, term: Any, *, want: str | None = None, path: tuple[PathPart, ...] = ()) -> Compiled:
         """Admit, normalise, identify and evaluate ``term``; raise AdmissionError on refusal."""
         try:
-            # repr tells a list from a tuple and 1 from 1.0 from True: equal keys, equal terms.
-            text = repr(term) if type(term) is list else None
-        except RecursionError:
-            text = None  # nested too deep to be a term: admission will say so
+            # JSON text tells 1 from 1.0 from true: equal keys, equal JSON terms. (A term built in
+            # Python with tuples inside a list reads as its JSON twin; terms from the wire are JSON.)
+            text = _text_key(term) if type(term) is list else None
+        except (TypeError, ValueError, _KeyError, RecursionError):
+            text = None  # not JSON data, or nested too deep to be a term: admission will say why
         if text is not None:
             hit = self._by_text.get(text)
             if hit is not None:

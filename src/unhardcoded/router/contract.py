@@ -63,7 +63,7 @@ class Contract:
         if isinstance(tools, list) and tools:
             view["tools"] = tools
         rf = body.get("response_format")
-        if isinstance(rf, Mapping):
+        if type(rf) is dict:
             view["response_format"] = {"type": rf.get("type")}
         images = image_parts(body.get("messages"))
         if images:
@@ -77,10 +77,10 @@ def image_parts(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list):
         return out
     for m in messages:
-        content = m.get("content") if isinstance(m, Mapping) else None
-        if isinstance(content, list):
+        content = m.get("content") if type(m) is dict else None
+        if type(content) is list:
             for part in content:
-                if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image", "image"):
+                if type(part) is dict and part.get("type") in ("image_url", "input_image", "image"):
                     out.append({"type": part.get("type")})
     return out
 

@@ -162,8 +162,8 @@ class Run:
         return out
 
 
-_RANKED = IdentityMemo()
-_REJECTED = IdentityMemo()
+_RANKED = IdentityMemo(32)
+_REJECTED = IdentityMemo(32)
 
 
 def _ranked_rows(ordered: Sequence[Ranked]) -> list[dict[str, Any]]:
@@ -235,6 +235,7 @@ class Router:
         self.compiler = Compiler(catalog.schema)
         self._credentialed: tuple[list[Mapping[str, Any]], list[Rejection]] | None = None
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
+        self._plans_pool: Any = None
         self._choices: dict[Any, PolicyChoice] = {}
 
     async def close(self) -> None:
@@ -286,6 +287,11 @@ class Router:
               pin: tuple[str, str] | None) -> Plan:
         """decide(), memoised: a plan is a pure function of the policy, the pool, the request's
         requirements, the runtime state, the seed and the pin (no operation reads the clock)."""
+        if pool is not self._plans_pool:
+            # the stamped pool is rebuilt as observations arrive (at most every 100 ms): plans of an
+            # older pool can never be hit again, and each holds a whole pool alive
+            self._plans.clear()
+            self._plans_pool = pool
         key = _plan_key(choice.effective.identity, pool, ctx, pin)
         if key is not None:
             hit = self._plans.get(key)
@@ -363,7 +369,10 @@ class Router:
             run.events.append(event)
             st.tried += 1
             try:
-                async with asyncio.timeout(min(timeout_s, remaining) if remaining < timeout_s else None):
+                if remaining < timeout_s:  # the request's deadline comes first
+                    async with asyncio.timeout(remaining):
+                        result = await attempt(cand, target, request, (timeout_s, ftt_s))
+                else:
                     result = await attempt(cand, target, request, (timeout_s, ftt_s))
                 event["latency_ms"] = round((time.perf_counter() - t_start) * 1000, 3)
                 return cand, result, event

@@ -81,6 +81,15 @@ def reduce_request(view: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def policy_section(choice: Any, catalog: Any) -> dict[str, Any]:
+    section = {"source": choice.source, "profile": choice.profile,
+               "sent": _policy_ident(choice.sent) if choice.sent is not None else None,
+               "effective": _policy_ident(choice.effective),
+               "envelope": catalog.envelope if choice.source != "profile" else None}
+    section["digest"] = hashlib.sha256(canonical(section)).hexdigest()
+    return section
+
+
 def _policy_ident(c: Any) -> dict[str, Any]:
     return {"term": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint, "identity": c.identity,
             "sort": c.sort}
@@ -99,8 +108,10 @@ def pool_delta(pool: Sequence[Mapping[str, Any]], catalog_candidates: Sequence[M
 
 # Plans and stamped pools are shared by many runs (the router memoises them): their part
 # of the record is built once. Used by the single writer thread only.
-_DECISIONS = IdentityMemo()
-_POOLS = IdentityMemo()
+# small: plans and pools are replaced as observations arrive, and each holds a pool alive
+_DECISIONS = IdentityMemo(32)
+_POOLS = IdentityMemo(4)
+_POLICIES = IdentityMemo(64)
 
 
 def decision_section(plan: Any, pre_rejected: Sequence[Any]) -> dict[str, Any]:
@@ -134,10 +145,7 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
         rec["route"] = {"model": c.route, "profile": choice.profile, "policy_name": c.policy_name,
                         "flow_name": c.flow_name, "pin": list(c.pin) if c.pin else None,
                         "requirements": c.requirements}
-        rec["policy"] = {"source": choice.source, "profile": choice.profile,
-                         "sent": _policy_ident(choice.sent) if choice.sent is not None else None,
-                         "effective": _policy_ident(choice.effective),
-                         "envelope": catalog.envelope if choice.source != "profile" else None}
+        rec["policy"] = _POLICIES.get(choice, lambda ch: policy_section(ch, catalog))
         rec["catalog"] = {"digest": catalog.digest, "source": catalog.source}
         ctx = prep.ctx
         pre = prep.pre_rejected

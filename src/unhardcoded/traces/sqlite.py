@@ -15,10 +15,10 @@ for it (backpressure) rather than let the exposure grow. A transaction commits
 whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
 drains the queue first and loses nothing.
 
-Decisions are content-addressed too: many runs share one decision (same
-policy, catalog, state and request shape), so a record stores its decision's
-digest and the decision itself is written once to ``decisions``; reading a
-record puts it back.
+Decisions and policy sections are content-addressed too: many runs share one
+decision (same policy, catalog, state and request shape) and one policy, so a
+record stores their digests and each section is written once to ``sections``;
+reading a record puts them back.
 
 Retention: the writer deletes records older than ``retention_days`` in small
 batches between writes; routing never waits for it.
@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS catalogs (
     last_used_ms INTEGER NOT NULL DEFAULT 0,
     snapshot TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS decisions (
+CREATE TABLE IF NOT EXISTS sections (
     digest TEXT PRIMARY KEY,
     last_used_ms INTEGER NOT NULL,
     section TEXT NOT NULL
@@ -88,13 +88,13 @@ _STOP = object()
 class _Batch:
     """One transaction's worth: rows built so far and what they refer to."""
 
-    __slots__ = ("rows", "catalogs", "used_catalogs", "decisions", "barriers", "items")
+    __slots__ = ("rows", "catalogs", "used_catalogs", "sections", "barriers", "items")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
         self.catalogs: dict[str, Any] = {}
         self.used_catalogs: set[str] = set()
-        self.decisions: dict[str, str] = {}
+        self.sections: dict[str, str] = {}
         self.barriers: list[Any] = []
         self.items = 0
 
@@ -247,7 +247,7 @@ class SQLiteStore:
                 if cat.digest not in self._known_catalogs:
                     batch.catalogs[cat.digest] = cat
             row = summary_row(rec)
-            rec = self._externalise(rec, batch.decisions)
+            rec = self._externalise(rec, batch.sections)
             batch.rows.append(tuple(row[c] for c in _COLUMNS) + (dump_record(rec).decode("utf-8"),))
         except Exception:  # a record that cannot be built must not stop the writer
             self.errors += 1
@@ -263,9 +263,9 @@ class SQLiteStore:
                                  "VALUES (?, ?, ?, ?)", (digest, now_ms, now_ms, canonical(cat.snapshot()).decode("utf-8")))
                 for digest in batch.used_catalogs:
                     conn.execute("UPDATE catalogs SET last_used_ms = ? WHERE digest = ?", (now_ms, digest))
-                conn.executemany("INSERT INTO decisions (digest, last_used_ms, section) VALUES (?, ?, ?) "
+                conn.executemany("INSERT INTO sections (digest, last_used_ms, section) VALUES (?, ?, ?) "
                                  "ON CONFLICT(digest) DO UPDATE SET last_used_ms = excluded.last_used_ms",
-                                 [(dg, now_ms, text) for dg, text in batch.decisions.items()])
+                                 [(dg, now_ms, text) for dg, text in batch.sections.items()])
                 conn.executemany(f"INSERT OR REPLACE INTO traces ({', '.join(_COLUMNS)}, record) "
                                  f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})", batch.rows)
                 conn.execute("COMMIT")
@@ -284,34 +284,41 @@ class SQLiteStore:
         for b in batch.barriers:
             b.set()
 
-    def _externalise(self, rec: dict[str, Any], decisions: dict[str, str]) -> dict[str, Any]:
-        """Replace decision sections (the record's, and each flow node's) by their digests."""
-        d = rec.get("decision")
-        if isinstance(d, dict) and "digest" in d and "view" in d:
-            dg = d["digest"]
-            text = self._decision_text.get(dg)
-            if text is None:
-                text = self._decision_text[dg] = dump_record(d).decode("utf-8")
-                if len(self._decision_text) > 1024:
-                    self._decision_text.popitem(last=False)
-            decisions[dg] = text  # written once, touched by every batch that uses it
-            rec = {**rec, "decision": {"digest": dg, "stored_apart": True}}
+    _APART = ("decision", "policy")
+
+    def _externalise(self, rec: dict[str, Any], sections: dict[str, str]) -> dict[str, Any]:
+        """Replace shared sections (decision, policy; a flow node's too) by their digests."""
+        out = rec
+        for key in self._APART:
+            d = rec.get(key)
+            if isinstance(d, dict) and "digest" in d:
+                dg = d["digest"]
+                text = self._decision_text.get(dg)
+                if text is None:
+                    text = self._decision_text[dg] = dump_record(d).decode("utf-8")
+                    if len(self._decision_text) > 1024:
+                        self._decision_text.popitem(last=False)
+                sections[dg] = text  # written once, touched by every batch that uses it
+                if out is rec:
+                    out = dict(rec)
+                out[key] = {"digest": dg, "stored_apart": True}
         flow = rec.get("flow")
         if isinstance(flow, dict) and flow.get("nodes"):
             nodes = []
             for n in flow["nodes"]:
                 if isinstance(n.get("record"), dict):
-                    n = {**n, "record": self._externalise(n["record"], decisions)}
+                    n = {**n, "record": self._externalise(n["record"], sections)}
                 nodes.append(n)
-            rec = {**rec, "flow": {**flow, "nodes": nodes}}
-        return rec
+            out = {**out, "flow": {**flow, "nodes": nodes}}
+        return out
 
     def _inflate(self, conn: sqlite3.Connection, rec: dict[str, Any]) -> dict[str, Any]:
-        d = rec.get("decision")
-        if isinstance(d, dict) and d.get("stored_apart"):
-            row = conn.execute("SELECT section FROM decisions WHERE digest = ?", (d["digest"],)).fetchone()
-            if row is not None:
-                rec["decision"] = json.loads(row[0])
+        for key in self._APART:
+            d = rec.get(key)
+            if isinstance(d, dict) and d.get("stored_apart"):
+                row = conn.execute("SELECT section FROM sections WHERE digest = ?", (d["digest"],)).fetchone()
+                if row is not None:
+                    rec[key] = json.loads(row[0])
         for n in (rec.get("flow") or {}).get("nodes") or []:
             if isinstance(n.get("record"), dict):
                 self._inflate(conn, n["record"])
@@ -339,7 +346,7 @@ class SQLiteStore:
                 if cur.rowcount < batch:
                     break
             # a decision or catalog last used before the horizon is referenced only by purged records
-            conn.execute("DELETE FROM decisions WHERE last_used_ms < ?", (older_than_ms,))
+            conn.execute("DELETE FROM sections WHERE last_used_ms < ?", (older_than_ms,))
             conn.execute("DELETE FROM catalogs WHERE last_used_ms < ?", (older_than_ms,))
             self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
         finally:
