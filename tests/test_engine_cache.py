@@ -55,3 +55,29 @@ def test_a_repeated_request_reuses_its_plan_and_a_breaker_change_does_not() -> N
     now[0] += 2000  # the breaker closes by itself
     p4 = router.prepare(body)
     assert [r.candidate["provider_id"] for r in p4.plan.ordered] == ["a", "b"]
+
+
+def test_failures_are_seen_within_the_refresh_window_and_breakers_at_once() -> None:
+    # a provider that keeps failing must not make every request re-plan over the whole pool:
+    # its observations reach decisions at most stamp_refresh_ms late, its breaker at once
+    doc = {"providers": {"a": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                         "b": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+           "models": {"m": {"routes": [{"provider": "a", "price_in": 1, "price_out": 1},
+                                       {"provider": "b", "price_in": 2, "price_out": 2}]}},
+           "profiles": {"default": {"policy": '["policy", ["not", ["is", "breaker_open"]], ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]'}}}
+    now = [1_700_000_000_000]
+    rt = RuntimeState(clock=lambda: now[0])
+    router = Router(build_catalog(doc), Settings(), runtime=rt, clock=rt.clock)
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    p1 = router.prepare(body)
+    rt.record_failure("a", "m", "rate_limit", 1.0)  # below the breaker threshold
+    p2 = router.prepare(body)
+    assert p2.plan is p1.plan and p2.pool is p1.pool
+    now[0] += rt.config.stamp_refresh_ms
+    p3 = router.prepare(body)
+    stamped = {c["provider_id"]: c for c in p3.pool}
+    assert stamped["a"]["success_rate"] == 0 and "success_rate" not in p1.pool[0]
+    for _ in range(rt.config.breaker_threshold - 1):
+        rt.record_failure("a", "m", "rate_limit", 1.0)
+    p4 = router.prepare(body)  # same refresh window, but the breaker opened: decided anew at once
+    assert [r.candidate["provider_id"] for r in p4.plan.ordered] == ["b"]

@@ -261,6 +261,8 @@ async def test_observed_success_rate_and_latency_are_stamped_and_observable(stac
     route = rt["routes"]["ge|gemini-3-flash-preview"]
     assert route["success_rate"] == pytest.approx(1 / 2) and route["attempts"] == 2
     assert route["latency_ms"] >= 30
+    # decisions see observations at most stamp_refresh_ms old
+    await asyncio.sleep(stack.router.runtime.config.stamp_refresh_ms / 1000 + 0.02)
     reliable = policy(["cmp", "success_rate", "ge", 0.9], ["neg", ["normalize", ["field", "price_in"]]], ["argmax"])
     r = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": reliable})
     rejected = {(e["provider"], e["model"]): e["reason"] for e in xr(r)["decision_trace"]["rejected"]}

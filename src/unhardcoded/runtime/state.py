@@ -137,9 +137,10 @@ class RuntimeState:
     def stamp(self, candidates: Sequence[Mapping[str, Any]], now_ms: int) -> list[Mapping[str, Any]]:
         """Candidates with observed fields stamped; unobserved ones are shared, not copied.
 
-        The stamped pool is rebuilt at most every ``stamp_refresh_ms`` while only successes
-        arrive, and at once after a failure: a decision sees successes at most that old and
-        failures immediately (its trace records exactly which it saw).
+        The stamped pool is rebuilt at most every ``stamp_refresh_ms``: a decision sees
+        observations (successes and failures alike) at most that old, and its trace records
+        exactly which it saw. What changes a decision discretely, a breaker opening or a
+        provider disabled, is not stamped here: it is read from the snapshot at once.
         """
         cached = self._stamped
         if cached is not None and cached[0] is candidates and 0 <= now_ms - cached[1] < self.config.stamp_refresh_ms:
@@ -191,7 +192,9 @@ class RuntimeState:
                 b.open_until_ms = max(b.open_until_ms, now + span)
             self._observe(f"{provider}|{family}", now, False, latency_ms, None)
             self.version += 1
-            self._stamped = None  # a failure is news: the next decision sees it at once
+            # no restamp here: under a provider that keeps failing (sustained 429s) a restamp per
+            # failure made every request re-plan over the whole pool; the breaker, which is what
+            # must act at once, is in the snapshot and so in every plan's key
 
     def disable(self, provider: str, kind: str, ms: float | None = None) -> None:
         now = self.clock()
