@@ -47,12 +47,14 @@ def _price(name: str) -> Getter:
         if v is not None:
             return v
         return _m(_ema(cand, ctx), name)
+    get.first_key = name  # type: ignore[attr-defined]
     return get
 
 
 def _own(name: str) -> Getter:
     def get(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
         return cand.get(name)
+    get.first_key = name  # type: ignore[attr-defined]
     return get
 
 
@@ -159,12 +161,19 @@ class Schema:
         return self.decls.get(name)
 
     def observer(self, name: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
+        """The field's reading of a candidate in a context, its default filled in.
+
+        When the field's value, if present, is one key of the candidate (``first_key``), the
+        observer says so: the interpreter reads that key inline and calls the observer only
+        when it is absent (a hot-path shortcut with the same result).
+        """
         d = self.decls[name]
         get, default = d.getter, d.default
 
         def observe(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
             v = get(cand, ctx)
             return default if v is None else v
+        observe.first_key = getattr(get, "first_key", None)  # type: ignore[attr-defined]
         return observe
 
     def observe(self, name: str, cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:

@@ -24,6 +24,7 @@ reports the first failing child of its canonical order.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -207,13 +208,10 @@ def _seed(ctx: Mapping[str, Any]) -> Any:
     return ctx.get("seed") if isinstance(ctx, Mapping) else None
 
 
+# Python compares int with float exactly, as Lua 5.4 does; NaN compares false but for "ne".
 _REL: dict[str, Callable[[Any, Any], bool]] = {
-    "lt": lambda a, b: a < b,
-    "le": lambda a, b: a <= b,
-    "eq": lambda a, b: a == b,
-    "ne": lambda a, b: a != b,
-    "ge": lambda a, b: a >= b,
-    "gt": lambda a, b: a > b,
+    "lt": operator.lt, "le": operator.le, "eq": operator.eq,
+    "ne": operator.ne, "ge": operator.ge, "gt": operator.gt,
 }
 
 
@@ -299,9 +297,21 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         test = _REL[rel]
         reason = "cmp:" + name + ":" + rel
 
-        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
-            return None if test(_number(observe(c, ctx), name), num) else reason
-        return p
+        key = getattr(observe, "first_key", None)
+        if key is None:
+            def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+                return None if test(_number(observe(c, ctx), name), num) else reason
+            return p
+
+        def fast(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            v = c.get(key)
+            if v is None:
+                v = observe(c, ctx)
+            t = type(v)
+            if t is not float and t is not int:
+                v = _number(v, name)
+            return None if test(v, num) else reason
+        return fast
 
     @op("tier_eq")
     def _tier_eq(a: list) -> Pred:
@@ -346,16 +356,21 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
     @op("add")
     def _add(ss: list) -> Scorer:
         def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
-            out: list = [0] * len(pop)
-            for sub in ss:
+            if not ss:
+                return [0] * len(pop)
+            # 0 + x, then x + y: on doubles as they are, on two integers with the 64-bit wrap
+            out = [0.0 + x if type(x) is float else _plus(0, x) for x in ss[0](pop, ctx)]
+            for sub in ss[1:]:
                 v = sub(pop, ctx)
-                out = [_plus(x, y) for x, y in zip(out, v)]
+                out = [x + y if type(x) is float or type(y) is float else _plus(x, y) for x, y in zip(out, v)]
             return out
         return s
 
     @op("scale")
     def _scale(a: list) -> Scorer:
         w, inner = a
+        if type(w) is float:  # a double weight never meets the integer wrap
+            return lambda pop, ctx: [w * x for x in inner(pop, ctx)]
         return lambda pop, ctx: [_mul(w, x) for x in inner(pop, ctx)]
 
     @op("gate")
@@ -370,7 +385,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
     @op("neg")
     def _neg(a: list) -> Scorer:
         inner = a[0]
-        return lambda pop, ctx: [_minus(1, x) for x in inner(pop, ctx)]
+        return lambda pop, ctx: [1 - x if type(x) is float else _minus(1, x) for x in inner(pop, ctx)]
 
     @op("normalize")
     def _normalize(a: list) -> Scorer:
@@ -408,7 +423,18 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
     def _field(a: list) -> Scorer:
         name = a[0]
         observe = schema.observer(name)
-        return lambda pop, ctx: [_number(observe(c, ctx), name) for c in pop]
+        key = getattr(observe, "first_key", None)
+        if key is None:
+            return lambda pop, ctx: [_number(observe(c, ctx), name) for c in pop]
+
+        def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
+            out = [c.get(key) for c in pop]
+            for i, v in enumerate(out):
+                t = type(v)
+                if t is not float and t is not int:
+                    out[i] = _number(observe(pop[i], ctx), name)
+            return out
+        return s
 
     @op("lit")
     def _lit(a: list) -> Scorer:
