@@ -15,10 +15,11 @@ import logging
 import math
 import time
 from typing import Any, Awaitable, Callable, Mapping
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
+from ..catalog import templates
 from ..lang import strictjson
 from ..lang.errors import LangError
 from ..router.contract import RequestError
@@ -31,6 +32,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+TEMPLATE_PREFIX = "/x/policy/templates/"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -192,7 +194,10 @@ class App:
                 ("GET", "/x/rank"): self.rank,
                 ("POST", "/x/policy/normalize"): self.policy_normalize,
                 ("POST", "/x/flow/normalize"): self.flow_normalize,
+                ("GET", "/x/policy/templates"): self.policy_templates,
             }.get((method, path))
+        if handler is None and method == "POST" and path.startswith(TEMPLATE_PREFIX):
+            handler = self.policy_template_build
         if handler is None:
             for (m, prefix), h in self.extra_routes.items():
                 if m == method and prefix.endswith("/") and path.startswith(prefix):
@@ -202,7 +207,10 @@ class App:
             raise HTTPError(404, "not_found", f"no route {method} {path}")
         if path != "/healthz":
             self._auth(scope)
-        body = await self._read_json(scope, receive) if method == "POST" else None
+        body = None
+        if method == "POST":
+            # a template without options may be asked for with no body at all
+            body = await self._read_json(scope, receive, allow_empty=handler == self.policy_template_build)
         status, payload = await handler(scope, body)
         await self._send_json(send, status, payload)
 
@@ -239,7 +247,7 @@ class App:
         if not self.settings.caller_key_ok(presented):
             raise HTTPError(401, "caller_auth", "missing or unknown caller key", type_="authentication_error")
 
-    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
+    async def _read_json(self, scope: Scope, receive: Receive, allow_empty: bool = False) -> Any:
         limit = self.settings.max_body_bytes
         chunks: list[bytes] = []
         size = 0
@@ -256,6 +264,8 @@ class App:
             more = msg.get("more_body", False)
         raw = b"".join(chunks)
         if not raw.strip():
+            if allow_empty:
+                return None
             raise HTTPError(400, "json_syntax", "the request body is empty; send a JSON object", "$")
         try:
             return strictjson.loads(raw)
@@ -380,6 +390,29 @@ class App:
             raise lang_error(exc) from None
         return 200, {"policy_ir": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint,
                      "identity": c.identity, "id": c.short_id, "sort": c.sort, "version": c.version}
+
+    async def policy_templates(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        return 200, {"templates": templates.describe(self._tier_groups())}
+
+    async def policy_template_build(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        template_id = unquote(scope["path"][len(TEMPLATE_PREFIX):])
+        catalog = self.router.catalog
+        try:
+            term, intent = templates.build(template_id, body, self._tier_groups(), tuple(catalog.providers))
+        except templates.TemplateError as exc:
+            code = "unknown_template" if exc.code == "unknown_template" else "invalid_policy_template"
+            raise HTTPError(404 if code == "unknown_template" else 400, code, exc.message,
+                            None if code == "unknown_template" else exc.path) from None
+        try:  # admitted against this catalog's fields, exactly as a hand-written policy would be
+            c = self.router.compiler.compile_policy(term, path=("policy_ir",))
+        except LangError as exc:
+            raise lang_error(exc) from None
+        return 200, {"policy_ir": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint,
+                     "identity": c.identity, "id": c.short_id, "version": c.version, "intent": intent}
+
+    def _tier_groups(self) -> list[list[str]]:
+        catalog = self.router.catalog
+        return templates.tier_groups({pid: p.tier for pid, p in catalog.providers.items()}, catalog.tier_order)
 
     async def flow_normalize(self, scope: Scope, body: Any) -> tuple[int, Any]:
         from ..lang.flow import VERSION, admit_flow
