@@ -27,25 +27,19 @@ import os
 from urllib.parse import urlsplit
 
 try:
-    import orjson
-
-    def _wants_stream(body: bytes) -> bool:
-        if b'"stream"' not in body:
-            return False
-        try:
-            return orjson.loads(body).get("stream") is True
-        except Exception:
-            return False
+    from orjson import loads as _loads
 except ImportError:  # pragma: no cover
-    import json
+    from json import loads as _loads
 
-    def _wants_stream(body: bytes) -> bool:
-        if b'"stream"' not in body:
-            return False
-        try:
-            return json.loads(body).get("stream") is True
-        except Exception:
-            return False
+
+def _wants_stream(body: bytes) -> bool:
+    if b'"stream"' not in body:
+        return False
+    try:
+        return _loads(body).get("stream") is True
+    except Exception:
+        return False
+
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:18000")
 CLIENT_KIND = os.environ.get("BENCH_FWD_CLIENT", "raw")

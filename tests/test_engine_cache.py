@@ -36,7 +36,8 @@ def test_cached_plans_equal_fresh_ones_across_state_changes(doc, bodies_, breaki
             now[0] += 1
 
 
-def test_a_repeated_request_reuses_its_plan_and_a_breaker_change_does_not() -> None:
+def two_routes() -> tuple[list[int], RuntimeState, Router]:
+    """One model on providers a (cheaper) and b, the default profile skipping open breakers; a settable clock."""
     doc = {"providers": {"a": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"},
                          "b": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"}},
            "models": {"m": {"routes": [{"provider": "a", "price_in": 1, "price_out": 1},
@@ -44,7 +45,11 @@ def test_a_repeated_request_reuses_its_plan_and_a_breaker_change_does_not() -> N
            "profiles": {"default": {"policy": '["policy", ["not", ["is", "breaker_open"]], ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]'}}}
     now = [1_700_000_000_000]
     rt = RuntimeState(clock=lambda: now[0])
-    router = Router(build_catalog(doc), Settings(), runtime=rt, clock=rt.clock)
+    return now, rt, Router(build_catalog(doc), Settings(), runtime=rt, clock=rt.clock)
+
+
+def test_a_repeated_request_reuses_its_plan_and_a_breaker_change_does_not() -> None:
+    now, rt, router = two_routes()
     body = {"messages": [{"role": "user", "content": "x"}]}
     p1, p2 = router.prepare(body), router.prepare(body)
     assert p1.plan is p2.plan
@@ -60,14 +65,7 @@ def test_a_repeated_request_reuses_its_plan_and_a_breaker_change_does_not() -> N
 def test_failures_are_seen_within_the_refresh_window_and_breakers_at_once() -> None:
     # a provider that keeps failing must not make every request re-plan over the whole pool:
     # its observations reach decisions at most stamp_refresh_ms late, its breaker at once
-    doc = {"providers": {"a": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"},
-                         "b": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-           "models": {"m": {"routes": [{"provider": "a", "price_in": 1, "price_out": 1},
-                                       {"provider": "b", "price_in": 2, "price_out": 2}]}},
-           "profiles": {"default": {"policy": '["policy", ["not", ["is", "breaker_open"]], ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]'}}}
-    now = [1_700_000_000_000]
-    rt = RuntimeState(clock=lambda: now[0])
-    router = Router(build_catalog(doc), Settings(), runtime=rt, clock=rt.clock)
+    now, rt, router = two_routes()
     body = {"messages": [{"role": "user", "content": "x"}]}
     p1 = router.prepare(body)
     rt.record_failure("a", "m", "rate_limit", 1.0)  # below the breaker threshold
