@@ -23,7 +23,7 @@ import re
 from typing import Any, Mapping
 
 from .base import (
-    HttpRequest, ProviderError, SSEEvent, SSEParser, Target, chat_chunk, content_text, error_text, json_body,
+    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, chat_chunk, content_text, error_text, json_body,
     parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block, dump_body,
 )
 
@@ -384,28 +384,21 @@ class AnthropicWire:
                              status, retry_after_s=retry_after(headers))
 
 
-class AnthropicStream:
+class AnthropicStream(SSEDecoder):
     """Messages SSE events -> OpenAI chunks; ``message_stop`` is the end marker."""
 
+    wire = "anthropic"
+    end_marker = "message_stop"
+
     def __init__(self, target: Target) -> None:
+        super().__init__()
         self._key = target.api_key
-        self._sse = SSEParser()
         self._id = "msg"
         self._model = target.model_id
         self._usage: dict[str, Any] = {}
         self._tools: dict[int, int] = {}  # content block index -> tool_calls index
         self._stop_reason: Any = None
         self._started = False
-        self._done = False
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        return self._handle(self._sse.feed(data))
-
-    def close(self) -> list[dict[str, Any]]:
-        out = self._handle(self._sse.close())
-        if not self._done:
-            raise ProviderError("stream_interrupted", "anthropic: stream ended without message_stop")
-        return out
 
     def _chunk(self, delta: dict[str, Any] | None = None, finish: str | None = None, **kw: Any) -> dict[str, Any]:
         return chat_chunk(self._id, self._model, delta, finish, **kw)

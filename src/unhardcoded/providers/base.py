@@ -103,6 +103,37 @@ class StreamDecoder(Protocol):
     def close(self) -> list[dict[str, Any]]: ...
 
 
+class SSEDecoder:
+    """What every server-sent-events wire shares: bytes in, OpenAI chunks out, and a stream
+    that ends without its wire's end marker is ``stream_interrupted``, never a clean finish.
+
+    A wire implements ``_handle`` (events -> chunks; it sets ``_done`` on its end marker) and
+    may add closing chunks in ``_tail``. ``wire`` and ``end_marker`` name them in the error.
+    """
+
+    wire = "sse"
+    end_marker = "its end marker"
+
+    def __init__(self) -> None:
+        self._sse = SSEParser()
+        self._done = False
+
+    def _handle(self, events: "list[SSEEvent]") -> list[dict[str, Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _tail(self) -> list[dict[str, Any]]:
+        return []
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        return self._handle(self._sse.feed(data))
+
+    def close(self) -> list[dict[str, Any]]:
+        out = self._handle(self._sse.close())
+        if not self._done:
+            raise ProviderError("stream_interrupted", f"{self.wire}: stream ended without {self.end_marker}")
+        return out + self._tail()
+
+
 class Wire(Protocol):
     name: str
 

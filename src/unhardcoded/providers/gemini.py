@@ -30,7 +30,7 @@ import re
 from typing import Any, Mapping
 
 from .base import (
-    HttpRequest, ProviderError, SSEEvent, SSEParser, Target, chat_chunk, content_text, error_text, json_body,
+    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, chat_chunk, content_text, error_text, json_body,
     parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block, dump_body,
 )
 
@@ -487,29 +487,24 @@ class GeminiWire:
                              status, retry_after_s=wait if wait is not None else _retry_delay(err))
 
 
-class GeminiStream:
+class GeminiStream(SSEDecoder):
     """Each SSE event is a whole GenerateContentResponse; a ``finishReason`` ends the answer."""
 
+    wire = "gemini"
+    end_marker = "a finishReason"
+
     def __init__(self, target: Target) -> None:
+        super().__init__()
         self._key = target.api_key
-        self._sse = SSEParser()
         self._id = ""
         self._model = target.model_id
         self._usage: Any = None
         self._started: set[int] = set()
         self._calls: dict[int, int] = {}  # candidate index -> tool calls so far
         self._n = 0  # tool calls across candidates, for ids as parse() makes them
-        self._finished = False
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        return self._handle(self._sse.feed(data))
-
-    def close(self) -> list[dict[str, Any]]:
-        out = self._handle(self._sse.close())
-        if not self._finished:
-            raise ProviderError("stream_interrupted", "gemini: stream ended before a finishReason")
-        out.append(chat_chunk(self._id or "gemini", self._model, None, usage=gemini_usage(self._usage)))
-        return out
+    def _tail(self) -> list[dict[str, Any]]:
+        return [chat_chunk(self._id or "gemini", self._model, None, usage=gemini_usage(self._usage))]
 
     def _handle(self, events: list[SSEEvent]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -565,7 +560,7 @@ class GeminiStream:
                     self._n += 1
                     out.append(chat_chunk(cid, self._model, {"tool_calls": [{"index": k, **call}]}, index=idx))
             if cand.get("finishReason"):
-                self._finished = True
+                self._done = True
                 out.append(chat_chunk(cid, self._model, {},
                                       finish_reason(cand["finishReason"], bool(self._calls.get(idx))), index=idx))
         return out

@@ -12,7 +12,7 @@ import json
 from typing import Any, Mapping
 
 from .base import (
-    HttpRequest, ProviderError, SSEEvent, SSEParser, Target, error_text, json_body, retry_after, scrub,
+    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, error_text, json_body, retry_after, scrub,
     status_kind, usage_block, dump_body,
 )
 
@@ -159,23 +159,16 @@ class OpenAIWire:
                              retry_after_s=retry_after(headers))
 
 
-class OpenAIStream:
+class OpenAIStream(SSEDecoder):
     """``data: {chunk}`` events until ``data: [DONE]``."""
 
+    wire = "openai"
+    end_marker = "[DONE]"
+
     def __init__(self, wire: OpenAIWire, target: Target) -> None:
+        super().__init__()
         self._wire = wire
         self._key = target.api_key
-        self._sse = SSEParser()
-        self._done = False
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        return self._handle(self._sse.feed(data))
-
-    def close(self) -> list[dict[str, Any]]:
-        out = self._handle(self._sse.close())
-        if not self._done:
-            raise ProviderError("stream_interrupted", "openai: stream ended without [DONE]")
-        return out
 
     def _handle(self, events: list[SSEEvent]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
