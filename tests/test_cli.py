@@ -65,12 +65,14 @@ def test_policy_prints_identity(capsys) -> None:
 def test_conformance_replay_exit_codes(golden_path, tmp_path) -> None:
     ok = run("conformance", "replay", str(golden_path))
     assert ok.returncode == 0 and "15/15 vectors agree" in ok.stdout
+    assert ok.stdout.strip().splitlines()[-1] == "15 passed, 0 failed"
     doc = json.loads(golden_path.read_text())
     doc["vectors"][0]["expect"]["fingerprint"] = "1-2"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
     p = run("conformance", "replay", str(bad))
     assert p.returncode == 1 and "14/15 vectors agree" in p.stdout and "fingerprint" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "14 passed, 1 failed"
 
 
 def test_fields_lists_core_and_host_fields(capsys) -> None:
@@ -79,3 +81,51 @@ def test_fields_lists_core_and_host_fields(capsys) -> None:
     for name in ("price_in", "breaker_open", "bench_intelligence_rank", "cap_tools"):
         assert name in out
     assert "fallback < marketplace < partner" in out
+
+
+def test_validate_normalize_encode_fingerprint_for_policies(capsys, tmp_path) -> None:
+    term = '["and",["meets_req"],["and",["cmp","price_in","le",5]]]'  # nested and: flattened, sorted
+    assert main(["normalize", term, "--core-only"]) == 0
+    assert json.loads(capsys.readouterr().out) == ["and", ["cmp", "price_in", "le", 5], ["meets_req"]]
+    assert main(["encode", term, "--core-only"]) == 0
+    encoding = capsys.readouterr().out.strip()
+    assert encoding == 'sigma-pol/v2:(and (cmp "price_in" "le" 5) (meets_req))'
+    f = tmp_path / "p.json"
+    f.write_text(term)
+    assert main(["fingerprint", str(f), "--core-only"]) == 0
+    fp = capsys.readouterr().out
+    assert main(["policy", term, "--core-only"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert f"fingerprint {described['fingerprint']}" in fp and described["identity"] in fp
+    assert main(["validate", "@" + str(f)]) == 0
+    assert capsys.readouterr().out.startswith("ok: policy (Pred, sigma-pol/v2) pol_")
+
+
+def test_the_verbs_read_stdin_and_flow_files() -> None:
+    p = subprocess.run([sys.executable, "-m", "unhardcoded.cli", "encode", "--core-only"],
+                       input='["cmp","price_in","le",5]', capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == 'sigma-pol/v2:(cmp "price_in" "le" 5)'
+    from pathlib import Path
+
+    import unhardcoded.flows as flows_pkg
+    example = Path(flows_pkg.__file__).parent / "examples" / "two-drafts.json"
+    v = run("validate", str(example))
+    assert v.returncode == 0 and v.stdout.startswith("ok: flow (Flow, sigma-flow/v1) flow_")
+    n = run("normalize", str(example))
+    assert json.loads(n.stdout)[0] == "flow" and "n0" in json.loads(n.stdout)[1]
+
+
+def test_the_verbs_refuse_with_code_and_path_never_a_traceback(tmp_path) -> None:
+    cases = [
+        (["validate", '["cmp","nope","ge",1]'], "$[1]", "undeclared_field"),
+        (["encode", '{"model": "", "policy_ir": ["cmp","price_in","zz",1]}'], "$.policy_ir", ""),
+        (["normalize", '{"a":1,"a":2}'], "$.a", "json_duplicate_key"),
+        (["fingerprint", "[" * 5000], "$", "json_too_deep"),
+        (["validate", '{"nodes": {}}'], "$", ""),
+        (["validate", str(tmp_path / "missing.json")], "", "No such file"),
+    ]
+    for argv, path, code in cases:
+        p = run(*argv)
+        assert p.returncode == 2, (argv, p.stdout, p.stderr)
+        assert "Traceback" not in p.stderr and p.stderr.startswith("error: "), p.stderr
+        assert path in p.stderr and code in p.stderr, (argv, p.stderr)
