@@ -35,7 +35,9 @@ def stack_box(tmp_path_factory):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=bodies, path=st.sampled_from(["/v1/chat/completions", "/default/v1/chat/completions", "/x/rank",
-                                          "/x/policy/normalize", "/x/flow/normalize", "/x/flow/plan", "/x/replay"]))
+                                          "/x/policy/normalize", "/x/flow/normalize", "/x/flow/plan", "/x/replay",
+                                          "/x/policy/templates/cheapest-family", "/x/policy/templates/smart-value",
+                                          "/x/policy/templates/%00%2F..%2Fx"]))
 async def test_never_a_500(stack_box, raw, path) -> None:
     s = await start_stack(stack_box["dir"])
     try:
