@@ -231,9 +231,13 @@ class Client:
         self.max_idle = max_idle_per_host
         self.idle_timeout_s = idle_timeout_s
         self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._urls: dict[str, tuple[_Pool, bytes]] = {}  # url -> (its pool, request target): parsed once
         self._ssl = ssl.create_default_context()
 
     def _pool(self, url: str) -> tuple[_Pool, bytes]:
+        hit = self._urls.get(url)
+        if hit is not None:
+            return hit
         parts = urlsplit(url)
         scheme = parts.scheme
         if scheme not in ("http", "https") or not parts.hostname:
@@ -246,7 +250,10 @@ class Client:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        return pool, target.encode("latin-1")
+        out = (pool, target.encode("latin-1"))
+        if len(self._urls) < 4096:  # a provider's few endpoints; a URL per request (keys in queries) is not cached forever
+            self._urls[url] = out
+        return out
 
     @staticmethod
     def _head(method: str, target: bytes, host: bytes, headers: dict[str, str], body: bytes) -> bytes:
