@@ -55,26 +55,21 @@ def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
     """The effective policy. ``memo`` (per catalog) remembers choices by what they depend on:
     the sent term's identity (or none) and the profile; the envelope is the catalog's."""
     term = contract.policy_ir
-    if term is not None:
-        sent = compiler.compile(term, path=("policy_ir",))
-        if memo is not None:
-            hit = memo.get((sent.identity, contract.profile))
-            if hit is not None:
-                return hit
-        choice = _choose_sent(sent, term, contract, catalog, compiler)
-        if memo is not None:
-            if len(memo) > 1024:
-                memo.clear()
-            memo[(sent.identity, contract.profile)] = choice
-        return choice
+    sent = compiler.compile(term, path=("policy_ir",)) if term is not None else None
+    key = (None if sent is None else sent.identity, contract.profile)
     if memo is not None:
-        hit = memo.get((None, contract.profile))
+        hit = memo.get(key)
         if hit is not None:
             return hit
-    profile = _profile(contract, catalog)
-    choice = PolicyChoice("profile", profile.name, None, compiler.compile(profile.policy, want="Policy"))
+    if sent is not None:
+        choice = _choose_sent(sent, term, contract, catalog, compiler)
+    else:
+        profile = _profile(contract, catalog)
+        choice = PolicyChoice("profile", profile.name, None, compiler.compile(profile.policy, want="Policy"))
     if memo is not None:
-        memo[(None, contract.profile)] = choice
+        if len(memo) > 1024:
+            memo.clear()
+        memo[key] = choice
     return choice
 
 
