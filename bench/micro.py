@@ -99,6 +99,18 @@ def clear_caches(r: Router) -> None:
         plans.clear()
 
 
+def decision_costs(r: Router, body: dict, budget: float) -> tuple[dict, dict, dict]:
+    """One decision over the pool (Policy.plan), Router.prepare cached, and prepare with every cache cleared."""
+    prep = r.prepare(body)
+    policy, pool, ctx = prep.choice.effective.policy, prep.pool, prep.ctx
+
+    def uncached() -> None:
+        clear_caches(r)
+        r.prepare(body)
+    return (bench(lambda: policy.plan(pool, ctx), budget), bench(lambda: r.prepare(body), budget),
+            bench(uncached, budget))
+
+
 def stages(term: list, schema: Any, budget: float) -> dict[str, Any]:
     algebra = default_algebra(schema, {})
     nf, enc = normalize_and_encode(term)
@@ -150,15 +162,8 @@ def main() -> int:
         if n == 200:
             row["stages"] = stages(term, schema, budget)
         prep = r.prepare(body)
-        policy, pool, ctx = prep.choice.effective.policy, prep.pool, prep.ctx
-        row["survivors"] = len(pool) - len(prep.plan.rejected)
-        row["plan"] = bench(lambda: policy.plan(pool, ctx), budget)
-        row["prepare_cached"] = bench(lambda: r.prepare(body), budget)
-
-        def prepare_uncached() -> None:
-            clear_caches(r)
-            r.prepare(body)
-        row["prepare_uncached"] = bench(prepare_uncached, budget)
+        row["survivors"] = len(prep.pool) - len(prep.plan.rejected)
+        row["plan"], row["prepare_cached"], row["prepare_uncached"] = decision_costs(r, body, budget)
         fams = [(c["provider_id"], c["model_family"]) for c in r.catalog.candidates()[:50]]
         tick = [0]
 
@@ -184,15 +189,7 @@ def main() -> int:
         t = policy_of_size(target)
         b = {"model": "", "messages": workload.MESSAGES, "policy_ir": t}
         st = stages(t, schema, budget)
-        prep = r.prepare(b)
-        policy, pool, ctx = prep.choice.effective.policy, prep.pool, prep.ctx
-        st["plan_200"] = bench(lambda: policy.plan(pool, ctx), budget)
-        st["prepare_cached_200"] = bench(lambda: r.prepare(b), budget)
-
-        def unc() -> None:
-            clear_caches(r)
-            r.prepare(b)
-        st["prepare_uncached_200"] = bench(unc, budget)
+        st["plan_200"], st["prepare_cached_200"], st["prepare_uncached_200"] = decision_costs(r, b, budget)
         st["nodes"] = nodes(t)
         st["json_bytes"] = len(json.dumps(t, separators=(",", ":")))
         res["by_policy_size"][str(target)] = st
