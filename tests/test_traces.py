@@ -24,9 +24,10 @@ from .harness import KEYS, NEXT, free_port, policy, start_stack
 MSG = [{"role": "user", "content": "The secret plan is ZEBRA-7."}]
 
 
-@pytest.fixture
-async def stack(tmp_path):
-    s = await start_stack(tmp_path)
+@pytest.fixture(params=["uvicorn", "granian"])
+async def stack(tmp_path, request):
+    """Both servers: granian (RSGI) learns of a client going away by its own means."""
+    s = await start_stack(tmp_path, server=request.param)
     yield s
     await s.close()
 
@@ -341,3 +342,71 @@ def test_a_clean_shutdown_loses_no_trace(tmp_path) -> None:
     conn = sqlite3.connect(tmp_path / "data" / "traces.sqlite3")
     assert done > 20
     assert conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == done
+
+
+_NOW_MS = int(time.time() * 1000)
+
+
+def _bare_record(i: int) -> dict:  # recent: the retention purge must not take it
+    return {"schema": "unhardcoded.trace/v1", "trace_id": f"tr_{i:032x}", "kind": "chat", "started_at_ms": _NOW_MS + i,
+            "status": "ok", "path": [], "answer": None, "usage": {}, "cost": {}, "latency": {}, "error": None}
+
+
+async def test_in_a_loop_a_record_is_built_after_the_step_that_finished_it(tmp_path) -> None:
+    """submit() only appends: the record is built by a callback once the current step (which
+    goes on to write the response) has yielded, and committed by the writer thread."""
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10_000)  # the interval never elapses here
+    try:
+        store.submit_record(_bare_record(1))
+        store.submit_record(_bare_record(2))
+        assert len(store._inbox) == 2 and store._batch.items == 0   # nothing built on the request's step
+        await asyncio.sleep(0)                                        # the loop turns once
+        assert len(store._inbox) == 0 and store._batch.items == 2    # built together, not yet committed
+        assert store.pending == 2 and store.written == 0
+        assert store.flush(5)                                         # a flush does not wait for the interval
+        assert store.written == 2 and store.pending == 0
+        assert store.get(_bare_record(2)["trace_id"])["started_at_ms"] == _NOW_MS + 2
+    finally:
+        store.close()
+
+
+def test_outside_a_loop_submit_builds_at_once(tmp_path) -> None:
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10_000)
+    try:
+        store.submit_record(_bare_record(7))
+        assert len(store._inbox) == 0 and store._batch.items == 1
+        assert store.flush(5) and store.written == 1
+    finally:
+        store.close()
+
+
+async def test_backpressure_in_a_loop_that_never_yields_does_not_deadlock(tmp_path) -> None:
+    """When max_pending runs wait, submit builds what is in the inbox itself and waits for the
+    writer: a loop that submits without yielding (so the build callback cannot run) still gets
+    every record stored, and never more than max_pending are exposed at once."""
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10_000, max_pending=4)
+    try:
+        t0 = time.monotonic()
+        seen = 0
+        for i in range(30):
+            store.submit_record(_bare_record(i))
+            seen = max(seen, store.pending)
+        assert time.monotonic() - t0 < 10  # never the 30 s backstop
+        assert seen <= 4
+        assert store.flush(5)
+        assert store.written == 30
+    finally:
+        store.close()
+
+
+def test_a_batch_commits_early_when_batch_max_records_are_built(tmp_path) -> None:
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=60_000, batch_max=5)
+    try:
+        for i in range(5):
+            store.submit_record(_bare_record(i))
+        deadline = time.monotonic() + 5
+        while store.written < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.written == 5  # long before the 60 s interval
+    finally:
+        store.close()

@@ -107,7 +107,7 @@ def pool_delta(pool: Sequence[Mapping[str, Any]], catalog_candidates: Sequence[M
 
 
 # Plans and stamped pools are shared by many runs (the router memoises them): their part
-# of the record is built once. Used by the single writer thread only.
+# of the record is built once. Used by one builder at a time (the store holds its build lock).
 # small: plans and pools are replaced as observations arrive, and each holds a pool alive
 _DECISIONS = IdentityMemo(32)
 _POOLS = IdentityMemo(4)

@@ -1,19 +1,27 @@
 """The embedded trace store: SQLite in WAL mode, written off the request path.
 
-``submit(run)`` only puts the finished run on a queue (no serialisation, no
-I/O on the request path). One writer thread builds the records and commits
-them in batches: every ``flush_ms`` (default 100 ms) or every ``batch_max``
-runs, whichever comes first, in one transaction. Catalog snapshots are written
-once, keyed by their digest.
+``submit(run)`` appends the finished run to an inbox and returns: no
+serialisation, no I/O, no lock wait on the request path. Inside an event loop
+the records are built by one callback scheduled with ``call_soon``, so it runs
+after the step that finished the run (and handed its response to the server);
+the runs that finished in the same turn of the loop are built together. One
+writer thread only commits: it sleeps until there is something to write, then
+commits everything built during the next ``flush_ms`` (default 100 ms) in one
+transaction, or sooner when ``batch_max`` records are waiting. Building in the
+loop rather than in the writer keeps the two threads from trading the
+interpreter lock per record (each hand-over cost more than the record, and a
+record built in the thread could hold the lock for a whole switch interval
+while a request waited); the writer holds the lock only to bind a batch's rows.
+Outside an event loop (tools, tests, other threads) ``submit`` builds at once.
 
 Durability, stated precisely: SQLite in WAL mode with ``synchronous=NORMAL``
 keeps every committed transaction through a process crash (``kill -9``); what a
-crash can lose is what was still queued and not yet committed — in steady state
+crash can lose is what was submitted and not yet committed — in steady state
 the runs of the last flush interval, and never more than ``max_pending``
 (default 2048) runs: when the writer falls that far behind, ``submit`` waits
 for it (backpressure) rather than let the exposure grow. A transaction commits
 whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
-drains the queue first and loses nothing.
+builds and commits everything first and loses nothing.
 
 Decisions and policy sections are content-addressed too: many runs share one
 decision (same policy, catalog, state and request shape) and one policy, so a
@@ -26,13 +34,13 @@ batches between writes; routing never waits for it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -81,9 +89,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 _COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "route", "profile", "policy_name",
             "policy_identity", "provider", "model_family", "served_model_id", "tokens_in", "tokens_out",
             "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest")
-
-_STOP = object()
-
 
 class _Batch:
     """One transaction's worth: rows built so far and what they refer to."""
@@ -135,7 +140,13 @@ class SQLiteStore:
         self.max_pending = max_pending
         self._pending = 0
         self._room = threading.Condition()
-        self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._inbox: "deque[Any]" = deque()       # submitted, not built yet
+        self._build_lock = threading.Lock()      # one builder at a time; guards _batch
+        self._batch = _Batch()                   # built, not committed yet
+        self._build_scheduled = False
+        self._wake = threading.Event()           # the writer has something to commit
+        self._urgent = threading.Event()         # ... and should not wait for the interval
+        self._stopping = False
         self._writer: threading.Thread | None = None
         self._known_catalogs: set[str] = set()
         self._lock = threading.Lock()
@@ -159,11 +170,23 @@ class SQLiteStore:
     def submit(self, run: Any) -> None:
         if self._writer is None or not self._writer.is_alive():
             self.start()
-        with self._room:
-            if self._pending >= self.max_pending:
+        if self._pending >= self.max_pending:
+            self._build()          # what waits in the inbox counts too: build it so it can be committed
+            self._urgent.set()
+            with self._room:
                 self._room.wait_for(lambda: self._pending < self.max_pending, timeout=30)
+        with self._room:
             self._pending += 1
-        self._q.put(run)
+        self._inbox.append(run)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._build()
+        elif not self._build_scheduled:
+            self._build_scheduled = True
+            loop.call_soon(self._build)
 
     @property
     def pending(self) -> int:
@@ -174,44 +197,63 @@ class SQLiteStore:
         """Store an already-built record (flows, imports)."""
         self.submit(("record", record, catalog))
 
+    def _build(self) -> None:
+        """Turn every run in the inbox into a row of the open batch; wake the writer."""
+        self._build_scheduled = False
+        inbox = self._inbox
+        if not inbox:
+            return
+        with self._build_lock:
+            batch = self._batch
+            was_empty = batch.items == 0
+            while True:
+                try:
+                    item = inbox.popleft()
+                except IndexError:
+                    break
+                self._take(batch, item)
+            if batch.items >= self.batch_max:
+                self._urgent.set()
+        if was_empty:
+            self._wake.set()
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything submitted so far is committed."""
-        done = threading.Event()
-        self._q.put(("barrier", done))
-        if self._writer is None:
+        if self._writer is None or not self._writer.is_alive():
             self.start()
+        self._build()
+        done = threading.Event()
+        with self._build_lock:
+            self._batch.barriers.append(done)
+        self._urgent.set()
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
         if self._writer is not None and self._writer.is_alive():
-            self._q.put(_STOP)
+            self._build()
+            self._stopping = True
+            self._urgent.set()
+            self._wake.set()
             self._writer.join(timeout=30)
         self._writer = None
+        self._stopping = False
 
     def _run(self) -> None:
         conn = _connect(self.path)
         try:
             while True:
-                batch = _Batch()
-                stop = self._take(batch, self._q.get())
-                deadline = time.monotonic() + self.flush_ms / 1000.0
-                # build each record as it arrives (no burst of work at flush time that would
-                # hold the interpreter against the request loop), commit once per interval
-                while not stop and batch.items < self.batch_max:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    try:
-                        item = self._q.get(timeout=left)
-                    except queue.Empty:
-                        break
-                    stop = self._take(batch, item)
-                if stop:  # drain whatever arrived with the stop
-                    while True:
-                        try:
-                            self._take(batch, self._q.get_nowait())
-                        except queue.Empty:
-                            break
+                self._wake.wait()
+                # let the interval's records gather: one transaction per interval, not per record
+                if not self._stopping:
+                    self._urgent.wait(self.flush_ms / 1000.0)
+                stop = self._stopping
+                self._wake.clear()   # cleared before the swap: a record built after it wakes us again
+                self._urgent.clear()
+                if stop:
+                    self._build()
+                with self._build_lock:
+                    batch, self._batch = self._batch, _Batch()
                 self._commit(conn, batch)
                 if stop:
                     return
@@ -222,17 +264,13 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, items: list[Any]) -> None:
         """Build and commit ``items`` in one transaction (used by tests and tools)."""
         batch = _Batch()
-        for item in items:
-            self._take(batch, item)
+        with self._build_lock:
+            for item in items:
+                self._take(batch, item)
         self._commit(conn, batch)
 
-    def _take(self, batch: "_Batch", item: Any) -> bool:
-        """Add one queued item to the batch; True when it is the stop signal."""
-        if item is _STOP:
-            return True
-        if isinstance(item, tuple) and item and item[0] == "barrier":
-            batch.barriers.append(item[1])
-            return False
+    def _take(self, batch: "_Batch", item: Any) -> None:
+        """Build one submitted run (or record) into a row of ``batch``."""
         batch.items += 1
         try:
             if isinstance(item, tuple) and item and item[0] == "record":
@@ -240,7 +278,7 @@ class SQLiteStore:
             else:
                 cat = item.prepared.catalog if item.prepared is not None else None
                 if cat is None:
-                    return False
+                    return
                 rec = build_record(item, cat, capture_content=self.capture_content)
             if cat is not None:
                 batch.used_catalogs.add(cat.digest)
@@ -248,10 +286,9 @@ class SQLiteStore:
                     batch.catalogs[cat.digest] = cat
             row = summary_row(rec)
             rec = self._externalise(rec, batch.sections)
-            batch.rows.append(tuple(row[c] for c in _COLUMNS) + (dump_record(rec).decode("utf-8"),))
+            batch.rows.append((*[row[c] for c in _COLUMNS], dump_record(rec).decode("utf-8")))
         except Exception:  # a record that cannot be built must not stop the writer
             self.errors += 1
-        return False
 
     def _commit(self, conn: sqlite3.Connection, batch: "_Batch") -> None:
         if batch.rows or batch.catalogs:
