@@ -79,3 +79,20 @@ def test_failures_are_seen_within_the_refresh_window_and_breakers_at_once() -> N
         rt.record_failure("a", "m", "rate_limit", 1.0)
     p4 = router.prepare(body)  # same refresh window, but the breaker opened: decided anew at once
     assert [r.candidate["provider_id"] for r in p4.plan.ordered] == ["b"]
+
+
+@settings(max_examples=100)
+@given(catalogs(), st.lists(bodies(), min_size=1, max_size=3))
+def test_the_wire_x_router_is_the_same_json_as_the_plain_one(doc, bodies_) -> None:
+    """The HTTP answer writes the per-plan parts of x_router once (orjson fragments): the bytes
+    must parse to exactly what the plain x_router serialises to, run after run of the same plan."""
+    import orjson
+
+    from unhardcoded.router.engine import Run
+    from unhardcoded.server.app import dumps
+
+    router = Router(build_catalog(doc), Settings(keys=Keys({f"{p.upper()}_KEY": "k" for p in PROVIDERS}, {})))
+    for body in bodies_ * 2:  # the second pass reuses the plans, and so the fragments
+        run = Run("tr_test", router.prepare(body))
+        run.events.append({"event": "attempted", "provider_id": "p", "model_family": "m", "attempt": 1})
+        assert orjson.loads(dumps(run.x_router(wire=True))) == orjson.loads(dumps(run.x_router()))

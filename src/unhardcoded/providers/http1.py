@@ -173,6 +173,10 @@ class _Pool:
             c.transport.close()
 
 
+def _expire(conn: _Conn, timeout_s: float) -> None:
+    conn._fail(HTTPError("timeout", f"no answer within {timeout_s:g} s"))
+
+
 class Response:
     __slots__ = ("status", "headers", "body")
 
@@ -267,27 +271,35 @@ class Client:
         return _CRLF.join(lines) + _CRLF + _CRLF
 
     async def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                        streaming: bool) -> tuple[_Pool, _Conn]:
+                        streaming: bool, timeout_s: float | None = None) -> tuple[_Pool, _Conn]:
         pool, target = self._pool(url)
         head = self._head(method, target, pool.host_header, headers, body)
         loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         for attempt in (0, 1):
             conn = pool.take(self.idle_timeout_s)
             reused = conn is not None
             if conn is None:
-                conn = await pool.connect(self.connect_timeout_s)
+                connect_s = self.connect_timeout_s
+                if deadline is not None:
+                    connect_s = min(connect_s, max(deadline - loop.time(), 0.0))
+                conn = await pool.connect(connect_s)
             conn.streaming = streaming
             conn.done = loop.create_future()
             if streaming:
                 conn.chunks = asyncio.Queue()
                 conn.waiter = loop.create_future()
             assert conn.transport is not None
+            # one timer per request (cheaper than a timeout context): when it fires the answer is
+            # failed and the connection closed, so a late answer can never reach the next request
+            timer = None if deadline is None else loop.call_at(deadline, _expire, conn, timeout_s)
             conn.transport.write(head + body)
             try:
                 await (conn.waiter if streaming else conn.done)
                 return pool, conn
             except HTTPError:
-                if reused and not conn.got_bytes and attempt == 0:
+                if reused and not conn.got_bytes and attempt == 0 and conn.exc is not None \
+                        and conn.exc.kind != "timeout":
                     continue  # the server had closed the idle connection: once more, fresh
                 raise
             except BaseException:
@@ -295,10 +307,16 @@ class Client:
                 if conn.transport is not None:
                     conn.transport.close()
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
         raise HTTPError("network_error", "unreachable")  # pragma: no cover
 
-    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Response:
-        pool, conn = await self._exchange(method, url, headers, body, streaming=False)
+    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
+                      timeout_s: float | None = None) -> Response:
+        """One exchange, whole answer; ``timeout_s`` bounds connecting, sending and reading it all
+        (``HTTPError`` kind ``timeout``)."""
+        pool, conn = await self._exchange(method, url, headers, body, streaming=False, timeout_s=timeout_s)
         resp = Response(conn.status, conn.headers, b"".join(conn.body))
         pool.give(conn)
         return resp

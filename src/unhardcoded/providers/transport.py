@@ -37,10 +37,7 @@ class Transport:
     async def send(self, req: HttpRequest, *, timeout_s: float) -> Response:
         """One request, whole response. Raises ProviderError for network faults and timeouts."""
         try:
-            async with asyncio.timeout(timeout_s):
-                r = await self._client.request(req.method, req.url, req.headers, req.body)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise ProviderError("timeout", f"no answer within {timeout_s:g} s") from None
+            r = await self._client.request(req.method, req.url, req.headers, req.body, timeout_s=timeout_s)
         except HTTPError as exc:
             raise ProviderError(exc.kind, exc.message) from None
         return Response(r.status, r.headers, r.body)

@@ -32,6 +32,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Sequence
 
+import orjson
+
 from ..catalog.model import Catalog
 from ..config import Settings
 from ..costs import Cost, CostCalculator, Usage
@@ -120,22 +122,32 @@ class Run:
         pre = self.prepared.pre_rejected
         return _REJECTED.get(self.prepared.plan, lambda plan: _rejected_rows([*pre, *plan.rejected]))
 
-    def decision_trace(self) -> dict[str, Any]:
+    def decision_trace(self, *, wire: bool = False) -> dict[str, Any]:
+        """The decision as the caller sees it. ``wire=True`` puts the parts every run of the same
+        plan shares (ranked, rejected, the policy term) in as JSON already written once per plan
+        (``orjson.Fragment``): only for a body that is serialised right away by orjson."""
         ranked, total = self.ranked_view()
-        out: dict[str, Any] = {"ranked": ranked, "rejected": self.rejected_view(), "decision_path": self.events,
+        shown = len(ranked)
+        rejected: Any = self.rejected_view()
+        if wire and self.prepared is not None:
+            plan = self.prepared.plan
+            ranked = _RANKED_WIRE.get(plan, lambda _p: orjson.Fragment(orjson.dumps(ranked)))
+            rejected = _REJECTED_WIRE.get(plan, lambda _p: orjson.Fragment(orjson.dumps(rejected)))
+        out: dict[str, Any] = {"ranked": ranked, "rejected": rejected, "decision_path": self.events,
                                "started_at_ms": self.prepared.started_ms if self.prepared else None,
                                "total_latency_ms": round(self.total_ms, 3)}
-        if total > len(ranked):
+        if total > shown:
             out["ranked_total"] = total
         if self.prepared is not None:
             eff = self.prepared.choice.effective
             out["policy_fingerprint"] = eff.fingerprint
-            out["policy_term"] = eff.term
+            out["policy_term"] = (_TERM_WIRE.get(eff, lambda e: orjson.Fragment(orjson.dumps(e.term))) if wire
+                                  else eff.term)
         if self.deadline_exceeded:
             out["request_deadline_exceeded"] = True
         return out
 
-    def x_router(self) -> dict[str, Any]:
+    def x_router(self, *, wire: bool = False) -> dict[str, Any]:
         a = self.answered_by or {}
         out: dict[str, Any] = {
             "provider": a.get("provider_id"), "model_family": a.get("model_family"),
@@ -158,12 +170,15 @@ class Run:
             out["route"] = self.prepared.contract.route
             if self.prepared.contract.policy_name:
                 out["policy_name"] = self.prepared.contract.policy_name
-        out["decision_trace"] = self.decision_trace()
+        out["decision_trace"] = self.decision_trace(wire=wire)
         return out
 
 
 _RANKED = IdentityMemo(32)
 _REJECTED = IdentityMemo(32)
+_RANKED_WIRE = IdentityMemo(32)
+_REJECTED_WIRE = IdentityMemo(32)
+_TERM_WIRE = IdentityMemo(64)
 
 
 def _ranked_rows(ordered: Sequence[Ranked]) -> list[dict[str, Any]]:
@@ -347,7 +362,6 @@ class Router:
         policy = prep.choice.effective.policy
         deadline = prep.t0 + self.settings.request_deadline_ms / 1000.0
         st = _Loop()
-        secrets = [k for k in self.settings.keys.all_values()]
         while st.cursor < len(ordered):
             cand = ordered[st.cursor].candidate
             pid, fam = cand["provider_id"], cand["model_family"]
@@ -389,7 +403,7 @@ class Router:
                 err = ProviderError("bad_response", f"unreadable provider answer ({type(exc).__name__})")
             latency = (time.perf_counter() - t_start) * 1000
             event.update({"latency_ms": round(latency, 3), "error_kind": err.kind, "http_status": err.status,
-                          "error_message": redact(err.message, *secrets)[:300]})
+                          "error_message": redact(err.message, *self.settings.keys.all_values())[:300]})
             st.last_kind = err.kind
             action = policy.classify(err.kind)
             verb = action.get("action") or "next_candidate"
@@ -461,8 +475,11 @@ class Router:
             pass
 
     async def complete(self, body: Mapping[str, Any], *, path_profile: str | None = None, record: bool = True,
-                       on_run: Any = None) -> tuple[dict[str, Any], Run]:
+                       on_run: Any = None, wire: bool = False) -> tuple[dict[str, Any], Run]:
         """A non-streaming call. Returns (chat.completion with x_router, run); raises RouterFailure.
+
+        ``wire=True``: the completion goes straight to orjson (the HTTP answer), so x_router may
+        carry pre-serialised parts (see :meth:`Run.decision_trace`).
 
         ``record=False`` keeps the run out of the trace store (a flow stores its nodes in its own
         record); ``on_run`` is called with the run as soon as it exists.
@@ -496,7 +513,7 @@ class Router:
         if self.settings.capture_content:
             run.response_content = [c.get("message") for c in completion.get("choices", [])]
         self._finish(run, record)
-        completion["x_router"] = run.x_router()
+        completion["x_router"] = run.x_router(wire=wire)
         return completion, run
 
     def _success(self, run: Run, cand: Mapping[str, Any], usage: Usage, event: dict[str, Any]) -> None:
