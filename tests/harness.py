@@ -1,5 +1,6 @@
 """A whole stack on loopback: strict mock providers, the router served over real HTTP
-by uvicorn, and the official OpenAI SDK as the client."""
+(by uvicorn, or by granian's RSGI interface as ``unhardcoded serve`` ships it), and the
+official OpenAI SDK as the client."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class Stack:
     store: SQLiteStore
     base_url: str
     client: openai.AsyncOpenAI
-    server: uvicorn.Server
+    server: Any                        # uvicorn.Server or granian's embedded Server
     task: asyncio.Task
     settings: Settings
     app: Any
@@ -117,14 +118,19 @@ class Stack:
 
     async def close(self) -> None:
         await self.client.close()
-        self.server.should_exit = True
-        await self.task
+        if isinstance(self.server, uvicorn.Server):
+            self.server.should_exit = True
+            await self.task
+        else:  # granian, as `unhardcoded serve` runs it: stop, then drain the router
+            self.server.stop()
+            await self.task
+            await self.router.close()
         for up in self.ups.values():
             await up.stop()
 
 
 async def start_stack(tmp_path: Path, *, edit: Any = None, keys: dict[str, str] | None = None,
-                      **settings_kw: Any) -> Stack:
+                      server: str = "uvicorn", **settings_kw: Any) -> Stack:
     ups = {kind: Upstream(kind, key=(keys or KEYS)[env] if env in (keys or KEYS) else None)
            for kind, env in (("openai", "OA_KEY"), ("anthropic", "AN_KEY"), ("gemini", "GE_KEY"))}
     urls = {kind: await up.start() for kind, up in ups.items()}
@@ -140,12 +146,28 @@ async def start_stack(tmp_path: Path, *, edit: Any = None, keys: dict[str, str] 
     router = Router(catalog, settings, sink=store)
     app = build_app(settings, router=router)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
+    if server == "granian":
+        from granian.constants import Interfaces
+        from granian.server.embed import Server as Embedded
+
+        from unhardcoded.server.rsgi import RSGIApp
+        srv: Any = Embedded(RSGIApp(app), address="127.0.0.1", port=port, interface=Interfaces.RSGI,
+                            runtime_threads=1, log_enabled=False)
+        task = asyncio.create_task(srv.serve())
+        for _ in range(500):
+            try:
+                _r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.01)
+    else:
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
+        task = asyncio.create_task(srv.serve())
+        for _ in range(200):
+            if srv.started:
+                break
+            await asyncio.sleep(0.01)
     base = f"http://127.0.0.1:{port}/v1"
     client = openai.AsyncOpenAI(base_url=base, api_key="caller-key", max_retries=0, timeout=30)
-    return Stack(ups, router, store, base, client, server, task, settings, app)
+    return Stack(ups, router, store, base, client, srv, task, settings, app)

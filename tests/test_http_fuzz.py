@@ -38,8 +38,9 @@ def stack_box(tmp_path_factory):
                                           "/x/policy/normalize", "/x/flow/normalize", "/x/flow/plan", "/x/replay",
                                           "/x/policy/templates/cheapest-family", "/x/policy/templates/smart-value",
                                           "/x/policy/templates/%00%2F..%2Fx"]))
-async def test_never_a_500(stack_box, raw, path) -> None:
-    s = await start_stack(stack_box["dir"])
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+async def test_never_a_500(stack_box, server, raw, path) -> None:
+    s = await start_stack(stack_box["dir"], server=server)
     try:
         status, body = await s.post(path, raw=raw)
     finally:

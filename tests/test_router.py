@@ -16,9 +16,16 @@ from .harness import KEYS, NEXT, policy, start_stack
 MSG = [{"role": "user", "content": "Hello there"}]
 
 
+@pytest.fixture(params=["uvicorn", "granian"])
+def server(request) -> str:
+    """Every end-to-end test here runs on both servers: uvicorn (ASGI) and granian (RSGI, what
+    `unhardcoded serve` ships, with its own native chat path)."""
+    return request.param
+
+
 @pytest.fixture
-async def stack(tmp_path):
-    s = await start_stack(tmp_path)
+async def stack(tmp_path, server):
+    s = await start_stack(tmp_path, server=server)
     yield s
     await s.close()
 
@@ -320,8 +327,8 @@ async def test_an_xform_can_set_the_attempt_timeout(stack) -> None:
     assert "timeout_ms" not in stack.anthropic.requests[-1].body
 
 
-async def test_request_deadline_is_a_504(tmp_path) -> None:
-    s = await start_stack(tmp_path, request_deadline_ms=300)
+async def test_request_deadline_is_a_504(tmp_path, server) -> None:
+    s = await start_stack(tmp_path, request_deadline_ms=300, server=server)
     try:
         s.gemini.script("gemini-3-flash-preview", Stall())
         with pytest.raises(openai.APIStatusError) as e:
@@ -332,8 +339,8 @@ async def test_request_deadline_is_a_504(tmp_path) -> None:
         await s.close()
 
 
-async def test_network_error_is_classified(tmp_path) -> None:
-    s = await start_stack(tmp_path)
+async def test_network_error_is_classified(tmp_path, server) -> None:
+    s = await start_stack(tmp_path, server=server)
     try:
         await s.anthropic.stop()  # nothing listens there any more
         pol = policy(["or", ["family_eq", "claude-haiku-4-5"], ["family_eq", "gpt-5.5"]], ["lit", 0],
@@ -422,11 +429,11 @@ async def test_cached_tokens_are_mapped_and_priced(stack) -> None:
     assert x["tokens_cached"] == 800
 
 
-async def test_a_route_without_a_price_has_no_cost_not_zero(tmp_path) -> None:
+async def test_a_route_without_a_price_has_no_cost_not_zero(tmp_path, server) -> None:
     def unpriced(doc: dict) -> None:
         route = doc["models"]["gpt-5.5"]["routes"][0]
         del route["price_in"], route["price_out"]
-    s = await start_stack(tmp_path, edit=unpriced)
+    s = await start_stack(tmp_path, edit=unpriced, server=server)
     try:
         r = await s.client.chat.completions.create(model="pin:oa/gpt-5.5", messages=MSG)
         x = xr(r)
@@ -505,9 +512,9 @@ async def test_first_token_timeout_fails_over(stack) -> None:
 
 # ---- keys -----------------------------------------------------------------------------------
 
-async def test_routes_without_a_key_are_not_attempted(tmp_path) -> None:
+async def test_routes_without_a_key_are_not_attempted(tmp_path, server) -> None:
     keys = {k: v for k, v in KEYS.items() if k != "GE_KEY"}
-    s = await start_stack(tmp_path, keys=keys)
+    s = await start_stack(tmp_path, keys=keys, server=server)
     try:
         r = await s.client.chat.completions.create(model="", messages=MSG)
         x = xr(r)
@@ -563,8 +570,8 @@ async def test_bad_requests_are_4xx_with_code_and_path(stack, raw, code, param) 
     assert body["error"]["type"] == "invalid_request_error"
 
 
-async def test_an_oversized_body_is_a_413(tmp_path) -> None:
-    s = await start_stack(tmp_path, max_body_bytes=1000)
+async def test_an_oversized_body_is_a_413(tmp_path, server) -> None:
+    s = await start_stack(tmp_path, max_body_bytes=1000, server=server)
     try:
         status, body = await s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 2000}]})
         assert status == 413 and body["error"]["code"] == "body_too_large"
@@ -572,9 +579,10 @@ async def test_an_oversized_body_is_a_413(tmp_path) -> None:
         await s.close()
 
 
-async def test_caller_keys_when_configured(tmp_path) -> None:
+async def test_caller_keys_when_configured(tmp_path, server) -> None:
     import hashlib
-    s = await start_stack(tmp_path, caller_keys_sha256=frozenset({hashlib.sha256(b"good-caller").hexdigest()}))
+    s = await start_stack(tmp_path, caller_keys_sha256=frozenset({hashlib.sha256(b"good-caller").hexdigest()}),
+                        server=server)
     try:
         with pytest.raises(openai.AuthenticationError) as e:
             await s.client.chat.completions.create(model="", messages=MSG)

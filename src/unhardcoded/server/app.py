@@ -58,6 +58,8 @@ def dumps(obj: Any) -> bytes:
 
 def _clean(o: Any) -> Any:
     """JSON has no NaN or infinity; such numbers are written null."""
+    if isinstance(o, orjson.Fragment):  # JSON written earlier by orjson: read it back for the slow path
+        return orjson.loads(orjson.dumps(o))
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
@@ -126,6 +128,25 @@ def validate_chat_body(body: Any) -> None:
             raise HTTPError(400, "bad_parameter", f"{key} must be at least 1", f"$.{key}")
 
 
+async def until_disconnect(work: Awaitable[None], disconnected: Callable[[], Awaitable[Any]]) -> None:
+    """Run ``work``; if ``disconnected()`` returns first (the client went away), cancel the work
+    (the run is recorded as such) and return quietly."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        await disconnected()
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not watcher.done():
+            raise
+    finally:
+        watcher.cancel()
+
+
 class App:
     """ASGI application serving one :class:`Router`."""
 
@@ -146,13 +167,19 @@ class App:
             return
         try:
             await self._dispatch(scope, receive, send)
-        except HTTPError as exc:
-            await self._send_json(send, exc.status, exc.body(), exc.headers)
-        except Exception:  # never a traceback to the caller
-            trace = f"err_{int(time.time() * 1000):x}"
-            log.exception("internal error %s on %s %s", trace, scope.get("method"), scope.get("path"))
-            await self._send_json(send, 500, {"error": {"message": f"internal error ({trace})", "type": "server_error",
-                                                        "code": "internal_error", "param": None}})
+        except Exception as exc:  # never a traceback to the caller
+            status, payload, headers = self.error_response(exc, scope.get("method"), scope.get("path"))
+            await self._send_json(send, status, payload, headers)
+
+    @staticmethod
+    def error_response(exc: Exception, method: Any, path: Any) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+        """The answer for a request that raised: its HTTPError, or a 500 that names a log line."""
+        if isinstance(exc, HTTPError):
+            return exc.status, exc.body(), exc.headers
+        trace = f"err_{int(time.time() * 1000):x}"
+        log.error("internal error %s on %s %s", trace, method, path, exc_info=exc)
+        return 500, {"error": {"message": f"internal error ({trace})", "type": "server_error",
+                               "code": "internal_error", "param": None}}, []
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -172,13 +199,7 @@ class App:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path.endswith("/chat/completions"):
-            prefix = path[: -len("/chat/completions")]
-            if prefix == "/v1":
-                profile = None
-            elif prefix.endswith("/v1") and prefix.count("/") == 2 and len(prefix) > 4:
-                profile = prefix[1:-3]
-            else:
-                raise HTTPError(404, "not_found", f"no route {path}")
+            profile = self.chat_profile(path)
             self._auth(scope)
             body = await self._read_json(scope, receive)
             await self._until_disconnect(self.chat(body, profile, send), receive)
@@ -216,24 +237,21 @@ class App:
 
     # ---- plumbing -------------------------------------------------------------
     async def _until_disconnect(self, work: Awaitable[None], receive: Receive) -> None:
-        """Run ``work``; if the client goes away first, cancel it (the run is recorded as such)."""
-        task = asyncio.ensure_future(work)
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
 
-        async def watch() -> None:
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    task.cancel()
-                    return
+        await until_disconnect(work, disconnected)
 
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not watcher.done():
-                raise
-        finally:
-            watcher.cancel()
+    @staticmethod
+    def chat_profile(path: str) -> str | None:
+        """``/v1/chat/completions`` → None; ``/{profile}/v1/chat/completions`` → the profile."""
+        prefix = path[: -len("/chat/completions")]
+        if prefix == "/v1":
+            return None
+        if prefix.endswith("/v1") and prefix.count("/") == 2 and len(prefix) > 4:
+            return prefix[1:-3]
+        raise HTTPError(404, "not_found", f"no route {path}")
 
     def _auth(self, scope: Scope) -> None:
         if not self.settings.caller_keys_sha256:
@@ -241,9 +259,16 @@ class App:
         presented = None
         for k, v in scope.get("headers", []):
             if k == b"authorization":
-                text = v.decode("latin-1")
-                if text.lower().startswith("bearer "):
-                    presented = text[7:].strip()
+                presented = v.decode("latin-1")
+        self.check_caller(presented)
+
+    def check_caller(self, authorization: str | None) -> None:
+        """Refuse a request without a known caller key (when the operator set caller keys)."""
+        if not self.settings.caller_keys_sha256:
+            return
+        presented = None
+        if authorization is not None and authorization.lower().startswith("bearer "):
+            presented = authorization[7:].strip()
         if not self.settings.caller_key_ok(presented):
             raise HTTPError(401, "caller_auth", "missing or unknown caller key", type_="authentication_error")
 
@@ -262,7 +287,13 @@ class App:
                 raise HTTPError(413, "body_too_large", f"request body exceeds {limit} bytes")
             chunks.append(data)
             more = msg.get("more_body", False)
-        raw = b"".join(chunks)
+        return self.parse_body(b"".join(chunks), allow_empty)
+
+    def parse_body(self, raw: bytes, allow_empty: bool = False) -> Any:
+        """A request body as strict JSON, within the size limit."""
+        limit = self.settings.max_body_bytes
+        if len(raw) > limit:
+            raise HTTPError(413, "body_too_large", f"request body exceeds {limit} bytes")
         if not raw.strip():
             if allow_empty:
                 return None
@@ -292,7 +323,7 @@ class App:
             if body.get("stream"):
                 await self._chat_stream(body, profile, send)
                 return
-            completion, _run = await self.router.complete(body, path_profile=profile)
+            completion, _run = await self.router.complete(body, path_profile=profile, wire=True)
         except LangError as exc:
             raise lang_error(exc) from None
         except RouterFailure as failure:

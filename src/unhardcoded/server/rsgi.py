@@ -1,11 +1,13 @@
-"""Serving the same application on granian's RSGI interface (the faster server here).
+"""Serving the application on granian's RSGI interface (what ``unhardcoded serve`` runs).
 
-``unhardcoded serve --server granian`` runs :func:`make_app` in granian's worker.
-The ASGI application stays the one implementation of the HTTP surface; this
-module only adapts RSGI's scope and protocol to it (a scope dict, a ``receive``
-that yields the body once and then waits for the client to go away, a ``send``
-that answers in one piece or opens a stream), and maps granian's init and
-shutdown hooks to the trace store's start and drain.
+The chat endpoint, the one every call goes through, is served natively: the
+body is read once, the caller key taken from granian's header map, and the
+answer written with ``response_bytes`` (or a response stream), with no ASGI
+scope or message dicts in between. Every other endpoint goes through the ASGI
+application, the one implementation of the HTTP surface, adapted here (a scope
+dict, a ``receive`` that yields the body once and then waits for the client to
+go away, a ``send`` that answers in one piece or opens a stream). granian's init
+and shutdown hooks start and drain the trace store.
 """
 
 from __future__ import annotations
@@ -14,7 +16,39 @@ import asyncio
 import os
 from typing import Any
 
-from .app import App
+from .app import App, dumps, until_disconnect
+
+_CHAT = "/chat/completions"
+_JSON = [("content-type", "application/json")]
+
+
+class _Sender:
+    """ASGI ``send`` over an RSGI protocol: one ``response_bytes``, or a stream once a body says more follows."""
+
+    __slots__ = ("proto", "status", "headers", "stream", "started")
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.status = 200
+        self.headers: list[tuple[str, str]] = []
+        self.stream: Any = None
+        self.started = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+            self.started = True
+            return
+        data = message.get("body", b"")
+        stream = self.stream
+        if stream is None:
+            if not message.get("more_body", False):
+                self.proto.response_bytes(self.status, self.headers, data)
+                return
+            stream = self.stream = self.proto.response_stream(self.status, self.headers)
+        if data:
+            await stream.send_bytes(data)
 
 
 class RSGIApp:
@@ -28,53 +62,66 @@ class RSGIApp:
 
     def __rsgi_del__(self, loop: Any) -> None:
         router = self.app.router
-        try:
+        if not loop.is_running() and not loop.is_closed():
             loop.run_until_complete(router.close())
-        except RuntimeError:  # the loop is already running or closed: drain the store directly
-            close = getattr(router.sink, "close", None)
-            if close is not None:
-                close()
+            return
+        # embedded in a running loop (`unhardcoded serve`): drain the store now; whoever runs
+        # the loop closes the rest of the router
+        close = getattr(router.sink, "close", None)
+        if close is not None:
+            close()
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
             return
+        if scope.method == "POST" and scope.path.endswith(_CHAT):
+            await self._chat(scope, proto)
+        else:
+            await self._asgi(scope, proto)
+
+    async def _chat(self, scope: Any, proto: Any) -> None:
+        app = self.app
+        send = _Sender(proto)
+        try:
+            profile = app.chat_profile(scope.path)
+            app.check_caller(scope.headers.get("authorization"))
+            body = app.parse_body(await proto())
+            await until_disconnect(app.chat(body, profile, send), _disconnected(proto))
+        except Exception as exc:  # never a traceback to the caller
+            if send.started:  # a stream is open: the router has already ended it with an error event
+                return
+            status, payload, headers = app.error_response(exc, scope.method, scope.path)
+            proto.response_bytes(status, [*_JSON, *((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)],
+                                 dumps(payload))
+
+    async def _asgi(self, scope: Any, proto: Any) -> None:
         body = await proto()
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()]
         asgi_scope = {"type": "http", "method": scope.method, "path": scope.path,
                       "query_string": scope.query_string.encode("latin-1"), "headers": headers}
         sent_body = False
+        wait_gone = _disconnected(proto)
 
         async def receive() -> dict[str, Any]:
             nonlocal sent_body
             if not sent_body:
                 sent_body = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            waiter = getattr(proto, "client_disconnect", None)
-            if waiter is not None:
-                await waiter()
-            else:  # pragma: no cover - older granian: never learn of a disconnect
-                await asyncio.Event().wait()
+            await wait_gone()
             return {"type": "http.disconnect"}
 
-        state: dict[str, Any] = {"status": 200, "headers": [], "stream": None}
+        await self.app(asgi_scope, receive, _Sender(proto))
 
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-                state["headers"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
-                return
-            data = message.get("body", b"")
-            more = message.get("more_body", False)
-            stream = state["stream"]
-            if stream is None and not more:
-                proto.response_bytes(state["status"], state["headers"], data)
-                return
-            if stream is None:
-                stream = state["stream"] = proto.response_stream(state["status"], state["headers"])
-            if data:
-                await stream.send_bytes(data)
 
-        await self.app(asgi_scope, receive, send)
+def _disconnected(proto: Any) -> Any:
+    waiter = getattr(proto, "client_disconnect", None)
+    if waiter is not None:
+        return waiter
+
+    async def never() -> None:  # pragma: no cover - older granian: never learn of a disconnect
+        await asyncio.Event().wait()
+
+    return never
 
 
 def make_app() -> RSGIApp:
