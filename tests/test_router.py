@@ -616,3 +616,31 @@ async def test_concurrent_calls_do_not_interfere(stack) -> None:
         assert f"message {i}" in r.choices[0].message.content
     ids = {xr(r)["trace_id"] for r in results}
     assert len(ids) == 20
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path, server) -> None:
+    """A declared 10 GB body gets its 413 at once (nothing of it sent); a chunked body with no
+    declared length is cut off as soon as it passes the limit. Never buffered whole first."""
+    s = await start_stack(tmp_path, max_body_bytes=1000, server=server)
+    host, port = s.base_url.removeprefix("http://").removesuffix("/v1").split(":")
+    try:
+        r, w = await asyncio.open_connection(host, int(port))
+        w.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 10000000000\r\n\r\n")
+        await w.drain()
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413")
+        w.close()
+
+        r, w = await asyncio.open_connection(host, int(port))
+        w.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"transfer-encoding: chunked\r\n\r\n")
+        chunk = b'{"messages":[{"role":"user","content":"' + b"x" * 600
+        for _ in range(3):  # 1.8 KB over three chunks; the connection stays open after them
+            w.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            await w.drain()
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413")
+        w.close()
+    finally:
+        await s.close()

@@ -273,7 +273,9 @@ class App:
             raise HTTPError(401, "caller_auth", "missing or unknown caller key", type_="authentication_error")
 
     async def _read_json(self, scope: Scope, receive: Receive, allow_empty: bool = False) -> Any:
-        limit = self.settings.max_body_bytes
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.strip().isdigit():
+                self.check_size(int(v))  # declared too large: refused before reading any of it
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -283,17 +285,20 @@ class App:
                 raise HTTPError(400, "client_disconnected", "the client went away")
             data = msg.get("body", b"")
             size += len(data)
-            if size > limit:
-                raise HTTPError(413, "body_too_large", f"request body exceeds {limit} bytes")
+            self.check_size(size)
             chunks.append(data)
             more = msg.get("more_body", False)
         return self.parse_body(b"".join(chunks), allow_empty)
 
+    def check_size(self, size: int) -> None:
+        """Refuse a body (or the part of it read so far) over the configured limit."""
+        limit = self.settings.max_body_bytes
+        if size > limit:
+            raise HTTPError(413, "body_too_large", f"request body exceeds {limit} bytes")
+
     def parse_body(self, raw: bytes, allow_empty: bool = False) -> Any:
         """A request body as strict JSON, within the size limit."""
-        limit = self.settings.max_body_bytes
-        if len(raw) > limit:
-            raise HTTPError(413, "body_too_large", f"request body exceeds {limit} bytes")
+        self.check_size(len(raw))
         if not raw.strip():
             if allow_empty:
                 return None

@@ -16,10 +16,9 @@ import asyncio
 import os
 from typing import Any
 
-from .app import App, dumps, until_disconnect
+from .app import App, until_disconnect
 
 _CHAT = "/chat/completions"
-_JSON = [("content-type", "application/json")]
 
 
 class _Sender:
@@ -85,17 +84,21 @@ class RSGIApp:
         try:
             profile = app.chat_profile(scope.path)
             app.check_caller(scope.headers.get("authorization"))
-            body = app.parse_body(await proto())
+            body = app.parse_body(await _read_body(app, scope, proto))
             await until_disconnect(app.chat(body, profile, send), _disconnected(proto))
         except Exception as exc:  # never a traceback to the caller
             if send.started:  # a stream is open: the router has already ended it with an error event
                 return
             status, payload, headers = app.error_response(exc, scope.method, scope.path)
-            proto.response_bytes(status, [*_JSON, *((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)],
-                                 dumps(payload))
+            await app._send_json(send, status, payload, headers)
 
     async def _asgi(self, scope: Any, proto: Any) -> None:
-        body = await proto()
+        try:
+            body = await _read_body(self.app, scope, proto)
+        except Exception as exc:  # too large: refused before the rest is read
+            status, payload, headers = self.app.error_response(exc, scope.method, scope.path)
+            await self.app._send_json(_Sender(proto), status, payload, headers)
+            return
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()]
         asgi_scope = {"type": "http", "method": scope.method, "path": scope.path,
                       "query_string": scope.query_string.encode("latin-1"), "headers": headers}
@@ -111,6 +114,21 @@ class RSGIApp:
             return {"type": "http.disconnect"}
 
         await self.app(asgi_scope, receive, _Sender(proto))
+
+
+async def _read_body(app: App, scope: Any, proto: Any) -> bytes:
+    """The whole body, refused with a 413 as soon as it is known to be over the limit: at once
+    from a declared content-length, else chunk by chunk (never buffered whole first)."""
+    declared = scope.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit():
+        app.check_size(int(declared))
+        return await proto()
+    chunks, size = [], 0
+    async for chunk in proto:
+        size += len(chunk)
+        app.check_size(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _disconnected(proto: Any) -> Any:
