@@ -50,9 +50,7 @@ async def test_independent_nodes_run_concurrently(stack) -> None:
     stack.openai.script("gpt-5.5", Delay(400), Reply("draft from A"))
     stack.anthropic.script("claude-haiku-4-5", Delay(400), Reply("draft from B"))
     stack.gemini.script("gemini-3-flash-preview", Reply("the synthesis"))
-    t0 = time.perf_counter()
     r = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"flow_ir": flow})
-    elapsed = time.perf_counter() - t0
     x = xr(r)
     assert r.choices[0].message.content == "the synthesis"
     assert x["provider"] == "flow" and x["model_family"].startswith("flow:")
@@ -60,7 +58,6 @@ async def test_independent_nodes_run_concurrently(stack) -> None:
     # both drafts started before either finished: they overlapped
     a, b = nodes["a"], nodes["b"]
     assert a["started_ms"] < b["started_ms"] + b["latency_ms"] and b["started_ms"] < a["started_ms"] + a["latency_ms"]
-    assert elapsed < 0.75  # two 400 ms drafts in parallel, not 800 ms in series
     # the synthesis node got both drafts through its template, in input order
     sent = stack.gemini.requests[-1].body
     user_turn = sent["contents"][-1]["parts"][0]["text"]

@@ -114,14 +114,24 @@ async def test_streaming(stack) -> None:
     assert rec["usage"]["tokens_out"] == chunks[-1].usage.completion_tokens
 
 
+async def until_received(upstream, task, seen: int) -> None:
+    """Wait until the upstream holds the request, so the client leaves mid-call (not before the call)."""
+    for _ in range(1000):
+        if len(upstream.requests) > seen or task.done():
+            break
+        await asyncio.sleep(0.01)
+    assert len(upstream.requests) > seen, "the request never reached the upstream"
+
+
 async def test_client_disconnect_mid_stream(stack) -> None:
     stack.gemini.script("gemini-3-flash-preview", Delay(0))
     async with aiohttp.ClientSession() as s:
         stack.gemini.script("gemini-3-flash-preview", Stall())
+        seen = len(stack.gemini.requests)
         task = asyncio.ensure_future(s.post(stack.base_url + "/chat/completions",
                                             json={"model": "", "messages": MSG, "stream": True,
                                                   "policy_ir": policy(["family_eq", "gemini-3-flash-preview"])}))
-        await asyncio.sleep(0.3)
+        await until_received(stack.gemini, task, seen)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -138,11 +148,12 @@ async def test_client_disconnect_mid_stream(stack) -> None:
 
 async def test_client_disconnect_non_stream(stack) -> None:
     stack.openai.script("gpt-5.5", Stall())
+    seen = len(stack.openai.requests)
     async with aiohttp.ClientSession() as s:
         task = asyncio.ensure_future(s.post(stack.base_url + "/chat/completions",
                                             json={"model": "", "messages": MSG,
                                                   "policy_ir": policy(["family_eq", "gpt-5.5"])}))
-        await asyncio.sleep(0.3)
+        await until_received(stack.openai, task, seen)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
