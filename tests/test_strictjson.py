@@ -339,3 +339,91 @@ def test_json_looking_text_only_raises_json_errors(text: str) -> None:
 def test_integers_wider_than_64_bits_are_read_as_doubles(v: int) -> None:
     got = loads(str(v))
     assert isinstance(got, float) and got == float(v)
+
+
+# -- the fast reader (orjson) against the exact one ---------------------------------------------------
+# ``loads`` of bytes takes orjson's value only when it can prove it is the exact reader's value. These
+# texts are built to hit every way the two could differ: duplicate keys (keys drawn from a tiny set),
+# colons inside keys and strings, colons and quotes written as \u escapes, whitespace around the colon,
+# integers past 53 and 64 bits, long fractions, exponents past a double, lone surrogates, deep nesting.
+
+_number_text = st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,22})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+_raw_text = st.text(alphabet=st.sampled_from(list('ab:"\\é\x01 \U0001f600')), max_size=6)
+
+
+@st.composite
+def _string_text(draw: st.DrawFn, pool: st.SearchStrategy[str] = _raw_text) -> str:
+    s = json.dumps(draw(pool), ensure_ascii=draw(st.booleans()))
+    if draw(st.booleans()):
+        s = s.replace(":", draw(st.sampled_from(["\\u003a", "\\u003A"])))
+    if draw(st.booleans()):
+        s = s[:-1] + draw(st.sampled_from(["\\u0022", "\\ud800", "\\udc00", "\\\\", "\\/"])) + '"'
+    return s
+
+
+_ws = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
+_keys = _string_text(st.sampled_from(["a", "b", ":", "a:", ""]))
+
+
+def _member(kv: tuple[str, str, str, str]) -> str:
+    key, before, after, value = kv
+    return f"{key}{before}:{after}{value}"
+
+
+_texts = st.recursive(
+    _number_text | st.integers(-(2 ** 70), 2 ** 70).map(str) | st.integers(2 ** 63 - 2, 2 ** 64 + 1).map(str)
+    | _string_text() | st.sampled_from(["true", "false", "null", "NaN", "-Infinity", "1e999"]),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
+        st.lists(st.tuples(_keys, _ws, _ws, inner).map(_member), max_size=4).map(lambda ms: "{" + ", ".join(ms) + "}"),
+    ),
+    max_leaves=20,
+)
+
+
+def _outcome(read, raw: bytes) -> tuple[str, object]:
+    try:
+        return "value", read(raw)
+    except JSONError as err:
+        return "error", (err.code, err.path)
+
+
+@settings(max_examples=600)
+@given(_texts, _ws)
+def test_the_fast_reader_agrees_with_the_exact_one(text: str, pad: str) -> None:
+    from unhardcoded.lang.strictjson import _exact
+
+    raw = (pad + text + pad).encode("utf-8", "surrogatepass")
+    fast, exact = _outcome(loads, raw), _outcome(_exact, raw)
+    assert fast[0] == exact[0], (fast, exact)
+    if fast[0] == "value":
+        assert same(fast[1], exact[1])
+    else:
+        assert fast[1] == exact[1]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":1,"a":2}', b'{"a" :1,"a": 2}', b'{"a":"x:y","a":"z"}', b'{"a\\u003a":1,"a:":2}',
+    b'{"k":"\\u0022:","k":1}', b'{"a":1,"a":"\\u003a"}', b'{"a":1,"a":"\\u003A"}', b'[{"a":[]},{"b":{"c":1,"c":{}}}]',
+])
+def test_duplicate_keys_in_bytes_are_refused(raw: bytes) -> None:
+    with pytest.raises(JSONError) as err:
+        loads(raw)
+    assert err.value.code == "json_duplicate_key"
+
+
+@given(st.integers(2 ** 53, 2 ** 200) | st.integers(-(2 ** 200), -(2 ** 53)))
+def test_wide_integers_in_bytes_read_as_the_exact_reader_reads_them(v: int) -> None:
+    got = loads(f'{{"seed":{v}}}'.encode())["seed"]
+    if -(2 ** 63) <= v < 2 ** 63:
+        assert got == v and isinstance(got, int)
+    else:
+        assert isinstance(got, float) and got == float(v)
+
+
+def test_deep_nesting_in_bytes_reads_as_the_exact_reader_reads_it() -> None:
+    from unhardcoded.lang.strictjson import _exact
+
+    for depth in (200, 300, 900, 5000):
+        raw = b"[" * depth + b"]" * depth
+        assert _outcome(loads, raw) == _outcome(_exact, raw)

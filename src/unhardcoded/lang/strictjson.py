@@ -13,10 +13,21 @@ and the JSONPath of the fault:
 * ``json_lone_surrogate`` a ``\\uD800``-style escape not part of a pair;
 * ``json_too_deep``       nesting deeper than the decoder will follow.
 
-The fast path is the standard library's C scanner. The hooks never raise: a
-fault is replaced by a marker and a second, pure-Python walk finds the first
-marker in document order to report its path. Correct input pays only for the
-hooks.
+Two readers, one answer. The fast path reads bytes with orjson, which already
+refuses every fault above except a duplicate key, and writes the value back;
+the value is taken only when (a) both succeed, (b) the text has no ``\\u003?``
+escape (so no escaped colon) and as many colons as what orjson wrote, and (c)
+no integer passes 53 bits. (b) proves no key was dropped: a colon is never
+escaped on output, and no number, whitespace or escape writes one, so each
+member of the text gives one colon to both counts unless a duplicate dropped it
+(with at least its own colon). (c) keeps the reading of wide integers below.
+Anything else, including nesting deeper than orjson writes, goes to the exact
+path.
+
+The exact path is the standard library's C scanner with hooks. The hooks never
+raise: a fault is replaced by a marker and a second, pure-Python walk finds the
+first marker in document order to report its path. A test checks on generated
+texts that both paths give the same value or the same error.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ import json
 import sys
 import threading
 from typing import Any
+
+import orjson
 
 from .errors import JSONError, PathPart
 
@@ -131,10 +144,40 @@ def _first_fault(value: Any, path: list[PathPart], check_strings: bool) -> JSONE
     return None
 
 
+_STRICT_INTEGER = orjson.OPT_STRICT_INTEGER
+_ORJSON_ERRORS = (orjson.JSONDecodeError, orjson.JSONEncodeError)
+
+
+def _fast(raw: bytes) -> Any:
+    """The value of ``raw`` if orjson's reading is provably the strict one, else ``_SLOW``."""
+    try:
+        value = orjson.loads(raw)
+        written = orjson.dumps(value, option=_STRICT_INTEGER)
+    except _ORJSON_ERRORS:
+        return _SLOW
+    if b"\\u003" in raw or raw.count(b":") != written.count(b":"):  # \u003a, \u003A (and \u0030-\u003f)
+        return _SLOW
+    return value
+
+
+_SLOW: Any = object()
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Decode one strict JSON value, or raise :class:`JSONError`."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
+        value = _fast(raw)
+        if value is not _SLOW:
+            return value
+        return _exact(raw)
+    return _exact(data)
+
+
+def _exact(data: bytes | str) -> Any:
+    """The standard library's reader with hooks: every fault found, with its path."""
+    if isinstance(data, bytes):
+        raw = data
         if raw.startswith(b"\xef\xbb\xbf") or raw.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise JSONError("json_bom", "a byte-order mark precedes the JSON value")
         try:
