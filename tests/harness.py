@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ class Stack:
     store: SQLiteStore
     base_url: str
     client: openai.AsyncOpenAI
-    server: Any                        # uvicorn.Server or granian's embedded Server
+    server: Any                        # uvicorn.Server or ShippedServer (granian, embedded)
     task: asyncio.Task
     settings: Settings
     app: Any
@@ -120,13 +121,26 @@ class Stack:
         await self.client.close()
         if isinstance(self.server, uvicorn.Server):
             self.server.should_exit = True
-            await self.task
         else:  # granian, as `unhardcoded serve` runs it: stop, then drain the router
             self.server.stop()
-            await self.task
-            await self.router.close()
-        for up in self.ups.values():
-            await up.stop()
+        try:
+            # bounded: a server that does not stop fails the test with what it was waiting on,
+            # instead of hanging the whole run
+            await asyncio.wait_for(asyncio.shield(self.task), 60)
+            if getattr(self.server, "cut", 0):
+                warnings.warn(f"{self.server.cut} call(s) still in flight were cut off after "
+                              f"{self.settings.shutdown_grace_s} s of shutdown grace", stacklevel=1)
+        except asyncio.TimeoutError:
+            waiting = "\n".join(f"{t.get_name()}: {t.get_coro()!r} at {t.get_stack(limit=3)!r}"
+                                 for t in asyncio.all_tasks() if not t.done())
+            self.task.cancel()
+            raise AssertionError(f"the {type(self.server).__name__} server did not stop in 60 s; "
+                                 f"tasks still running:\n{waiting}") from None
+        finally:
+            if not isinstance(self.server, uvicorn.Server):
+                await self.router.close()
+            for up in self.ups.values():
+                await up.stop()
 
 
 async def start_stack(tmp_path: Path, *, edit: Any = None, keys: dict[str, str] | None = None,
@@ -141,18 +155,16 @@ async def start_stack(tmp_path: Path, *, edit: Any = None, keys: dict[str, str] 
     catalog = build_catalog(doc)
     key_values = dict(keys or KEYS)
     key_values.setdefault("OR_KEY", key_values.get("OA_KEY", ""))
+    settings_kw.setdefault("shutdown_grace_s", 10)
     settings = Settings(keys=Keys(key_values, {}), data_dir=str(tmp_path), **settings_kw)
     store = SQLiteStore(tmp_path / "traces.sqlite3", capture_content=settings.capture_content, flush_ms=20)
     router = Router(catalog, settings, sink=store)
     app = build_app(settings, router=router)
     port = free_port()
     if server == "granian":
-        from granian.constants import Interfaces
-        from granian.server.embed import Server as Embedded
-
+        from unhardcoded.server import ShippedServer
         from unhardcoded.server.rsgi import RSGIApp
-        srv: Any = Embedded(RSGIApp(app), address="127.0.0.1", port=port, interface=Interfaces.RSGI,
-                            runtime_threads=1, log_enabled=False)
+        srv: Any = ShippedServer(RSGIApp(app), settings, port=port)
         task = asyncio.create_task(srv.serve())
         for _ in range(500):
             try:
@@ -162,7 +174,8 @@ async def start_stack(tmp_path: Path, *, edit: Any = None, keys: dict[str, str] 
             except OSError:
                 await asyncio.sleep(0.01)
     else:
-        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on",
+                                                 timeout_graceful_shutdown=settings.shutdown_grace_s))
         task = asyncio.create_task(srv.serve())
         for _ in range(200):
             if srv.started:

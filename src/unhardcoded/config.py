@@ -9,6 +9,7 @@ file; they are held in :class:`Keys` and never printed.
     host = "127.0.0.1"
     port = 8080
     caller_keys_sha256 = ["<sha256 of a caller key>"]   # optional: require Bearer keys
+    shutdown_grace_s = 30      # on SIGTERM/SIGINT: how long calls in flight may take to finish
 
     [router]
     catalog = "catalog.toml"
@@ -79,6 +80,7 @@ class Settings:
     attempt_timeout_ms: int = 60_000
     first_token_timeout_ms: int | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    shutdown_grace_s: int = 30
     caller_keys_sha256: frozenset[str] = frozenset()
     data_dir: str = ".unhardcoded"
     capture_content: bool = False
@@ -96,7 +98,8 @@ class Settings:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int},
+    "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int,
+               "shutdown_grace_s": int},
     "router": {"catalog": str, "request_deadline_ms": int, "attempt_timeout_ms": int,
                "first_token_timeout_ms": int, "flows_dir": str},
     "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str},
@@ -139,6 +142,9 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     s.host = server.get("host", env.get("UNHARDCODED_HOST", s.host))
     s.port = int(server.get("port", env.get("UNHARDCODED_PORT", s.port)))
     s.max_body_bytes = server.get("max_body_bytes", s.max_body_bytes)
+    s.shutdown_grace_s = server.get("shutdown_grace_s", s.shutdown_grace_s)
+    if s.shutdown_grace_s < 1:
+        raise ConfigError("bad_value", "server.shutdown_grace_s must be at least 1", ["server", "shutdown_grace_s"])
     digests = set(server.get("caller_keys_sha256", []))
     for raw in filter(None, env.get("UNHARDCODED_CALLER_KEYS", "").split(",")):
         digests.add(hashlib.sha256(raw.strip().encode()).hexdigest())

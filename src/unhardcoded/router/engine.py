@@ -90,7 +90,7 @@ class Run:
     trace_id: str
     prepared: Prepared | None
     stream: bool = False
-    status: str = "pending"            # ok | error | aborted | interrupted | client_disconnected
+    status: str = "pending"            # ok | error | aborted | interrupted | client_disconnected | shutdown
     events: list[dict[str, Any]] = field(default_factory=list)
     answered_by: Mapping[str, Any] | None = None
     usage: Usage = field(default_factory=Usage)
@@ -243,6 +243,7 @@ class Router:
         self.clock = clock
         self.sleep = sleep
         self.costs = CostCalculator(_price_library())
+        self.cutting_off = False
         self.set_catalog(catalog)
 
     def set_catalog(self, catalog: Catalog) -> None:
@@ -252,6 +253,14 @@ class Router:
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
         self._plans_pool: Any = None
         self._choices: dict[Any, PolicyChoice] = {}
+
+    def cut_off(self) -> None:
+        """The server's shutdown grace is over: calls cancelled from now on were cut off by the
+        shutdown, not left by their clients."""
+        self.cutting_off = True
+
+    def cancelled_status(self) -> str:
+        return "shutdown" if self.cutting_off else "client_disconnected"
 
     async def close(self) -> None:
         await self.transport.close()
@@ -502,7 +511,7 @@ class Router:
             self._finish(run, record)
             raise
         except asyncio.CancelledError:
-            run.status = "client_disconnected" if record else "cancelled"
+            run.status = self.cancelled_status() if record else "cancelled"
             self._finish(run, record)
             raise
         usage = Usage.from_openai(completion.get("usage"))
@@ -571,7 +580,7 @@ class Router:
             self._finish(run)
             raise
         except asyncio.CancelledError:
-            run.status = "client_disconnected"
+            run.status = self.cancelled_status()
             self._finish(run)
             raise
         run.ttft_ms = (opened.t_first - run.prepared.t0) * 1000  # type: ignore[union-attr]
@@ -656,13 +665,12 @@ class RoutedStream:
             self._done = True
         except (asyncio.CancelledError, GeneratorExit):
             if self.run.status == "pending":
-                self.run.status = "client_disconnected"
-                self.event["error_kind"] = "client_disconnected"
+                self.run.status = self.event["error_kind"] = self.router.cancelled_status()
             raise
         finally:
             await self.opened.sresp.close()
             if self.run.status == "pending":
-                self.run.status = "client_disconnected"
+                self.run.status = self.router.cancelled_status()
             self.router._finish(self.run)
 
     def _interrupted(self, exc: ProviderError) -> None:

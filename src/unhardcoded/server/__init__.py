@@ -1,7 +1,8 @@
-"""The HTTP server: build the application from settings, run it with uvicorn."""
+"""The HTTP server: build the application from settings, run it with granian (or uvicorn)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..catalog import load_catalog
@@ -9,6 +10,7 @@ from ..config import Settings
 from ..router.engine import Router
 from .app import App
 
+log = logging.getLogger("unhardcoded.server")
 
 def build_router(settings: Settings, *, sink: Any = None) -> Router:
     catalog = load_catalog(settings.catalog)
@@ -41,14 +43,14 @@ def serve(settings: Settings, *, log_level: str = "warning", server: str = "gran
     """Run the router in this process.
 
     granian (RSGI, embedded: one process, no supervisor) is the faster server here;
-    uvicorn (ASGI) is the fallback. SIGINT and SIGTERM stop accepting, finish what is in
-    flight and drain the trace store.
+    uvicorn (ASGI) is the fallback. SIGINT and SIGTERM stop accepting, let the calls in
+    flight finish (for at most ``shutdown_grace_s``; what is left then is cut off) and drain
+    the trace store.
     """
     if server == "granian":
         try:
-            from granian.constants import Interfaces
-            from granian.server.embed import Server as Embedded
-        except ImportError:
+            import granian.server.embed  # noqa: F401
+        except ImportError:  # pragma: no cover - granian is a dependency
             server = "uvicorn"
         else:
             import asyncio
@@ -59,8 +61,7 @@ def serve(settings: Settings, *, log_level: str = "warning", server: str = "gran
             async def main() -> None:
                 app = RSGIApp(build_app(settings))
                 tune_gc()
-                srv = Embedded(app, address=settings.host, port=settings.port, interface=Interfaces.RSGI,
-                               runtime_threads=1, backlog=2048, log_enabled=log_level in ("info", "debug"))
+                srv = ShippedServer(app, settings, log_enabled=log_level in ("info", "debug"))
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, srv.stop)
@@ -80,4 +81,42 @@ def serve(settings: Settings, *, log_level: str = "warning", server: str = "gran
     app = build_app(settings)
     tune_gc()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                loop="auto", http="auto", lifespan="on")
+                loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=settings.shutdown_grace_s)
+
+
+class ShippedServer:
+    """granian's embedded server over :class:`RSGIApp`, as ``unhardcoded serve`` runs it (one
+    runtime thread). :meth:`stop` stops accepting; the calls in flight get
+    ``settings.shutdown_grace_s`` to finish, then are cut off (:meth:`RSGIApp.cut_off`), so a stop
+    always ends. (granian's own kill timeout only cancels the Python side of an embedded worker:
+    its connections would go on being served.)"""
+
+    def __init__(self, app: Any, settings: Settings, *, port: int | None = None, log_enabled: bool = False) -> None:
+        from granian.constants import Interfaces
+        from granian.server.embed import Server as Embedded
+
+        self.app = app
+        self.grace_s = settings.shutdown_grace_s
+        self.cut = 0
+        self._timer: Any = None
+        self.granian = Embedded(app, address=settings.host, port=settings.port if port is None else port,
+                                interface=Interfaces.RSGI, runtime_threads=1, backlog=2048, log_enabled=log_enabled)
+
+    async def serve(self) -> None:
+        try:
+            await self.granian.serve()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def stop(self) -> None:
+        import asyncio
+
+        self.granian.stop()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.grace_s, self._cut_off)
+
+    def _cut_off(self) -> None:
+        self.cut = self.app.cut_off()
+        if self.cut:
+            log.warning("%d call(s) still in flight after %s s of shutdown grace were cut off", self.cut, self.grace_s)

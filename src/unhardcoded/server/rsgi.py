@@ -16,7 +16,7 @@ import asyncio
 import os
 from typing import Any
 
-from .app import App, until_disconnect
+from .app import App, HTTPError, until_disconnect
 
 _CHAT = "/chat/completions"
 
@@ -53,6 +53,19 @@ class _Sender:
 class RSGIApp:
     def __init__(self, app: App) -> None:
         self.app = app
+        self._inflight: set[asyncio.Task[Any]] = set()   # chat calls being served
+        self._cutting = False
+
+    def cut_off(self) -> int:
+        """End the chat calls still in flight (the shutdown grace is over): each is cancelled,
+        answered 503 ``shutting_down`` if nothing was sent yet, and recorded with status
+        ``shutdown``. Returns how many were cut."""
+        self._cutting = True
+        self.app.router.cut_off()
+        tasks = list(self._inflight)
+        for t in tasks:
+            t.cancel()
+        return len(tasks)
 
     def __rsgi_init__(self, loop: Any) -> None:
         start = getattr(self.app.router.sink, "start", None)
@@ -81,16 +94,28 @@ class RSGIApp:
     async def _chat(self, scope: Any, proto: Any) -> None:
         app = self.app
         send = _Sender(proto)
+        task = asyncio.current_task()
+        inflight = self._inflight
+        inflight.add(task)  # type: ignore[arg-type]
         try:
             profile = app.chat_profile(scope.path)
             app.check_caller(scope.headers.get("authorization"))
             body = app.parse_body(await _read_body(app, scope, proto))
-            await until_disconnect(app.chat(body, profile, send), _disconnected(proto))
+            await _until_disconnect(app.chat(body, profile, send), proto)
+        except asyncio.CancelledError:
+            if not self._cutting:
+                raise
+            if not send.started:
+                err = HTTPError(503, "shutting_down", "the router is shutting down; the call was cut off "
+                                "at the end of its shutdown grace", type_="router_error")
+                await app._send_json(send, err.status, err.body(), [(b"retry-after", b"1")])
         except Exception as exc:  # never a traceback to the caller
             if send.started:  # a stream is open: the router has already ended it with an error event
                 return
             status, payload, headers = app.error_response(exc, scope.method, scope.path)
             await app._send_json(send, status, payload, headers)
+        finally:
+            inflight.discard(task)  # type: ignore[arg-type]
 
     async def _asgi(self, scope: Any, proto: Any) -> None:
         try:
@@ -129,6 +154,37 @@ async def _read_body(app: App, scope: Any, proto: Any) -> bytes:
         app.check_size(size)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _until_disconnect(work: Any, proto: Any) -> None:
+    """Run ``work`` in this request's own task and cancel it if the client goes away first.
+
+    granian hands out the disconnect as a future and, with its asyncio task implementation (the
+    one ``unhardcoded serve`` uses), runs each request in a plain ``asyncio.Task``: a callback on
+    the future cancels that task, with no second or third task per request. Anywhere else (a
+    task that cannot be cancelled, a disconnect that is only a coroutine) the work runs in a task
+    of its own with a watcher beside it."""
+    waiter = proto.client_disconnect()
+    task = asyncio.current_task()
+    if type(task) is not asyncio.Task or not hasattr(waiter, "add_done_callback"):
+        if asyncio.iscoroutine(waiter):
+            waiter.close()
+        await until_disconnect(work, _disconnected(proto))
+        return
+
+    def gone(_: Any) -> None:
+        task.cancel()
+
+    waiter.add_done_callback(gone)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not waiter.done():  # cancelled for another reason: not ours to swallow
+            raise
+    finally:
+        waiter.remove_done_callback(gone)
+        if not waiter.done():
+            waiter.cancel()
 
 
 def _disconnected(proto: Any) -> Any:

@@ -1,0 +1,36 @@
+"""Host settings read from a TOML file: each fault names its setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from unhardcoded.config import ConfigError, load_settings
+
+
+def settings_from(tmp_path, text: str):
+    p = tmp_path / "unhardcoded.toml"
+    p.write_text(text, encoding="utf-8")
+    return load_settings(p, environ={})
+
+
+def test_defaults_without_a_file() -> None:
+    s = load_settings(None, environ={})
+    assert (s.port, s.shutdown_grace_s, s.max_body_bytes) == (8080, 30, 16 * 1024 * 1024)
+
+
+def test_server_settings_are_read(tmp_path) -> None:
+    s = settings_from(tmp_path, "[server]\nport = 9001\nshutdown_grace_s = 5\nmax_body_bytes = 2048\n")
+    assert (s.port, s.shutdown_grace_s, s.max_body_bytes) == (9001, 5, 2048)
+
+
+@pytest.mark.parametrize("text, code, path", [
+    ("[server]\nshutdown_grace_s = 0\n", "bad_value", "shutdown_grace_s"),
+    ("[server]\nshutdown_grace_s = \"soon\"\n", "bad_value", "shutdown_grace_s"),
+    ("[server]\nshutdown_grace_s = true\n", "bad_value", "shutdown_grace_s"),
+    ("[server]\ngrace = 5\n", "unknown_key", "grace"),
+    ("[servers]\nport = 1\n", "unknown_key", "servers"),
+])
+def test_a_bad_setting_is_refused_with_its_path(tmp_path, text: str, code: str, path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings_from(tmp_path, text)
+    assert err.value.code == code and path in err.value.path
