@@ -365,8 +365,12 @@ class Router:
             return Cost(None, None)
         return self.costs.cost(usage, route.price, provider.pricing_id, route.model_id)
 
-    async def _walk(self, prep: Prepared, run: Run, attempt: Any) -> Any:
-        """Walk the failover order; ``attempt(cand, target, request, timeouts)`` returns a result or raises."""
+    async def _walk(self, prep: Prepared, run: Run, attempt: Any, *, self_bounded: bool = False) -> Any:
+        """Walk the failover order; ``attempt(cand, target, request, timeouts)`` returns a result or raises.
+
+        ``self_bounded``: the attempt ends itself with a ``timeout`` ProviderError once its first
+        timeout has passed, so a request deadline nearer than the attempt timeout is handed to it
+        as that timeout (one timer per call) instead of being wrapped around it."""
         ordered: Sequence[Ranked] = prep.plan.ordered
         policy = prep.choice.effective.policy
         deadline = prep.t0 + self.settings.request_deadline_ms / 1000.0
@@ -391,12 +395,15 @@ class Router:
                                      "served_model_id": cand.get("served_model_id"), "attempt": st.attempts + 1}
             run.events.append(event)
             st.tried += 1
+            deadline_first = remaining < timeout_s  # the request's deadline comes first
             try:
-                if remaining < timeout_s:  # the request's deadline comes first
+                if not deadline_first:
+                    result = await attempt(cand, target, request, (timeout_s, ftt_s))
+                elif self_bounded:
+                    result = await attempt(cand, target, request, (remaining, ftt_s))
+                else:
                     async with asyncio.timeout(remaining):
                         result = await attempt(cand, target, request, (timeout_s, ftt_s))
-                else:
-                    result = await attempt(cand, target, request, (timeout_s, ftt_s))
                 event["latency_ms"] = round((time.perf_counter() - t_start) * 1000, 3)
                 return cand, result, event
             except (TimeoutError, asyncio.TimeoutError):
@@ -404,6 +411,11 @@ class Router:
                 run.deadline_exceeded = True
             except ProviderError as exc:
                 err = exc
+                # a timeout at the deadline (not, say, a connect timeout well before it)
+                if deadline_first and self_bounded and exc.kind == "timeout" \
+                        and time.perf_counter() >= deadline - 0.01:
+                    err = ProviderError("timeout", "the request deadline passed during this attempt")
+                    run.deadline_exceeded = True
             except asyncio.CancelledError:
                 event["latency_ms"] = round((time.perf_counter() - t_start) * 1000, 3)
                 event["error_kind"] = "cancelled"
@@ -504,7 +516,8 @@ class Router:
             return wire.parse(resp.status, resp.headers, resp.body, target)
 
         try:
-            cand, completion, event = await self._walk(run.prepared, run, attempt)  # type: ignore[arg-type]
+            cand, completion, event = await self._walk(run.prepared, run, attempt,  # type: ignore[arg-type]
+                                                       self_bounded=True)
         except RouterFailure as failure:
             run.status = run.status if run.status == "aborted" else "error"
             run.error = {"kind": failure.kind, "message": failure.message, "status": failure.status}
