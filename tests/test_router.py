@@ -458,6 +458,15 @@ async def test_stream_ends_with_usage_and_x_router(stack) -> None:
     assert last.usage.completion_tokens > 0
     assert last.model_extra["x_router"]["provider"] == "ge"
     assert last.model_extra["x_router"]["decision_trace"]["decision_path"][0]["event"] == "attempted"
+    # the parts written once per plan read the same as in a non-streaming answer over the same plan
+    cheap = {"policy_ir": ["cmp", "price_in", "le", 1]}  # rejects some routes: both lists are filled
+    stream = await stack.client.chat.completions.create(model="", messages=MSG, stream=True, extra_body=cheap)
+    last = [c async for c in stream][-1]
+    plain = xr(await stack.client.chat.completions.create(model="", messages=MSG, extra_body=cheap))["decision_trace"]
+    streamed = last.model_extra["x_router"]["decision_trace"]
+    assert streamed["ranked"] and streamed["rejected"]
+    for part in ("ranked", "rejected", "policy_term", "policy_fingerprint"):
+        assert streamed[part] == plain[part]
 
 
 async def test_stream_fails_over_before_the_first_token(stack) -> None:

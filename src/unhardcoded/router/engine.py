@@ -547,8 +547,12 @@ class Router:
         tok_s = usage.completion_tokens / gen_s if gen_s > 0 and usage.completion_tokens else None
         self.runtime.record_success(cand["provider_id"], cand["model_family"], event.get("latency_ms") or 0.0, tok_s)
 
-    async def open_stream(self, body: Mapping[str, Any], *, path_profile: str | None = None) -> "RoutedStream":
-        """Fail over until a route sends its first content; then the caller owns the stream."""
+    async def open_stream(self, body: Mapping[str, Any], *, path_profile: str | None = None,
+                          wire: bool = False) -> "RoutedStream":
+        """Fail over until a route sends its first content; then the caller owns the stream.
+
+        ``wire=True``: each event goes straight to orjson, so the last one's x_router may carry
+        pre-serialised parts (as :meth:`complete` with ``wire=True``)."""
         run = self._start(body, path_profile, stream=True)
 
         async def attempt(cand: Mapping[str, Any], target: Target, request: dict[str, Any], timeouts: tuple) -> Any:
@@ -597,7 +601,7 @@ class Router:
             self._finish(run)
             raise
         run.ttft_ms = (opened.t_first - run.prepared.t0) * 1000  # type: ignore[union-attr]
-        return RoutedStream(self, run, cand, opened, event)
+        return RoutedStream(self, run, cand, opened, event, wire=wire)
 
 
 @dataclass(slots=True)
@@ -613,7 +617,9 @@ class _Opened:
 class RoutedStream:
     """A committed stream: iterate :meth:`events` for SSE payloads (dicts), ending with usage + x_router."""
 
-    def __init__(self, router: Router, run: Run, cand: Mapping[str, Any], opened: _Opened, event: dict[str, Any]) -> None:
+    def __init__(self, router: Router, run: Run, cand: Mapping[str, Any], opened: _Opened, event: dict[str, Any],
+                 *, wire: bool = False) -> None:
+        self.wire = wire
         self.router = router
         self.run = run
         self.cand = cand
@@ -674,7 +680,7 @@ class RoutedStream:
             self.run.total_ms = (time.perf_counter() - self.run.prepared.t0) * 1000  # type: ignore[union-attr]
             yield {"id": f"chatcmpl-{self.run.trace_id}", "object": "chat.completion.chunk",
                    "created": int(time.time()), "model": self.served, "choices": [],
-                   "usage": _usage_json(usage), "x_router": self.run.x_router()}
+                   "usage": _usage_json(usage), "x_router": self.run.x_router(wire=self.wire)}
             self._done = True
         except (asyncio.CancelledError, GeneratorExit):
             if self.run.status == "pending":

@@ -351,7 +351,7 @@ class App:
                          extra={"x_router": run.x_router()}, headers=headers)
 
     async def _chat_stream(self, body: Mapping[str, Any], profile: str | None, send: Send) -> None:
-        stream = await self.router.open_stream(body, path_profile=profile)
+        stream = await self.router.open_stream(body, path_profile=profile, wire=True)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         clean_end = False
         async for event in stream.events():
