@@ -508,12 +508,12 @@ class Router:
         run = self._start(body, path_profile, stream=False, on_run=on_run)
 
         async def attempt(cand: Mapping[str, Any], target: Target, request: dict[str, Any], timeouts: tuple) -> Any:
-            wire = WIRES[target.wire]
-            http = wire.build(request, target, False)
+            codec = WIRES[target.wire]
+            http = codec.build(request, target, False)
             resp = await self.transport.send(http, timeout_s=timeouts[0])
             if resp.status >= 300:
-                raise wire.error(resp.status, resp.headers, resp.body, target=target)
-            return wire.parse(resp.status, resp.headers, resp.body, target)
+                raise codec.error(resp.status, resp.headers, resp.body, target=target)
+            return codec.parse(resp.status, resp.headers, resp.body, target)
 
         try:
             cand, completion, event = await self._walk(run.prepared, run, attempt,  # type: ignore[arg-type]
@@ -556,8 +556,8 @@ class Router:
         run = self._start(body, path_profile, stream=True)
 
         async def attempt(cand: Mapping[str, Any], target: Target, request: dict[str, Any], timeouts: tuple) -> Any:
-            wire = WIRES[target.wire]
-            http = wire.build(request, target, True)
+            codec = WIRES[target.wire]
+            http = codec.build(request, target, True)
             t_first = time.perf_counter()
             sresp = None
             try:
@@ -565,8 +565,8 @@ class Router:
                 async with asyncio.timeout(timeouts[1]):
                     sresp = await self.transport.open_stream(http, timeout_s=timeouts[0])
                     if sresp.status >= 300:
-                        raise wire.error(sresp.status, sresp.headers, await sresp.read_all(), target=target)
-                    decoder = wire.stream(target)
+                        raise codec.error(sresp.status, sresp.headers, await sresp.read_all(), target=target)
+                    decoder = codec.stream(target)
                     chunks_it = sresp.chunks().__aiter__()
                     first: list[dict[str, Any]] = []
                     while True:

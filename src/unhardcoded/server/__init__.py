@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -11,6 +12,7 @@ from ..router.engine import Router
 from .app import App
 
 log = logging.getLogger("unhardcoded.server")
+
 
 def build_router(settings: Settings, *, sink: Any = None) -> Router:
     catalog = load_catalog(settings.catalog)
@@ -53,7 +55,6 @@ def serve(settings: Settings, *, log_level: str = "warning", server: str = "gran
         except ImportError:  # pragma: no cover - granian is a dependency
             server = "uvicorn"
         else:
-            import asyncio
             import signal
 
             from .rsgi import RSGIApp
@@ -110,8 +111,6 @@ class ShippedServer:
                 self._timer.cancel()
 
     def stop(self) -> None:
-        import asyncio
-
         self.granian.stop()
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.grace_s, self._cut_off)

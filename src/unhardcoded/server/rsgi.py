@@ -19,6 +19,8 @@ from typing import Any
 from .app import App, HTTPError, until_disconnect
 
 _CHAT = "/chat/completions"
+_CUT_OFF = HTTPError(503, "shutting_down", "the router is shutting down; the call was cut off at the end of its "
+                     "shutdown grace", type_="router_error", headers=[(b"retry-after", b"1")])
 
 
 class _Sender:
@@ -54,13 +56,11 @@ class RSGIApp:
     def __init__(self, app: App) -> None:
         self.app = app
         self._inflight: set[asyncio.Task[Any]] = set()   # chat calls being served
-        self._cutting = False
 
     def cut_off(self) -> int:
         """End the chat calls still in flight (the shutdown grace is over): each is cancelled,
         answered 503 ``shutting_down`` if nothing was sent yet, and recorded with status
         ``shutdown``. Returns how many were cut."""
-        self._cutting = True
         self.app.router.cut_off()
         tasks = list(self._inflight)
         for t in tasks:
@@ -102,14 +102,11 @@ class RSGIApp:
             app.check_caller(scope.headers.get("authorization"))
             body = app.parse_body(await _read_body(app, scope, proto))
             await _until_disconnect(app.chat(body, profile, send), proto)
-        except asyncio.CancelledError:
-            if not self._cutting:
-                raise
-            if not send.started:
-                err = HTTPError(503, "shutting_down", "the router is shutting down; the call was cut off "
-                                "at the end of its shutdown grace", type_="router_error")
-                await app._send_json(send, err.status, err.body(), [(b"retry-after", b"1")])
-        except Exception as exc:  # never a traceback to the caller
+        except (Exception, asyncio.CancelledError) as exc:  # never a traceback to the caller
+            if isinstance(exc, asyncio.CancelledError):
+                if not app.router.cutting_off:
+                    raise
+                exc = _CUT_OFF
             if send.started:  # a stream is open: the router has already ended it with an error event
                 return
             status, payload, headers = app.error_response(exc, scope.method, scope.path)
@@ -164,12 +161,13 @@ async def _until_disconnect(work: Any, proto: Any) -> None:
     the future cancels that task, with no second or third task per request. Anywhere else (a
     task that cannot be cancelled, a disconnect that is only a coroutine) the work runs in a task
     of its own with a watcher beside it."""
-    waiter = proto.client_disconnect()
+    disconnected = _disconnected(proto)
+    waiter = disconnected()
     task = asyncio.current_task()
     if type(task) is not asyncio.Task or not hasattr(waiter, "add_done_callback"):
         if asyncio.iscoroutine(waiter):
-            waiter.close()
-        await until_disconnect(work, _disconnected(proto))
+            waiter.close()  # the watcher asks for its own
+        await until_disconnect(work, disconnected)
         return
 
     def gone(_: Any) -> None:

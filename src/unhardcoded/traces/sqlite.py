@@ -90,6 +90,7 @@ _COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "ro
             "policy_identity", "provider", "model_family", "served_model_id", "tokens_in", "tokens_out",
             "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest")
 
+
 class _Batch:
     """One transaction's worth: rows built so far and what they refer to."""
 
