@@ -158,20 +158,33 @@ class Run:
             "trace_id": self.trace_id,
         }
         if self.prepared is not None:
-            choice = self.prepared.choice
-            eff = choice.effective
-            out["policy_fingerprint"] = eff.fingerprint
-            out["policy_identity"] = eff.identity
-            out["policy_id"] = eff.short_id
-            out["policy_source"] = choice.source
-            if choice.sent is not None:
-                out["policy_sent"] = {"identity": choice.sent.identity, "id": choice.sent.short_id,
-                                      "fingerprint": choice.sent.fingerprint, "sort": choice.sent.sort}
-            out["route"] = self.prepared.contract.route
-            if self.prepared.contract.policy_name:
-                out["policy_name"] = self.prepared.contract.policy_name
+            out.update(_policy_keys(self.prepared.choice, self.prepared.contract))
         out["decision_trace"] = self.decision_trace(wire=wire)
         return out
+
+
+_POLICY_KEYS: dict[tuple[int, str, str | None], tuple[Any, dict[str, Any]]] = {}
+
+
+def _policy_keys(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
+    """x_router's policy and route keys: the same for every run of one choice and route."""
+    memo = (id(choice), contract.route, contract.policy_name)
+    hit = _POLICY_KEYS.get(memo)
+    if hit is not None and hit[0] is choice:
+        return hit[1]
+    eff = choice.effective
+    out: dict[str, Any] = {"policy_fingerprint": eff.fingerprint, "policy_identity": eff.identity,
+                           "policy_id": eff.short_id, "policy_source": choice.source}
+    if choice.sent is not None:
+        out["policy_sent"] = {"identity": choice.sent.identity, "id": choice.sent.short_id,
+                              "fingerprint": choice.sent.fingerprint, "sort": choice.sent.sort}
+    out["route"] = contract.route
+    if contract.policy_name:
+        out["policy_name"] = contract.policy_name
+    if len(_POLICY_KEYS) > 1024:
+        _POLICY_KEYS.clear()
+    _POLICY_KEYS[memo] = (choice, out)  # holds the choice: its id is never reused under the entry
+    return out
 
 
 _RANKED = IdentityMemo(32)
@@ -253,6 +266,7 @@ class Router:
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
         self._plans_pool: Any = None
         self._choices: dict[Any, PolicyChoice] = {}
+        self._targets: dict[tuple[str, str, str], Target] = {}
 
     def cut_off(self) -> None:
         """The server's shutdown grace is over: calls cancelled from now on were cut off by the
@@ -300,15 +314,15 @@ class Router:
         else:
             pool, pre = self.catalog.candidates(), []
         pool = self.runtime.stamp(pool, now)
-        ctx: dict[str, Any] = {"request": contract.request_view(body), "state": self.runtime.snapshot(now),
-                               "now_ms": now}
+        state, state_key = self.runtime.snapshot_keyed(now)
+        ctx: dict[str, Any] = {"request": contract.request_view(body), "state": state, "now_ms": now}
         if contract.seed is not None:
             ctx["seed"] = contract.seed
-        plan = self._plan(choice, pool, ctx, contract.pin)
+        plan = self._plan(choice, pool, ctx, contract.pin, state_key)
         return Prepared(body, contract, choice, ctx, pool, pre, plan, now, t0, self.catalog)
 
     def _plan(self, choice: PolicyChoice, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
-              pin: tuple[str, str] | None) -> Plan:
+              pin: tuple[str, str] | None, state_key: tuple) -> Plan:
         """decide(), memoised: a plan is a pure function of the policy, the pool, the request's
         requirements, the runtime state, the seed and the pin (no operation reads the clock)."""
         if pool is not self._plans_pool:
@@ -316,7 +330,7 @@ class Router:
             # older pool can never be hit again, and each holds a whole pool alive
             self._plans.clear()
             self._plans_pool = pool
-        key = _plan_key(choice.effective.identity, pool, ctx, pin)
+        key = _plan_key(choice.effective.identity, pool, ctx, pin, state_key)
         if key is not None:
             hit = self._plans.get(key)
             if hit is not None and hit[0] is pool:  # the entry holds its pool: ids are never reused under it
@@ -331,9 +345,19 @@ class Router:
 
     # ------------------------------------------------------------------ attempt
     def _target(self, cand: Mapping[str, Any]) -> Target:
+        """Where an attempt on ``cand`` goes; one Target per route and key, made once."""
         p = self.catalog.providers[cand["provider_id"]]
-        return Target(provider_id=p.id, wire=p.wire, base_url=p.base_url, model_id=cand["served_model_id"],
-                      api_key=self.settings.keys.get(p.key_env), headers=p.headers, family=cand["model_family"])
+        key = self.settings.keys.get(p.key_env)
+        memo = (p.id, cand["served_model_id"], cand["model_family"])
+        hit = self._targets.get(memo)
+        if hit is not None and hit.api_key == key:
+            return hit
+        t = Target(provider_id=p.id, wire=p.wire, base_url=p.base_url, model_id=cand["served_model_id"],
+                   api_key=key, headers=p.headers, family=cand["model_family"])
+        if len(self._targets) > 4096:
+            self._targets.clear()
+        self._targets[memo] = t
+        return t
 
     def _attempt_request(self, prep: Prepared, cand: Mapping[str, Any], run: Run) -> tuple[dict[str, Any], float, float | None]:
         base = {k: v for k, v in prep.body.items() if k not in ROUTER_FIELDS}
@@ -716,17 +740,21 @@ def _freeze(v: Any) -> Any:
     return v
 
 
-def _plan_key(identity: str, pool: Any, ctx: Mapping[str, Any], pin: Any) -> Any:
-    """Everything a plan depends on, hashable; None when something is not (then no caching)."""
+_NO_REQUIREMENTS: tuple = (("requirements", ()),)
+
+
+def _plan_key(identity: str, pool: Any, ctx: Mapping[str, Any], pin: Any, state_key: tuple) -> Any:
+    """Everything a plan depends on, hashable; None when something is not (then no caching).
+    ``state_key`` stands for ``ctx["state"]`` (see :meth:`RuntimeState.snapshot_keyed`)."""
+    request = ctx["request"]
+    # the common request: no requirements, no tools, no response format, no images
+    req_key = _NO_REQUIREMENTS if len(request) == 1 and not request.get("requirements", 1) else _freeze(request)
+    key = (identity, id(pool), pin, ctx.get("seed"), req_key, state_key)
     try:
-        state = ctx["state"]
-        key = (identity, id(pool), pin, ctx.get("seed"), _freeze(ctx["request"]),
-               tuple(sorted(state["breakers"])), tuple(sorted(state["disabled"])),
-               tuple(sorted(state["credits"].items())), _freeze(state.get("ema")))
         hash(key)
-        return key
-    except (TypeError, KeyError):
+    except TypeError:
         return None
+    return key
 
 
 def _usage_json(u: Usage) -> dict[str, Any]:

@@ -84,6 +84,10 @@ class RuntimeState:
         self.credits: dict[str, float] = {}
         self.version = 0  # bumps on every change
         self._stamped: tuple[Any, int, list[Mapping[str, Any]]] | None = None
+        # the snapshot changes only when a breaker or a disable does, or one of them expires:
+        # (epoch it was taken at, the first expiry after it, snapshot, hashable key)
+        self._epoch = 0
+        self._snap: tuple[int, int, dict[str, Any], tuple, int] | None = None
 
     # ---- what the language sees -------------------------------------------
     def is_disabled(self, provider: str, now_ms: int | None = None) -> bool:
@@ -96,6 +100,7 @@ class RuntimeState:
                 if self.disabled.get(provider) is d:
                     del self.disabled[provider]
                     self.version += 1
+                    self._epoch += 1
             return False
         return True
 
@@ -104,10 +109,32 @@ class RuntimeState:
         return b is not None and b.open_until_ms > now_ms
 
     def snapshot(self, now_ms: int) -> dict[str, Any]:
-        """``ctx.state`` at ``now_ms``: open breakers, live disables, credits."""
-        breakers = {p: True for p, b in self.breakers.items() if b.open_until_ms > now_ms}
-        disabled = {p: {"kind": d.kind, "at_ms": d.at_ms} for p, d in self.disabled.items() if d.until_ms > now_ms}
-        return {"breakers": breakers, "disabled": disabled, "credits": dict(self.credits), "ema": {}}
+        """``ctx.state`` at ``now_ms``: open breakers, live disables, credits. Shared by every
+        caller until it changes: treat it as read-only."""
+        return self.snapshot_keyed(now_ms)[0]
+
+    def snapshot_keyed(self, now_ms: int) -> tuple[dict[str, Any], tuple]:
+        """The snapshot and a hashable key equal for equal snapshots (a decision's cache key).
+
+        Taken again only when a breaker or a disable changed or expired since: between
+        those, every request sees the same object."""
+        memo = self._snap
+        if memo is not None and memo[0] == self._epoch and memo[1] > now_ms >= memo[4]:
+            return memo[2], memo[3]
+        with self._lock:
+            epoch = self._epoch
+            breakers = {p: True for p, b in self.breakers.items() if b.open_until_ms > now_ms}
+            disabled = {p: {"kind": d.kind, "at_ms": d.at_ms} for p, d in self.disabled.items()
+                        if d.until_ms > now_ms}
+            credits = dict(self.credits)
+            expiries = [b.open_until_ms for b in self.breakers.values() if b.open_until_ms > now_ms]
+            expiries += [d.until_ms for d in self.disabled.values() if d.until_ms > now_ms]
+        snap = {"breakers": breakers, "disabled": disabled, "credits": credits, "ema": {}}
+        key = (tuple(sorted(breakers)), tuple(sorted((p, v["kind"], v["at_ms"]) for p, v in disabled.items())),
+               tuple(sorted(credits.items())))
+        # valid from now until the first expiry, and never for a clock that went back
+        self._snap = (epoch, min(expiries, default=1 << 62), snap, key, now_ms)  # type: ignore[assignment]
+        return snap, key
 
     def observed(self, now_ms: int) -> dict[str, dict[str, float]]:
         """Per route key ``provider|family``: success_rate, latency_ms, tok_s over the window."""
@@ -173,7 +200,9 @@ class RuntimeState:
             b = self.breakers.get(provider)
             if b is not None:
                 b.consecutive_failures = 0
-                b.open_until_ms = 0
+                if b.open_until_ms:
+                    b.open_until_ms = 0
+                    self._epoch += 1
             self._observe(f"{provider}|{family}", now, True, latency_ms, tok_s)
             self.version += 1
 
@@ -190,6 +219,7 @@ class RuntimeState:
                 span = int(open_breaker_ms) if open_breaker_ms is not None else self.config.breaker_open_ms
                 b.opened_at_ms = now
                 b.open_until_ms = max(b.open_until_ms, now + span)
+                self._epoch += 1
             self._observe(f"{provider}|{family}", now, False, latency_ms, None)
             self.version += 1
             # no restamp here: under a provider that keeps failing (sustained 429s) a restamp per
@@ -201,6 +231,7 @@ class RuntimeState:
         with self._lock:
             self.disabled[provider] = Disable(kind, now, now + int(ms if ms is not None else self.config.disable_ms))
             self.version += 1
+            self._epoch += 1
 
     def _observe(self, key: str, now: int, ok: bool, latency_ms: float, tok_s: float | None) -> None:
         width = max(1, self.config.window_ms // self.config.buckets)
@@ -237,6 +268,7 @@ class RuntimeState:
     def reset(self, providers: Iterable[str] | None = None) -> None:
         with self._lock:
             self._stamped = None
+            self._epoch += 1
             if providers is None:
                 self.breakers.clear()
                 self.disabled.clear()
