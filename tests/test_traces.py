@@ -421,3 +421,50 @@ def test_a_batch_commits_early_when_batch_max_records_are_built(tmp_path) -> Non
         assert store.written == 5  # long before the 60 s interval
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("capture", [False, True])
+async def test_the_fast_stored_form_equals_the_record_built_whole(tmp_path, capture) -> None:
+    """The store writes a routed call from its plan's shared part plus the run's own fields
+    (traces/record.py ``stored_form``); read back, that is exactly ``build_record`` of the run,
+    and its summary row is ``summary_row`` of that record. Many runs of one plan share the part:
+    it must carry nothing of another run."""
+    from unhardcoded.traces.record import build_record, summary_row
+    from unhardcoded.traces.sqlite import _COLUMNS
+
+    s = await start_stack(tmp_path, capture_content=capture)
+    runs = {}
+    submit = s.store.submit
+
+    def keep(run):
+        runs[run.trace_id] = run
+        submit(run)
+
+    s.router.sink.submit = keep  # type: ignore[method-assign]
+    try:
+        fp = ["override", ["always", NEXT], "server_error", {"action": "retry_same", "attempts": 1}]
+        failover = policy(["top"], ["neg", ["normalize", ["field", "price_in"]]], ["argmax"], failplan=fp)
+        s.gemini.script("gemini-3-flash-preview", Fail(500), Fail(500))
+        await s.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": failover})
+        for _ in range(3):  # one plan, several runs
+            await s.client.chat.completions.create(model="", messages=MSG)
+        await s.client.chat.completions.create(model="profile:default", messages=MSG, seed=7,
+                                               extra_body={"requirements": {"min_context": 1000}})
+        await s.client.chat.completions.create(
+            model="", messages=MSG, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+        stream = await s.client.chat.completions.create(model="", messages=MSG, stream=True)
+        async for _chunk in stream:
+            pass
+        with pytest.raises(openai.APIStatusError):
+            await s.client.chat.completions.create(model="", messages=MSG,
+                                                   extra_body={"policy_ir": ["cmp", "price_in", "lt", 0]})
+        s.store.flush()
+        assert len(runs) == 8
+        rows = {r["trace_id"]: r for r in s.store.list(limit=50)[0]}
+        for tid, run in runs.items():
+            whole = json.loads(json.dumps(build_record(run, run.prepared.catalog, capture_content=capture)))
+            assert s.store.get(tid) == whole, tid
+            assert rows[tid] == {c: summary_row(whole)[c] for c in _COLUMNS}, tid
+        assert any(rec["status"] == "error" for rec in (s.store.get(t) for t in runs))
+    finally:
+        await s.close()

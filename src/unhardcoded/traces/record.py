@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
+from ..costs import usd_text
 from ..lang.requirements import derive_needs
 from ..memo import IdentityMemo
 
@@ -173,6 +174,96 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
     if capture_content and (run.request_messages is not None or run.response_content is not None):
         rec["content"] = {"messages": run.request_messages, "response": run.response_content}
     return rec
+
+
+# ---- the stored form of a routed call, built fast -------------------------------------------
+#
+# Everything in a chat record but the run's own outcome (route, policy, catalog, inputs, decision)
+# is a function of its plan and of how the caller named the route, and one plan serves many runs.
+# So that part is written once per plan and route as JSON (``_Shared``), and a run's stored text
+# is its own few fields around it. ``stored_form`` gives exactly what ``build_record`` followed by
+# moving the sections apart (see ``SQLiteStore``) gives; a test holds the two equal.
+
+COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "route", "profile", "policy_name",
+           "policy_identity", "provider", "model_family", "served_model_id", "tokens_in", "tokens_out",
+           "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest")
+
+
+class _Shared:
+    """One plan's and route's part of every record made from it."""
+
+    __slots__ = ("head", "inputs_tail", "tail", "sections", "row_route", "row_catalog")
+
+    def __init__(self, prep: Any, catalog: Any) -> None:
+        c, choice, ctx = prep.contract, prep.choice, prep.ctx
+        pre = prep.pre_rejected
+        policy = _POLICIES.get(choice, lambda ch: policy_section(ch, catalog))
+        decision = _DECISIONS.get(prep.plan, lambda plan: decision_section(plan, pre))
+        self.sections = ((policy["digest"], dump_record(policy).decode("utf-8")),
+                         (decision["digest"], dump_record(decision).decode("utf-8")))
+        route = {"model": c.route, "profile": choice.profile, "policy_name": c.policy_name,
+                 "flow_name": c.flow_name, "pin": list(c.pin) if c.pin else None, "requirements": c.requirements}
+        # '..."inputs":{"now_ms":' + now + inputs_tail + tail, with the run's own fields on either side
+        self.head = orjson.dumps({"route": route, "policy": {"digest": policy["digest"], "stored_apart": True},
+                                  "catalog": {"digest": catalog.digest, "source": catalog.source}})[1:-1]
+        request = ctx.get("request", {})
+        rest = orjson.dumps({
+            "request": reduce_request(request), "derived_needs": derive_needs(request),
+            "state": ctx.get("state", {}), "seed": ctx.get("seed"),
+            "pool": _POOLS.get(prep.pool, lambda pool: pool_delta(pool, catalog.candidates(), pre))})
+        self.inputs_tail = b"," + rest[1:]
+        self.tail = b',"decision":' + orjson.dumps({"digest": decision["digest"], "stored_apart": True})
+        self.row_route = (c.route, choice.profile, c.policy_name, choice.effective.identity)
+        self.row_catalog = catalog.digest
+
+
+_SHARED = IdentityMemo(32)   # plan -> {(choice, route naming, catalog) -> _Shared}
+
+
+def _shared(prep: Any, catalog: Any) -> _Shared:
+    by_route = _SHARED.get(prep.plan, lambda plan: {})
+    c = prep.contract
+    key = (id(prep.choice), c.route, c.policy_name, c.flow_name, c.pin, id(catalog))
+    hit = by_route.get(key)
+    if hit is None or hit[0] is not prep.choice or hit[1] is not catalog:
+        if len(by_route) > 64:
+            by_route.clear()
+        hit = by_route[key] = (prep.choice, catalog, _Shared(prep, catalog))
+    return hit[2]
+
+
+def stored_form(run: Any, catalog: Any, *, capture_content: bool = False) -> tuple[tuple, bytes, tuple]:
+    """A routed call's (summary row in ``COLUMNS`` order, stored record text, sections): the
+    record with its policy and decision sections apart, as (digest, text) pairs."""
+    prep = run.prepared
+    sh = _shared(prep, catalog)
+    own = {"schema": SCHEMA, "trace_id": run.trace_id, "kind": "chat", "started_at_ms": prep.started_ms,
+           "finished_at_ms": run.finished_ms, "status": run.status, "stream": run.stream}
+    usage, cost = run.usage, run.cost
+    cost_usd = usd_text(cost.usd)
+    latency = {"total_ms": round(run.total_ms, 3), "ttft_ms": None if run.ttft_ms is None else round(run.ttft_ms, 3)}
+    after: dict[str, Any] = {
+        "path": run.events, "answer": run.answered_by,
+        "usage": {"tokens_in": usage.prompt_tokens, "tokens_out": usage.completion_tokens,
+                  "tokens_cached": usage.cached_tokens, "tokens_reasoning": usage.reasoning_tokens},
+        "cost": {"cost_usd": cost_usd, "cost_basis": cost.basis, "cost_source": cost.source,
+                 "failed_attempts": run.failed_costs},
+        "latency": latency, "error": run.error}
+    if run.deadline_exceeded:
+        after["request_deadline_exceeded"] = True
+    if run.filters:
+        after["filters"] = run.filters
+    if capture_content and (run.request_messages is not None or run.response_content is not None):
+        after["content"] = {"messages": run.request_messages, "response": run.response_content}
+    text = b"".join((orjson.dumps(own)[:-1], b",", sh.head, b',"inputs":{"now_ms":',
+                     str(prep.ctx.get("now_ms")).encode() if prep.ctx.get("now_ms") is not None else b"null",
+                     sh.inputs_tail, sh.tail, b",", orjson.dumps(after)[1:]))
+    a = run.answered_by or {}
+    row = (run.trace_id, prep.started_ms or 0, run.finished_ms, run.status, "chat", *sh.row_route,
+           a.get("provider_id"), a.get("model_family"), a.get("served_model_id"), usage.prompt_tokens,
+           usage.completion_tokens, usage.cached_tokens, cost_usd, cost.basis, latency["total_ms"],
+           latency["ttft_ms"], sh.row_catalog)
+    return row, text, sh.sections
 
 
 def summary_row(rec: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Mapping
 
-from .record import build_record, canonical, dump_record, summary_row
+from .record import COLUMNS, build_record, canonical, dump_record, stored_form, summary_row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -86,9 +86,7 @@ CREATE TABLE IF NOT EXISTS sections (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
-_COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "route", "profile", "policy_name",
-            "policy_identity", "provider", "model_family", "served_model_id", "tokens_in", "tokens_out",
-            "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest")
+_COLUMNS = COLUMNS
 
 
 class _Batch:
@@ -280,11 +278,19 @@ class SQLiteStore:
                 cat = item.prepared.catalog if item.prepared is not None else None
                 if cat is None:
                     return
-                rec = build_record(item, cat, capture_content=self.capture_content)
+                rec = None
             if cat is not None:
                 batch.used_catalogs.add(cat.digest)
                 if cat.digest not in self._known_catalogs:
                     batch.catalogs[cat.digest] = cat
+            if rec is None and item.flow is None:  # a routed call: its plan's part is written once
+                row_t, text, sections = stored_form(item, cat, capture_content=self.capture_content)
+                for dg, section in sections:
+                    batch.sections[dg] = section
+                batch.rows.append((*row_t, text.decode("utf-8")))
+                return
+            if rec is None:
+                rec = build_record(item, cat, capture_content=self.capture_content)
             row = summary_row(rec)
             rec = self._externalise(rec, batch.sections)
             batch.rows.append((*[row[c] for c in _COLUMNS], dump_record(rec).decode("utf-8")))
