@@ -36,6 +36,10 @@ TEMPLATE_PREFIX = "/x/policy/templates/"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# typed chat parameters, checked in this order when present; the counts must be at least 1
+_TYPED: dict[str, Any] = {"stream": bool, "temperature": (int, float), "top_p": (int, float), "max_tokens": int,
+                          "max_completion_tokens": int, "n": int, "tools": list}
+_COUNTS = frozenset({"max_tokens", "max_completion_tokens", "n"})
 
 
 def _json_default(o: Any) -> Any:
@@ -105,26 +109,26 @@ def validate_chat_body(body: Any) -> None:
     if not isinstance(msgs, list) or not msgs:
         raise HTTPError(400, "bad_messages", "messages is a non-empty list", "$.messages")
     for i, m in enumerate(msgs):
-        p = f"$.messages[{i}]"
-        if not isinstance(m, dict):
-            raise HTTPError(400, "bad_messages", "each message is an object", p)
+        if type(m) is not dict:
+            raise HTTPError(400, "bad_messages", "each message is an object", f"$.messages[{i}]")
         if m.get("role") not in _ROLES:
-            raise HTTPError(400, "bad_messages", f"role must be one of {', '.join(sorted(_ROLES))}", p + ".role")
+            raise HTTPError(400, "bad_messages", f"role must be one of {', '.join(sorted(_ROLES))}",
+                            f"$.messages[{i}].role")
         c = m.get("content")
-        if c is not None and not isinstance(c, (str, list)):
-            raise HTTPError(400, "bad_messages", "content is a string, a list of parts, or null", p + ".content")
-        if isinstance(c, list):
-            for j, part in enumerate(c):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise HTTPError(400, "bad_messages", "a content part is an object with a type", f"{p}.content[{j}]")
-    for key, kinds in (("stream", bool), ("temperature", (int, float)), ("top_p", (int, float)),
-                       ("max_tokens", int), ("max_completion_tokens", int), ("n", int), ("tools", list)):
+        if c is None or type(c) is str:
+            continue
+        if type(c) is not list:
+            raise HTTPError(400, "bad_messages", "content is a string, a list of parts, or null",
+                            f"$.messages[{i}].content")
+        for j, part in enumerate(c):
+            if type(part) is not dict or type(part.get("type")) is not str:
+                raise HTTPError(400, "bad_messages", "a content part is an object with a type",
+                                f"$.messages[{i}].content[{j}]")
+    for key, kinds in _TYPED.items():
         v = body.get(key)
         if v is not None and (not isinstance(v, kinds) or (kinds is not bool and isinstance(v, bool))):
             raise HTTPError(400, "bad_parameter", f"{key} has the wrong type", f"$.{key}")
-    for key in ("max_tokens", "max_completion_tokens", "n"):
-        v = body.get(key)
-        if isinstance(v, int) and v < 1:
+        if key in _COUNTS and isinstance(v, int) and v < 1:
             raise HTTPError(400, "bad_parameter", f"{key} must be at least 1", f"$.{key}")
 
 
@@ -311,6 +315,10 @@ class App:
     async def _send_json(self, send: Send, status: int, payload: Any,
                          headers: list[tuple[bytes, bytes]] | None = None) -> None:
         body = dumps(payload)
+        respond = getattr(send, "respond", None)
+        if respond is not None:  # the native RSGI path: one call, no ASGI messages
+            respond(status, body, headers)
+            return
         await send({"type": "http.response.start", "status": status,
                     "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])]})
         await send({"type": "http.response.body", "body": body})
