@@ -33,6 +33,13 @@ def usd_text(d: Decimal | None) -> str | None:
     return format(d.normalize(), "f")
 
 
+def _count(v: Any) -> int:
+    """A token count as reported: a non-negative number, else 0."""
+    if type(v) is int:
+        return v if v >= 0 else 0
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -49,16 +56,13 @@ class Usage:
     def from_openai(cls, usage: Any) -> "Usage":
         if type(usage) is not dict and not isinstance(usage, Mapping):
             return cls()
-
-        def count(v: Any) -> int:
-            return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
         details = usage.get("prompt_tokens_details") or {}
         cdetails = usage.get("completion_tokens_details") or {}
         cost = usage.get("cost")
         reported = Decimal(str(cost)) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0 else None
-        return cls(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")),
-                   count(details.get("cached_tokens") if type(details) is dict else 0),
-                   count(cdetails.get("reasoning_tokens") if type(cdetails) is dict else 0), reported)
+        return cls(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")),
+                   _count(details.get("cached_tokens") if type(details) is dict else 0),
+                   _count(cdetails.get("reasoning_tokens") if type(cdetails) is dict else 0), reported)
 
     def to_dict(self) -> dict[str, int]:
         return {"tokens_in": self.prompt_tokens, "tokens_out": self.completion_tokens,

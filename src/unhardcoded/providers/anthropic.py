@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, chat_chunk, content_text, error_text, json_body,
-    parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block, dump_body,
+    parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block, dump_body,
 )
 
 API_VERSION = "2023-06-01"
@@ -301,6 +301,15 @@ def _error_parts(body: bytes) -> tuple[Any, Any]:
     return None, None
 
 
+def _headers(target: Target, stream: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION,
+               "Accept": "text/event-stream" if stream else "application/json"}
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    headers.update(target.headers)
+    return headers
+
+
 class AnthropicWire:
     name = "anthropic"
 
@@ -331,12 +340,7 @@ class AnthropicWire:
             out["metadata"] = {"user_id": body["user"]}
         if stream:
             out["stream"] = True
-        headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION,
-                   "Accept": "text/event-stream" if stream else "application/json"}
-        if target.api_key:
-            headers["x-api-key"] = target.api_key
-        headers.update(target.headers)
-        return HttpRequest("POST", f"{target.base_url}/messages", headers,
+        return HttpRequest("POST", f"{target.base_url}/messages", target_headers(target, stream, _headers),
                            dump_body(out))
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes, target: Target) -> dict[str, Any]:

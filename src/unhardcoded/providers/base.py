@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import orjson
 
@@ -249,6 +249,23 @@ def usage_block(prompt: int, completion: int, *, total: int | None = None, cache
         "prompt_tokens_details": {"cached_tokens": int(cached or 0), **prompt_details},
         "completion_tokens_details": {"reasoning_tokens": int(reasoning or 0)},
     }
+
+
+_HEADERS: dict[tuple[int, bool, Any], tuple[Target, dict[str, str]]] = {}
+
+
+def target_headers(target: Target, stream: bool, make: Callable[[Target, bool], dict[str, str]]) -> dict[str, str]:
+    """A target's request headers as ``make`` builds them, made once per target and mode: the
+    same dict every call (so the HTTP client renders it once too). Treat it as read-only."""
+    key = (id(target), stream, make)
+    hit = _HEADERS.get(key)
+    if hit is not None and hit[0] is target:
+        return hit[1]
+    headers = make(target, stream)
+    if len(_HEADERS) > 4096:
+        _HEADERS.clear()
+    _HEADERS[key] = (target, headers)  # holds the target: its id is not reused under the entry
+    return headers
 
 
 def dump_body(doc: Any) -> bytes:

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, chat_chunk, content_text, error_text, json_body,
-    parse_data_url, retry_after, scrub, status_kind, tool_arguments, usage_block, dump_body,
+    parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block, dump_body,
 )
 
 # Documented placeholder for function calls whose signature is unknown (history that
@@ -396,6 +396,14 @@ def _retry_delay(err: Mapping[str, Any]) -> float | None:
     return None
 
 
+def _headers(target: Target, stream: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+    if target.api_key:
+        headers["x-goog-api-key"] = target.api_key
+    headers.update(target.headers)
+    return headers
+
+
 class GeminiWire:
     name = "gemini"
 
@@ -415,13 +423,8 @@ class GeminiWire:
             out["generationConfig"] = gen
         model = target.model_id.removeprefix("models/")
         action = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        headers = {"Content-Type": "application/json",
-                   "Accept": "text/event-stream" if stream else "application/json"}
-        if target.api_key:
-            headers["x-goog-api-key"] = target.api_key
-        headers.update(target.headers)
-        return HttpRequest("POST", f"{target.base_url}/models/{model}:{action}", headers,
-                           dump_body(out))
+        return HttpRequest("POST", f"{target.base_url}/models/{model}:{action}",
+                           target_headers(target, stream, _headers), dump_body(out))
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes, target: Target) -> dict[str, Any]:
         if not 200 <= status < 300:

@@ -236,6 +236,7 @@ class Client:
         self.idle_timeout_s = idle_timeout_s
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._urls: dict[str, tuple[_Pool, bytes]] = {}  # url -> (its pool, request target): parsed once
+        self._heads: dict[tuple, tuple[dict[str, str], int, bytes]] = {}
         self._ssl = ssl.create_default_context()
 
     def _pool(self, url: str) -> tuple[_Pool, bytes]:
@@ -259,16 +260,23 @@ class Client:
             self._urls[url] = out
         return out
 
-    @staticmethod
-    def _head(method: str, target: bytes, host: bytes, headers: dict[str, str], body: bytes) -> bytes:
-        lines = [method.encode() + b" " + target + b" HTTP/1.1", b"host: " + host,
-                 b"content-length: " + str(len(body)).encode()]
-        for k, v in headers.items():
-            lk = k.lower()
-            if lk in ("host", "content-length", "connection", "transfer-encoding"):
-                continue
-            lines.append(k.encode("latin-1") + b": " + v.encode("latin-1"))
-        return _CRLF.join(lines) + _CRLF + _CRLF
+    def _head(self, method: str, target: bytes, host: bytes, headers: dict[str, str], body: bytes) -> bytes:
+        """The request head. Everything but the length is rendered once per (method, target,
+        host, headers dict): wires hand the same headers dict for every call to one endpoint."""
+        key = (method, target, host, id(headers))
+        hit = self._heads.get(key)
+        if hit is None or hit[0] is not headers or hit[1] != len(headers):
+            lines = [method.encode() + b" " + target + b" HTTP/1.1", b"host: " + host]
+            for k, v in headers.items():
+                lk = k.lower()
+                if lk in ("host", "content-length", "connection", "transfer-encoding"):
+                    continue
+                lines.append(k.encode("latin-1") + b": " + v.encode("latin-1"))
+            hit = (headers, len(headers), _CRLF.join(lines) + b"\r\ncontent-length: ")
+            if len(self._heads) > 4096:
+                self._heads.clear()
+            self._heads[key] = hit  # holds the dict: its id is not reused under the entry
+        return hit[2] + str(len(body)).encode() + b"\r\n\r\n"
 
     async def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes,
                         streaming: bool, timeout_s: float | None = None) -> tuple[_Pool, _Conn]:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, error_text, json_body, retry_after, scrub,
-    status_kind, usage_block, dump_body,
+    status_kind, usage_block, dump_body, target_headers,
 )
 
 # Fields the router reads itself; no provider knows them (OpenAI answers 400 to unknown ones).
@@ -99,6 +99,14 @@ def _embedded_status(err: Any, default: int) -> int:
     return default
 
 
+def _headers(target: Target, stream: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    headers.update(target.headers)
+    return headers
+
+
 class OpenAIWire:
     name = "openai"
 
@@ -114,12 +122,7 @@ class OpenAIWire:
             out.pop("stream_options", None)
         if "messages" in out and not _keeps_extra_content(target):
             out["messages"] = _strip_extra_content(out.get("messages"))
-        headers = {"Content-Type": "application/json",
-                   "Accept": "text/event-stream" if stream else "application/json"}
-        if target.api_key:
-            headers["Authorization"] = f"Bearer {target.api_key}"
-        headers.update(target.headers)
-        return HttpRequest("POST", f"{target.base_url}/chat/completions", headers,
+        return HttpRequest("POST", f"{target.base_url}/chat/completions", target_headers(target, stream, _headers),
                            dump_body(out))
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes, target: Target) -> dict[str, Any]:
