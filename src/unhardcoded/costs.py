@@ -15,6 +15,7 @@ In order of preference:
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -81,15 +82,17 @@ class Cost:
 
 
 class CostCalculator:
-    """Costs per call. A cost is a pure function of the usage, the route's prices and, through
-    the pricing library, the minute (its prices change at dated, whole-minute instants), so
-    recent ones are remembered: a route answering the same usage again costs a dict look-up
-    (the library's own calculation takes ~70 µs)."""
+    """Costs per call, exact. A cost is a pure function of the usage, the route's prices and,
+    through the pricing library, the minute (its prices change at dated, whole-minute instants).
+    The library's own calculation takes ~70 µs, more than a cached decision, so its prices are
+    turned into exact per-token coefficients once per route and minute (``_linear``), and
+    recent costs are remembered."""
 
     def __init__(self, price_library: Any = None, memo_size: int = 4096) -> None:
         self._lib = price_library
         self._memo: dict[tuple, Cost] = {}
         self._memo_size = memo_size
+        self._lines: dict[tuple[str, str, int], _Spans | None] = {}
 
     def cost(self, usage: Usage, price: Price, pricing_provider: str | None, model_id: str,
              at: datetime | None = None) -> Cost:
@@ -109,12 +112,17 @@ class CostCalculator:
     def _cost(self, usage: Usage, price: Price, pricing_provider: str | None, model_id: str,
               at: datetime | None) -> Cost:
         if self._lib is not None and pricing_provider:
+            if at is None and 0 <= usage.cached_tokens <= usage.prompt_tokens:
+                lin = self._linear(pricing_provider, model_id, usage.prompt_tokens)
+                if lin is not None:
+                    c0, c_in, c_cached, c_out = lin
+                    total = c0 + usage.prompt_tokens * c_in + usage.cached_tokens * c_cached \
+                        + usage.completion_tokens * c_out
+                    return Cost(total, "computed", self._lib.name)
             try:
-                from genai_prices import Usage as GUsage, calc_price
-                calc = calc_price(GUsage(input_tokens=usage.prompt_tokens, cache_read_tokens=usage.cached_tokens,
-                                         output_tokens=usage.completion_tokens), model_id,
-                                  provider_id=pricing_provider, genai_request_timestamp=at or datetime.now(timezone.utc))
-                return Cost(Decimal(calc.total_price), "computed", self._lib.name)
+                calc = _library_total(pricing_provider, model_id, usage.prompt_tokens, usage.cached_tokens,
+                                      usage.completion_tokens, at or datetime.now(timezone.utc))
+                return Cost(calc, "computed", self._lib.name)
             except (LookupError, ValueError):
                 pass
         if price.input is None or price.output is None:
@@ -125,3 +133,83 @@ class CostCalculator:
         uncached = max(0, usage.prompt_tokens - usage.cached_tokens)
         total = (uncached * p_in + usage.cached_tokens * p_cached + usage.completion_tokens * p_out) / MILLION
         return Cost(total, "computed", price.source or "catalog")
+
+    def _linear(self, provider: str, model_id: str, prompt: int) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+        """The library's price for this route, minute and prompt size as exact per-token
+        coefficients: c0 + prompt·c_in + cached·c_cached + completion·c_out is then exactly what
+        the library computes (~1 µs instead of ~70). Tiered prices (a rate that changes above a
+        number of input tokens) are affine between two tier starts, so each span gets its own
+        coefficients. Found by asking the library at points of the span and checked at another;
+        None (ask the library every time) when anything does not fit."""
+        minute = int(time.time() // 60)
+        key = (provider, model_id, minute)
+        spans = self._lines.get(key, _UNKNOWN)
+        if spans is _UNKNOWN:
+            try:
+                spans = _Spans(_tier_starts(provider, model_id, datetime.fromtimestamp(minute * 60, timezone.utc)))
+            except (LookupError, ValueError, ArithmeticError):
+                spans = None
+            if len(self._lines) > 1024:
+                self._lines.clear()
+            self._lines[key] = spans
+        if spans is None:
+            return None
+        return spans.line(prompt, lambda p, c, o: _library_total(provider, model_id, p, c, o,
+                                                                 datetime.fromtimestamp(minute * 60, timezone.utc)))
+
+
+_UNKNOWN: Any = object()
+
+
+class _Spans:
+    """Per span of prompt sizes between tier starts, the affine coefficients (found lazily)."""
+
+    __slots__ = ("starts", "lines")
+
+    def __init__(self, starts: list[int]) -> None:
+        self.starts = starts
+        self.lines: dict[int, tuple[Decimal, Decimal, Decimal, Decimal] | None] = {}
+
+    def line(self, prompt: int, f: Any) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+        # a tier applies when the prompt is above its start: span i is (starts[i-1], starts[i]]
+        i = bisect.bisect_left(self.starts, prompt)
+        if i in self.lines:
+            return self.lines[i]
+        lo = self.starts[i - 1] + 1 if i > 0 else 0
+        hi = self.starts[i] if i < len(self.starts) else lo + 10_000_000
+        line = None
+        try:
+            if hi - lo >= 2:
+                a = lo + 1
+                base = f(a, 0, 0)
+                c_in = f(a + 1, 0, 0) - base
+                c_cached = f(a, 1, 0) - base
+                c_out = f(a, 0, 1) - base
+                c0 = base - a * c_in
+                probe = (min(hi, lo + 123_457), min(hi, lo + 123_457) // 3, 6_791)
+                if f(*probe) == c0 + probe[0] * c_in + probe[1] * c_cached + probe[2] * c_out:
+                    line = (c0, c_in, c_cached, c_out)
+        except (LookupError, ValueError, ArithmeticError):
+            line = None
+        self.lines[i] = line
+        return line
+
+
+def _library_total(provider: str, model_id: str, prompt: int, cached: int, completion: int, at: datetime) -> Decimal:
+    from genai_prices import Usage as GUsage, calc_price
+    calc = calc_price(GUsage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion), model_id,
+                      provider_id=provider, genai_request_timestamp=at)
+    return Decimal(calc.total_price)
+
+
+def _tier_starts(provider: str, model_id: str, at: datetime) -> list[int]:
+    """The prompt sizes above which a tier of the library's price for the route starts, sorted.
+    (Price variants apply only to a request context, which we never pass.)"""
+    from genai_prices import types
+    from genai_prices.data_snapshot import get_snapshot
+    _prov, model = get_snapshot().find_provider_model(model_id, None, provider, None)
+    starts = set()
+    for v in vars(model.get_prices(at)).values():
+        if isinstance(v, types.TieredPrices):
+            starts.update(int(t.start) for t in v.tiers)
+    return sorted(starts)
