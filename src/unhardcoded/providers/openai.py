@@ -53,6 +53,8 @@ def _keeps_extra_content(target: Target) -> bool:
 def _strip_extra_content(messages: Any) -> Any:
     if not isinstance(messages, list):
         return messages
+    if not any(isinstance(m, dict) and m.get("tool_calls") for m in messages):
+        return messages  # the common case: nothing to strip, the caller's list as it is
     out = []
     for msg in messages:
         calls = msg.get("tool_calls") if isinstance(msg, dict) else None
@@ -111,7 +113,8 @@ class OpenAIWire:
     name = "openai"
 
     def build(self, body: Mapping[str, Any], target: Target, stream: bool) -> HttpRequest:
-        out = {k: v for k, v in body.items() if not is_router_field(k)}
+        out = {k: v for k, v in body.items()
+               if k not in ROUTER_ONLY_FIELDS and not k.startswith(("_", "x_"))}  # is_router_field, inline
         out["model"] = target.model_id
         if stream:
             out["stream"] = True

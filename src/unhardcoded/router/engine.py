@@ -126,13 +126,13 @@ class Run:
         """The decision as the caller sees it. ``wire=True`` puts the parts every run of the same
         plan shares (ranked, rejected, the policy term) in as JSON already written once per plan
         (``orjson.Fragment``): only for a body that is serialised right away by orjson."""
-        ranked, total = self.ranked_view()
-        shown = len(ranked)
-        rejected: Any = self.rejected_view()
-        if wire and self.prepared is not None:
-            plan = self.prepared.plan
-            ranked = _RANKED_WIRE.get(plan, lambda _p: orjson.Fragment(orjson.dumps(ranked)))
-            rejected = _REJECTED_WIRE.get(plan, lambda _p: orjson.Fragment(orjson.dumps(rejected)))
+        prep = self.prepared
+        if wire and prep is not None:
+            ranked, rejected, total, shown = _WIRE_PARTS.get(prep.plan, lambda _p: self._wire_parts())
+        else:
+            ranked, total = self.ranked_view()
+            shown = len(ranked)
+            rejected = self.rejected_view()
         out: dict[str, Any] = {"ranked": ranked, "rejected": rejected, "decision_path": self.events,
                                "started_at_ms": self.prepared.started_ms if self.prepared else None,
                                "total_latency_ms": round(self.total_ms, 3)}
@@ -146,6 +146,12 @@ class Run:
         if self.deadline_exceeded:
             out["request_deadline_exceeded"] = True
         return out
+
+    def _wire_parts(self) -> tuple[Any, Any, int, int]:
+        """The caller's ranked and rejected lists as JSON written once, with the ranked counts."""
+        ranked, total = self.ranked_view()
+        return (orjson.Fragment(orjson.dumps(ranked)), orjson.Fragment(orjson.dumps(self.rejected_view())),
+                total, len(ranked))
 
     def x_router(self, *, wire: bool = False) -> dict[str, Any]:
         a = self.answered_by or {}
@@ -189,8 +195,7 @@ def _policy_keys(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
 
 _RANKED = IdentityMemo(32)
 _REJECTED = IdentityMemo(32)
-_RANKED_WIRE = IdentityMemo(32)
-_REJECTED_WIRE = IdentityMemo(32)
+_WIRE_PARTS = IdentityMemo(32)
 _TERM_WIRE = IdentityMemo(64)
 
 

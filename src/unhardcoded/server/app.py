@@ -36,7 +36,7 @@ TEMPLATE_PREFIX = "/x/policy/templates/"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-# typed chat parameters, checked in this order when present; the counts must be at least 1
+# typed chat parameters, checked where present; the counts must be at least 1
 _TYPED: dict[str, Any] = {"stream": bool, "temperature": (int, float), "top_p": (int, float), "max_tokens": int,
                           "max_completion_tokens": int, "n": int, "tools": list}
 _COUNTS = frozenset({"max_tokens", "max_completion_tokens", "n"})
@@ -124,11 +124,13 @@ def validate_chat_body(body: Any) -> None:
             if type(part) is not dict or type(part.get("type")) is not str:
                 raise HTTPError(400, "bad_messages", "a content part is an object with a type",
                                 f"$.messages[{i}].content[{j}]")
-    for key, kinds in _TYPED.items():
-        v = body.get(key)
-        if v is not None and (not isinstance(v, kinds) or (kinds is not bool and isinstance(v, bool))):
+    for key, v in body.items():  # in the body's order: the first fault is reported
+        kinds = _TYPED.get(key)
+        if kinds is None or v is None:
+            continue
+        if not isinstance(v, kinds) or (kinds is not bool and isinstance(v, bool)):
             raise HTTPError(400, "bad_parameter", f"{key} has the wrong type", f"$.{key}")
-        if key in _COUNTS and isinstance(v, int) and v < 1:
+        if key in _COUNTS and v < 1:
             raise HTTPError(400, "bad_parameter", f"{key} must be at least 1", f"$.{key}")
 
 
