@@ -172,6 +172,45 @@ def cpu_ticks_one(pid: int) -> int:
         return 0
 
 
+def thread_ticks(pid: int) -> dict[str, tuple[str, int]]:
+    """CPU ticks (user + system) of every thread of the process tree: tid -> (label, ticks). The
+    label is "main" for a process's first thread, the thread's own name where it was given one,
+    else "unnamed" (for granian, its runtime thread: it serves the sockets)."""
+    out: dict[str, tuple[str, int]] = {}
+    for p in tree(pid):
+        try:
+            tids = sorted(os.listdir(f"/proc/{p}/task"), key=lambda t: t != str(p))  # the main thread first
+        except OSError:
+            continue
+        main_name = None
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/stat") as f:
+                    head, _, rest = f.read().rpartition(")")
+                parts = rest.split()
+                name = head.split("(", 1)[1]
+                if tid == str(p):
+                    main_name, label = name, "main"
+                else:
+                    label = "unnamed" if name == main_name else name
+                out[f"{p}/{tid}"] = (label, int(parts[11]) + int(parts[12]))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def per_thread_us(before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]], requests: int) -> list[dict[str, Any]]:
+    """Each thread's CPU time per request between two ``thread_ticks`` readings, busiest first."""
+    hz = os.sysconf("SC_CLK_TCK")
+    rows = []
+    for key, (label, ticks) in after.items():
+        d = ticks - before.get(key, (label, 0))[1]
+        if d > 0 and requests:
+            rows.append({"thread": key, "label": label, "cpu_s": round(d / hz, 2),
+                         "us_per_request": round(d / hz / requests * 1e6, 1)})
+    return sorted(rows, key=lambda r: -r["us_per_request"])
+
+
 def core_times() -> dict[str, tuple[int, int]]:
     out = {}
     with open("/proc/stat") as f:
@@ -581,8 +620,11 @@ def main() -> int:
         result["steady"] = {}
         for n, t in suts.items():
             rss_before = rss_kb(t.proc.pid)  # type: ignore[union-attr]
+            threads_before = thread_ticks(t.proc.pid)  # type: ignore[union-attr]
             r = wrk(t.url(), t.body, 64, cfg["steady"])
+            threads = per_thread_us(threads_before, thread_ticks(t.proc.pid), r["requests"])  # type: ignore[union-attr]
             result["steady"][n] = {"seconds": cfg["steady"], "rps": r["rps"], "p99_us": r["latency_us"]["p99"],
+                                   "cpu_by_thread": threads,
                                    "rss_by_process_kb": {str(q): rss_kb_one(q) for q in tree(t.proc.pid)},  # type: ignore[union-attr]
                                    "failed": r["failed"], "rss_before_kb": rss_before,
                                    "rss_after_kb": rss_kb(t.proc.pid)}  # type: ignore[union-attr]

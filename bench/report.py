@@ -164,6 +164,23 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
                  f"{'' if rr is None else ('yes' if rr / 1024 < 100 else 'no')} ({num(rr / 1024 if rr else None, '{:.1f}')} MB) |")
         L.append("")
 
+    # ---- CPU per request, by thread
+    st = d.get("steady", {})
+    if any(v.get("cpu_by_thread") for v in st.values()):
+        L.append("**Where each request's CPU time goes, by thread** (steady load, c=64; CPU time of each thread "
+                 "of the process tree ÷ requests served; on one core these add up to ~1 s ÷ RPS)")
+        L.append("")
+        L.append("| target | RPS | total µs/request | by thread (µs/request) |")
+        L.append("|---|---:|---:|---|")
+        for n, v in st.items():
+            rows = v.get("cpu_by_thread") or []
+            if not rows:
+                continue
+            total = sum(r["us_per_request"] for r in rows)
+            parts = ", ".join(f"{r['label']} {r['us_per_request']:.1f}" for r in rows if r["us_per_request"] >= 0.5)
+            L.append(f"| {NAMES.get(n, n)} | {num(v.get('rps'))} | {total:.1f} | {parts} |")
+        L.append("")
+
     # ---- load side headroom
     L.append("**Is the load side the bottleneck?** Core busy % during the c=64 runs (median over rounds); "
              "the system under test is on cpu0, wrk and the upstream on cpu1.")
