@@ -93,8 +93,8 @@ class Run:
     status: str = "pending"            # ok | error | aborted | interrupted | client_disconnected | shutdown
     events: list[dict[str, Any]] = field(default_factory=list)
     answered_by: Mapping[str, Any] | None = None
-    usage: Usage = field(default_factory=Usage)
-    cost: Cost = field(default_factory=lambda: Cost(None, None))
+    usage: Usage = Usage()                 # frozen: the default is shared
+    cost: Cost = Cost(None, None)          # frozen: the default is shared
     failed_costs: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
     total_ms: float = 0.0
@@ -196,6 +196,7 @@ def _policy_keys(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
 _RANKED = IdentityMemo(32)
 _REJECTED = IdentityMemo(32)
 _WIRE_PARTS = IdentityMemo(32)
+_ANSWERED = IdentityMemo(1024)   # candidate -> who answered (candidates are shared, stamped pools renewed)
 _TERM_WIRE = IdentityMemo(64)
 
 
@@ -378,7 +379,12 @@ class Router:
             req.pop(k, None)
         return req, timeout_ms / 1000.0, (ftt / 1000.0 if ftt else None)
 
-    def _answered(self, cand: Mapping[str, Any]) -> dict[str, Any]:
+    def _answered(self, cand: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Who answered, as runs record it: one read-only mapping per candidate."""
+        return _ANSWERED.get(cand, self._answer_of)
+
+    @staticmethod
+    def _answer_of(cand: Mapping[str, Any]) -> Mapping[str, Any]:
         offer = cand.get("offer")
         served_by = offer.get("peer_id") if isinstance(offer, Mapping) and offer.get("peer_id") else cand["provider_id"]
         return {"provider_id": cand["provider_id"], "model_family": cand["model_family"],
