@@ -73,14 +73,16 @@ def log(*a: Any) -> None:
 # ------------------------------------------------------------------ processes
 class Proc:
     def __init__(self, name: str, argv: list[str], *, core: str, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, logdir: Path) -> None:
+                 cwd: Path | None = None, logdir: Path, sched: str = "normal") -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self.logf = open(self.log_path, "wb")
         full_env = {**os.environ, **(env or {})}
-        self.p = subprocess.Popen(["taskset", "-c", core, *argv], stdout=self.logf, stderr=subprocess.STDOUT,
+        # every system under test runs under the same CPU scheduling policy (SCHED_BATCH or the default)
+        policy = ["chrt", "-b", "0"] if sched == "batch" else []
+        self.p = subprocess.Popen(["taskset", "-c", core, *policy, *argv], stdout=self.logf, stderr=subprocess.STDOUT,
                                   env=full_env, cwd=str(cwd) if cwd else None, start_new_session=True)
-        self.pid = self.p.pid   # taskset execs: this is the server's own pid
+        self.pid = self.p.pid   # taskset and chrt exec: this is the server's own pid
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -460,6 +462,8 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--port-base", type=int, default=18000)
     ap.add_argument("--out", type=Path, default=BENCH / "results")
+    ap.add_argument("--sched", choices=("batch", "normal"), default="batch",
+                    help="CPU scheduling policy of every system under test (the router's own default is batch)")
     a = ap.parse_args()
     cfg = dict(MODES[a.mode])
     if a.rounds:
@@ -482,7 +486,8 @@ def main() -> int:
 
     result: dict[str, Any] = {
         "schema": "unhardcoded.bench/v1", "mode": a.mode, "config": cfg, "started_utc": stamp,
-        "layout": {"sut_core": SUT_CORE, "load_core": LOAD_CORE, "wrk_threads": 1, "ports": ports},
+        "layout": {"sut_core": SUT_CORE, "load_core": LOAD_CORE, "wrk_threads": 1, "ports": ports,
+                   "sut_cpu_scheduling": a.sched},
         "machine": machine_info(), "loadavg_start": loadavg(), "top_at_start": other_cpu_hogs(),
         "versions": {"router_venv": versions(RPY), "litellm_venv": versions(VENVS / "litellm" / "bin" / "python")},
         "workload": {"catalog_candidates": 200, "bodies": {k[5:]: json.loads(v.read_text())
@@ -491,7 +496,7 @@ def main() -> int:
     procs: list[Proc] = []
 
     def start(name: str, argv: list[str], core: str, **kw: Any) -> Proc:
-        p = Proc(name, argv, core=core, logdir=logs, **kw)
+        p = Proc(name, argv, core=core, logdir=logs, sched=a.sched if core == SUT_CORE else "normal", **kw)
         procs.append(p)
         return p
 
@@ -543,7 +548,7 @@ def main() -> int:
                                   "--port", str(ports["forwarder"]), "--upstream", upstream_url], SUT_CORE)
         rt = start("router", [str(VENVS / "router" / "bin" / "unhardcoded"), "serve", "--catalog", str(files["catalog"]),
                               "--port", str(ports["router"]), "--data-dir", str(work / "router-data")], SUT_CORE,
-                   env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream"}, cwd=work)
+                   env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream", "UNHARDCODED_CPU_SCHEDULING": a.sched}, cwd=work)
         ll = None
         if not a.skip_litellm:
             ll = start("litellm", [str(LITELLM_BIN), "--config", str(files["litellm"]), "--port", str(ports["litellm"]),

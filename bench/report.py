@@ -42,6 +42,10 @@ def ms(us: float | None, nd: int = 2) -> str:
     return "–" if us is None else f"{us / 1000:.{nd}f}"
 
 
+def _sched_text(policy: str) -> str:
+    return "`SCHED_BATCH` (`chrt -b 0`; the router's own default)" if policy == "batch" else "the default (`SCHED_OTHER`)"
+
+
 def num(x: float | None, fmt: str = "{:,.0f}") -> str:
     return "–" if x is None else fmt.format(x)
 
@@ -66,7 +70,9 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
     L.append(f"Run `{d['started_utc']}` ({d['mode']}): {cfg['rounds']} interleaved rounds; c=1 runs {cfg['lat']} s, "
              f"c=16/64 runs {cfg['rps']} s, c=256 runs {cfg.get('rps256', cfg['rps'])} s, fallback {cfg['fallback']} s, "
              f"{cfg['ttfb_n']} streaming requests, steady load {cfg['steady']} s at c=64. Forwarder stack: "
-             f"`{d['forwarder_stack']}` (server:client). Load average at start {d['loadavg_start']}, at end {d.get('loadavg_end')}.")
+             f"`{d['forwarder_stack']}` (server:client). CPU scheduling of every system under test: "
+             f"{_sched_text(d['layout'].get('sut_cpu_scheduling', 'normal'))}. "
+             f"Load average at start {d['loadavg_start']}, at end {d.get('loadavg_end')}.")
     L.append("")
 
     # ---- latency at c=1

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from unhardcoded.cli import main
 
@@ -129,3 +133,37 @@ def test_the_verbs_refuse_with_code_and_path_never_a_traceback(tmp_path) -> None
         assert p.returncode == 2, (argv, p.stdout, p.stderr)
         assert "Traceback" not in p.stderr and p.stderr.startswith("error: "), p.stderr
         assert path in p.stderr and code in p.stderr, (argv, p.stderr)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+@pytest.mark.parametrize("setting, want", [("batch", "SCHED_BATCH"), ("normal", "SCHED_OTHER")])
+def test_serve_runs_every_thread_under_its_cpu_scheduling(tmp_path, setting, want) -> None:
+    """`unhardcoded serve` puts itself and every thread it starts (the server's runtime, the
+    trace writer) under the configured policy; `normal` leaves the default."""
+    import urllib.request
+    port = _free_port()
+    env = {**os.environ, "UNHARDCODED_CPU_SCHEDULING": setting}
+    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port),
+                             "--data-dir", str(tmp_path / "data")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert len(tids) >= 2  # the event loop and the server's runtime thread at least
+        policies = {os.sched_getscheduler(t) for t in tids}
+        assert policies == {getattr(os, want)}, (setting, policies)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

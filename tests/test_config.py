@@ -34,3 +34,12 @@ def test_a_bad_setting_is_refused_with_its_path(tmp_path, text: str, code: str, 
     with pytest.raises(ConfigError) as err:
         settings_from(tmp_path, text)
     assert err.value.code == code and path in err.value.path
+
+
+def test_cpu_scheduling_defaults_to_batch_and_is_checked(tmp_path) -> None:
+    assert load_settings(None, environ={}).cpu_scheduling == "batch"
+    assert load_settings(None, environ={"UNHARDCODED_CPU_SCHEDULING": "normal"}).cpu_scheduling == "normal"
+    assert settings_from(tmp_path, '[server]\ncpu_scheduling = "normal"\n').cpu_scheduling == "normal"
+    with pytest.raises(ConfigError) as err:
+        settings_from(tmp_path, '[server]\ncpu_scheduling = "realtime"\n')
+    assert err.value.code == "bad_value" and err.value.path == "$.server.cpu_scheduling"

@@ -10,6 +10,8 @@ file; they are held in :class:`Keys` and never printed.
     port = 8080
     caller_keys_sha256 = ["<sha256 of a caller key>"]   # optional: require Bearer keys
     shutdown_grace_s = 30      # on SIGTERM/SIGINT: how long calls in flight may take to finish
+    cpu_scheduling = "batch"   # Linux: "batch" (SCHED_BATCH, the default) or "normal"; see
+                               # docs/performance.md (UNHARDCODED_CPU_SCHEDULING too)
 
     [router]
     catalog = "catalog.toml"
@@ -81,6 +83,7 @@ class Settings:
     first_token_timeout_ms: int | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: int = 30
+    cpu_scheduling: str = "batch"
     caller_keys_sha256: frozenset[str] = frozenset()
     data_dir: str = ".unhardcoded"
     capture_content: bool = False
@@ -97,9 +100,11 @@ class Settings:
         return hashlib.sha256(presented.encode("utf-8")).hexdigest() in self.caller_keys_sha256
 
 
+CPU_SCHEDULING = ("batch", "normal")
+
 _SECTIONS: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int,
-               "shutdown_grace_s": int},
+               "shutdown_grace_s": int, "cpu_scheduling": str},
     "router": {"catalog": str, "request_deadline_ms": int, "attempt_timeout_ms": int,
                "first_token_timeout_ms": int, "flows_dir": str},
     "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str},
@@ -145,6 +150,10 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     s.shutdown_grace_s = server.get("shutdown_grace_s", s.shutdown_grace_s)
     if s.shutdown_grace_s < 1:
         raise ConfigError("bad_value", "server.shutdown_grace_s must be at least 1", ["server", "shutdown_grace_s"])
+    s.cpu_scheduling = server.get("cpu_scheduling", env.get("UNHARDCODED_CPU_SCHEDULING", s.cpu_scheduling))
+    if s.cpu_scheduling not in CPU_SCHEDULING:
+        raise ConfigError("bad_value", f"server.cpu_scheduling is one of {', '.join(CPU_SCHEDULING)}",
+                          ["server", "cpu_scheduling"])
     digests = set(server.get("caller_keys_sha256", []))
     for raw in filter(None, env.get("UNHARDCODED_CALLER_KEYS", "").split(",")):
         digests.add(hashlib.sha256(raw.strip().encode()).hexdigest())
