@@ -66,4 +66,8 @@ micro_flag=""
 [ "$mode" = full ] || micro_flag="--quick"
 taskset -c 0 "$VENVS/router/bin/python" micro.py $micro_flag --out "$HERE/results/micro-$([ "$mode" = full ] && echo full || echo quick).json"
 log "load after: $(uptime)"
-"$VENVS/router/bin/python" report.py
+# the tables of this run (not of whichever run is the latest full one)
+tag=$([ "$mode" = full ] && echo full || echo quick)
+report_args=(--micro "$HERE/results/micro-$tag.json")
+[ "$mode" = micro ] || report_args+=(--run "$HERE/results/latest-$mode.json")
+"$VENVS/router/bin/python" report.py "${report_args[@]}"
