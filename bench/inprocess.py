@@ -1,0 +1,132 @@
+"""The chat path's own Python cost per call, without sockets: what the router does for one request.
+
+Drives the RSGI chat endpoint (``RSGIApp.__rsgi__``) in a loop with the benchmark's router body
+over the 200-candidate catalog, with a stand-in for granian's request object and a transport that
+answers at once with the mock upstream's canned completion. Traces go to the SQLite store as in
+``unhardcoded serve`` (``--sink memory`` for the in-memory sink). What it leaves out is what the
+socket benchmarks measure: the server, the upstream client and the kernel.
+
+    taskset -c 0 bench/.venvs/router/bin/python bench/inprocess.py [--calls N] [--sink sqlite|memory] [--profile]
+
+Prints the process CPU time per call (the event loop and the trace writer together), best of three
+loops of N calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload  # noqa: E402
+
+from unhardcoded.config import load_settings  # noqa: E402
+from unhardcoded.providers.transport import Response  # noqa: E402
+from unhardcoded.router.engine import TraceSink  # noqa: E402
+from unhardcoded.server import build_app, build_router, tune_gc  # noqa: E402
+from unhardcoded.server.rsgi import RSGIApp  # noqa: E402
+
+# what bench/upstream.py answers
+ANSWER = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "bench-model",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock upstream."},
+                 "finish_reason": "stop", "logprobs": None}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}, "system_fingerprint": "fp_bench",
+}).encode()
+
+
+class CannedTransport:
+    async def send(self, req: Any, *, timeout_s: float) -> Response:
+        return Response(200, {"content-type": "application/json", "content-length": str(len(ANSWER))}, ANSWER)
+
+    async def close(self) -> None:
+        pass
+
+
+class Scope:
+    proto, method, path, query_string = "http", "POST", "/v1/chat/completions", ""
+
+    def __init__(self, body: bytes) -> None:
+        self.headers = {"content-type": "application/json", "content-length": str(len(body)),
+                        "authorization": "Bearer sk-bench"}
+
+
+class Proto:
+    """granian's request object, as far as the chat endpoint uses it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.status = 0
+
+    async def __call__(self) -> bytes:
+        return self.body
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+
+    def client_disconnect(self) -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+
+async def run(app: RSGIApp, body: bytes, calls: int) -> float:
+    sink = app.app.router.sink
+    if hasattr(sink, "start"):
+        sink.start()
+    scope = Scope(body)
+    for _ in range(500):  # warm: compile the policy, fill the plan memo
+        p = Proto(body)
+        await app.__rsgi__(scope, p)
+    if p.status != 200:
+        raise SystemExit(f"the chat endpoint answered {p.status}")
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        for i in range(calls):
+            await app.__rsgi__(scope, Proto(body))
+            if i % 64 == 0:
+                await asyncio.sleep(0)  # let the trace store's callback run, as the server's loop would
+        best = min(best, time.process_time() - t0)
+    if hasattr(sink, "close"):
+        sink.close()
+    return best / calls
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=20_000)
+    ap.add_argument("--sink", choices=("sqlite", "memory"), default="sqlite")
+    ap.add_argument("--profile", action="store_true", help="cProfile one run (times are then inflated)")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="unhardcoded-inprocess-"))
+    files = workload.write(work, "http://127.0.0.1:9")
+    os.environ["BENCH_UPSTREAM_KEY"] = "sk-bench-upstream"
+    settings = load_settings(None, catalog=str(files["catalog"]), data_dir=str(work / "data"))
+    router = build_router(settings, sink=TraceSink() if a.sink == "memory" else None)
+    router.transport = CannedTransport()  # type: ignore[assignment]
+    app = RSGIApp(build_app(settings, router=router))
+    tune_gc()
+    body = files["body_router"].read_bytes()
+    import uvloop
+    if a.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        per_call = uvloop.run(run(app, body, a.calls))
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    else:
+        per_call = uvloop.run(run(app, body, a.calls))
+    print(f"{per_call * 1e6:.1f} us of process CPU per call ({a.sink} trace sink, best of 3 x {a.calls} calls)")
+
+
+if __name__ == "__main__":
+    main()
