@@ -17,9 +17,6 @@ class Library:
 
     name = "test-prices"
 
-    def __init__(self) -> None:
-        self.calls = 0
-
 
 def test_catalog_prices_exact_and_remembered(monkeypatch) -> None:
     calc = CostCalculator(None)

@@ -40,10 +40,6 @@ _CODE_KINDS = {
 }
 
 
-def is_router_field(name: str) -> bool:
-    return name in ROUTER_ONLY_FIELDS or name.startswith("x_") or name.startswith("_")
-
-
 def _keeps_extra_content(target: Target) -> bool:
     # ``tool_calls[].extra_content`` carries Gemini thought signatures (Google's own OpenAI
     # layer defines it). Google's endpoint wants it back; OpenAI rejects unknown nested fields.
@@ -114,7 +110,7 @@ class OpenAIWire:
 
     def build(self, body: Mapping[str, Any], target: Target, stream: bool) -> HttpRequest:
         out = {k: v for k, v in body.items()
-               if k not in ROUTER_ONLY_FIELDS and not k.startswith(("_", "x_"))}  # is_router_field, inline
+               if k not in ROUTER_ONLY_FIELDS and not k.startswith(("_", "x_"))}  # the router's own fields go
         out["model"] = target.model_id
         if stream:
             out["stream"] = True
