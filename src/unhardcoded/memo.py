@@ -13,14 +13,16 @@ from typing import Any, Callable
 class IdentityMemo:
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self.data: "OrderedDict[int, tuple[Any, Any]]" = OrderedDict()
+        self.data: "OrderedDict[Any, tuple[Any, Any]]" = OrderedDict()
 
-    def get(self, obj: Any, make: Callable[[Any], Any]) -> Any:
-        hit = self.data.get(id(obj))
+    def get(self, obj: Any, make: Callable[[Any], Any], key: Any = None) -> Any:
+        """``make(obj)``, made once per object (and per ``key``, a hashable refinement)."""
+        k = id(obj) if key is None else (id(obj), key)
+        hit = self.data.get(k)
         if hit is not None and hit[0] is obj:
             return hit[1]
         value = make(obj)
-        self.data[id(obj)] = (obj, value)
+        self.data[k] = (obj, value)
         if len(self.data) > self.size:
             self.data.popitem(last=False)
         return value

@@ -43,6 +43,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 import orjson
 
+from ..memo import IdentityMemo
+
 ERROR_KINDS = (
     "auth_error", "rate_limit", "payment_required", "timeout", "model_unavailable", "bad_request",
     "context_overflow", "server_error", "network_error", "bad_response", "stream_interrupted",
@@ -251,21 +253,13 @@ def usage_block(prompt: int, completion: int, *, total: int | None = None, cache
     }
 
 
-_HEADERS: dict[tuple[int, bool, Any], tuple[Target, dict[str, str]]] = {}
+_HEADERS = IdentityMemo(4096)   # target -> its request headers, per mode and wire
 
 
 def target_headers(target: Target, stream: bool, make: Callable[[Target, bool], dict[str, str]]) -> dict[str, str]:
     """A target's request headers as ``make`` builds them, made once per target and mode: the
     same dict every call (so the HTTP client renders it once too). Treat it as read-only."""
-    key = (id(target), stream, make)
-    hit = _HEADERS.get(key)
-    if hit is not None and hit[0] is target:
-        return hit[1]
-    headers = make(target, stream)
-    if len(_HEADERS) > 4096:
-        _HEADERS.clear()
-    _HEADERS[key] = (target, headers)  # holds the target: its id is not reused under the entry
-    return headers
+    return _HEADERS.get(target, lambda t: make(t, stream), key=(stream, make))
 
 
 def dump_body(doc: Any) -> bytes:

@@ -169,15 +169,13 @@ class Run:
         return out
 
 
-_POLICY_KEYS: dict[tuple[int, str, str | None], tuple[Any, dict[str, Any]]] = {}
-
-
 def _policy_keys(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
     """x_router's policy and route keys: the same for every run of one choice and route."""
-    memo = (id(choice), contract.route, contract.policy_name)
-    hit = _POLICY_KEYS.get(memo)
-    if hit is not None and hit[0] is choice:
-        return hit[1]
+    return _POLICY_KEYS.get(choice, lambda ch: _policy_keys_of(ch, contract),
+                            key=(contract.route, contract.policy_name))
+
+
+def _policy_keys_of(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
     eff = choice.effective
     out: dict[str, Any] = {"policy_fingerprint": eff.fingerprint, "policy_identity": eff.identity,
                            "policy_id": eff.short_id, "policy_source": choice.source}
@@ -187,15 +185,13 @@ def _policy_keys(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
     out["route"] = contract.route
     if contract.policy_name:
         out["policy_name"] = contract.policy_name
-    if len(_POLICY_KEYS) > 1024:
-        _POLICY_KEYS.clear()
-    _POLICY_KEYS[memo] = (choice, out)  # holds the choice: its id is never reused under the entry
     return out
 
 
 _RANKED = IdentityMemo(32)
 _REJECTED = IdentityMemo(32)
 _WIRE_PARTS = IdentityMemo(32)
+_POLICY_KEYS = IdentityMemo(1024)  # (choice, route naming) -> x_router's policy keys
 _ANSWERED = IdentityMemo(1024)   # candidate -> who answered (candidates are shared, stamped pools renewed)
 _TERM_WIRE = IdentityMemo(64)
 
