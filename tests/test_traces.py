@@ -468,3 +468,83 @@ async def test_the_fast_stored_form_equals_the_record_built_whole(tmp_path, capt
         assert any(rec["status"] == "error" for rec in (s.store.get(t) for t in runs))
     finally:
         await s.close()
+
+
+def _stamps(path: str) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT digest, last_used_ms FROM catalogs UNION ALL "
+                            "SELECT digest, last_used_ms FROM sections").fetchall()
+    finally:
+        conn.close()
+    return dict(rows)
+
+
+def _referenced_until(path: str) -> dict[str, int]:
+    """For each catalog and section: the latest start of a record that refers to it."""
+    conn = sqlite3.connect(path)
+    try:
+        out: dict[str, int] = {}
+        for (text,) in conn.execute("SELECT record FROM traces"):
+            rec = json.loads(text)
+            for key in ("catalog", "policy", "decision"):
+                dg = (rec.get(key) or {}).get("digest")
+                if dg:
+                    out[dg] = max(out.get(dg, 0), rec["started_at_ms"])
+    finally:
+        conn.close()
+    return out
+
+
+async def test_a_shared_row_is_restamped_once_per_window_and_outlives_every_record_using_it(tmp_path, monkeypatch) -> None:
+    """A catalog's and a section's last_used_ms ("used until") is rewritten at most once per
+    window, not on every commit (it rewrote a catalog snapshot of tens of KB ten times a second),
+    and is never older than a record that refers to it: the retention purge relies on that."""
+    from unhardcoded.traces import sqlite as store_mod
+
+    monkeypatch.setattr(store_mod, "_TOUCH_AHEAD_MS", 1500)
+    s = await start_stack(tmp_path)
+    try:
+        await s.client.chat.completions.create(model="", messages=MSG)
+        s.store.flush()
+        first = _stamps(s.store.path)
+        assert len(first) >= 3  # the catalog, the policy, the decision
+        for _ in range(3):      # more commits inside the window
+            await s.client.chat.completions.create(model="", messages=MSG)
+            s.store.flush()
+        assert _stamps(s.store.path) == first  # not rewritten
+        used = _referenced_until(s.store.path)
+        assert set(used) <= set(first)
+        assert all(first[dg] >= t for dg, t in used.items())
+        await asyncio.sleep(1.6)  # the window has passed: the next commit renews what it uses
+        await s.client.chat.completions.create(model="", messages=MSG)
+        s.store.flush()
+        later = _stamps(s.store.path)
+        assert all(later[dg] > first[dg] for dg in used)
+        used = _referenced_until(s.store.path)
+        assert all(later[dg] >= t for dg, t in used.items())
+        # the purge keeps what surviving records refer to
+        horizon = min(used.values()) + 1
+        s.store.purge(older_than_ms=horizon)
+        kept = _stamps(s.store.path)
+        assert all(dg in kept for dg, t in _referenced_until(s.store.path).items())
+    finally:
+        await s.close()
+
+
+def test_a_batch_is_inserted_in_chunks_that_offer_the_core_back(tmp_path, monkeypatch) -> None:
+    from unhardcoded.traces import sqlite as store_mod
+
+    offered = []
+    monkeypatch.setattr(store_mod, "_yield_cpu", lambda: offered.append(1))
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=60_000)
+    try:
+        for i in range(50):
+            store.submit_record(_bare_record(i))
+        assert store.flush(5)
+        assert store.written == 50 and store.count() == 50
+        assert len(offered) == -(-50 // store_mod._YIELD_ROWS)  # once after each chunk
+        assert {store.get(_bare_record(i)["trace_id"])["started_at_ms"] for i in range(50)} == \
+            {_NOW_MS + i for i in range(50)}
+    finally:
+        store.close()

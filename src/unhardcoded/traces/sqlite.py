@@ -29,7 +29,10 @@ record stores their digests and each section is written once to ``sections``;
 reading a record puts them back.
 
 Retention: the writer deletes records older than ``retention_days`` in small
-batches between writes; routing never waits for it.
+batches between writes; routing never waits for it. A catalog or section is
+deleted once no kept record can refer to it: its ``last_used_ms`` is stamped
+"used until" a minute ahead and renewed once that has passed, not on every
+commit.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -87,6 +91,22 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 _COLUMNS = COLUMNS
+_INSERT_TRACE = (f"INSERT OR REPLACE INTO traces ({', '.join(_COLUMNS)}, record) "
+                 f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
+
+# The writer inserts a batch a few rows at a time and offers the core back in between: on a
+# core it shares with the event loop, a request that arrives while the writer runs would
+# otherwise wait for the rest of the writer's time slice (milliseconds) before its loop runs.
+_YIELD_ROWS = 16
+
+# A catalog's or section's ``last_used_ms`` says "referenced by records up to this time"; the
+# retention purge drops those last used before its horizon. Rewriting it on every commit
+# rewrote the whole row each time (a catalog snapshot is tens of KB), ten times a second. It is
+# written as "used until now + this" instead, and rewritten only once that has passed: every
+# record committed meanwhile started before the stamp, so the purge rule still holds; what is
+# kept longer is at most this much.
+_TOUCH_AHEAD_MS = 60_000
+_yield_cpu = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
 class _Batch:
@@ -157,6 +177,7 @@ class SQLiteStore:
         self._stopping = False
         self._writer: threading.Thread | None = None
         self._known_catalogs: set[str] = set()
+        self._touched_until: dict[str, int] = {}  # digest -> its last_used_ms as last written (writer only)
         self._lock = threading.Lock()
         self.written = 0
         self.errors = 0
@@ -312,17 +333,32 @@ class SQLiteStore:
             try:
                 conn.execute("BEGIN")
                 now_ms = int(time.time() * 1000)
+                until = now_ms + _TOUCH_AHEAD_MS
+                touched = self._touched_until
+                renewed: list[str] = []
                 for digest, cat in batch.catalogs.items():
                     conn.execute("INSERT OR IGNORE INTO catalogs (digest, created_at_ms, last_used_ms, snapshot) "
-                                 "VALUES (?, ?, ?, ?)", (digest, now_ms, now_ms, canonical(cat.snapshot()).decode("utf-8")))
+                                 "VALUES (?, ?, ?, ?)", (digest, now_ms, until, canonical(cat.snapshot()).decode("utf-8")))
                 for digest in batch.used_catalogs:
-                    conn.execute("UPDATE catalogs SET last_used_ms = ? WHERE digest = ?", (now_ms, digest))
+                    if touched.get(digest, 0) <= now_ms:
+                        conn.execute("UPDATE catalogs SET last_used_ms = MAX(last_used_ms, ?) WHERE digest = ?",
+                                     (until, digest))
+                        renewed.append(digest)
+                stale = [(dg, until, text) for dg, text in batch.sections.items() if touched.get(dg, 0) <= now_ms]
                 conn.executemany("INSERT INTO sections (digest, last_used_ms, section) VALUES (?, ?, ?) "
-                                 "ON CONFLICT(digest) DO UPDATE SET last_used_ms = excluded.last_used_ms",
-                                 [(dg, now_ms, text) for dg, text in batch.sections.items()])
-                conn.executemany(f"INSERT OR REPLACE INTO traces ({', '.join(_COLUMNS)}, record) "
-                                 f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})", batch.rows)
+                                 "ON CONFLICT(digest) DO UPDATE SET last_used_ms = "
+                                 "MAX(last_used_ms, excluded.last_used_ms)", stale)
+                rows = batch.rows
+                for i in range(0, len(rows), _YIELD_ROWS):
+                    conn.executemany(_INSERT_TRACE, rows[i:i + _YIELD_ROWS])
+                    _yield_cpu()
                 conn.execute("COMMIT")
+                for digest in renewed:
+                    touched[digest] = until
+                for dg, _u, _t in stale:
+                    touched[dg] = until
+                if len(touched) > 8192:  # forgetting only costs a rewrite of the stamp
+                    touched.clear()
                 self._known_catalogs.update(batch.catalogs)
                 self.written += len(batch.rows)
             except sqlite3.Error:
@@ -402,6 +438,8 @@ class SQLiteStore:
             # a decision or catalog last used before the horizon is referenced only by purged records
             conn.execute("DELETE FROM sections WHERE last_used_ms < ?", (older_than_ms,))
             conn.execute("DELETE FROM catalogs WHERE last_used_ms < ?", (older_than_ms,))
+            # a stamp before the horizon may have been deleted with its row: forget it
+            self._touched_until = {dg: t for dg, t in self._touched_until.items() if t >= older_than_ms}
             self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
         finally:
             if own:
