@@ -355,6 +355,20 @@ def test_fingerprint_by_hand() -> None:
     assert c.fingerprint == lanes(c.encoding)
 
 
+@given(st.text(max_size=64), st.integers(min_value=0, max_value=140), st.text(max_size=3))
+def test_the_block_wise_fingerprint_is_the_byte_by_byte_definition(part: str, times: int, tail: str) -> None:
+    """The fingerprint is computed a block of bytes at a time (a table of powers); it must be
+    the reference's byte-by-byte recurrence for every length, across block boundaries too."""
+    s = part * times + tail  # up to ~36,000 bytes: one block, several, and lengths either side of a boundary
+    assert lane_fingerprint(s) == lanes(s)
+
+
+@pytest.mark.parametrize("n", [2047, 2048, 2049, 4096, 4097])
+def test_the_fingerprint_at_block_boundaries(n: int) -> None:
+    s = ("é" * n)[: n // 2] + "x" * (n - n // 2)
+    assert lane_fingerprint(s) == lanes(s)
+
+
 def test_identity_is_sha256_of_the_encoding() -> None:
     c = compile_term(["policy", ["and", ["top"], Q], ["zero"], ["argmax"], ["id"], ["always", NC]])
     assert c.encoding == ('sigma-pol/v2:(policy (cmp "price_in" "le" 5) (zero) (argmax) (id) '
