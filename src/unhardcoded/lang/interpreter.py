@@ -402,6 +402,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             if hi <= lo:
                 return [0] * len(v)
             span = _minus(hi, lo)
+            doubles = type(lo) is float and type(span) is float
             out = []
             for x in v:
                 if x >= hi:
@@ -409,7 +410,8 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 elif x <= lo:
                     out.append(0)
                 else:
-                    d = _div(_minus(x, lo), span)
+                    # on doubles this is _div(_minus(x, lo), span): span > 0, so no division by zero
+                    d = (x - lo) / span if doubles and type(x) is float else _div(_minus(x, lo), span)
                     out.append(0 if d != d else d)
             return out
         return s
