@@ -94,17 +94,17 @@ def lane_fingerprint(s: str) -> str:
 
 _P1, _P2 = 2147483647, 2147483629
 _BLOCK = 2048
-_POWERS: dict[int, tuple[list[int], int]] = {}  # base -> (base**i mod p for i < _BLOCK, base**_BLOCK mod p)
+_POWERS: dict[tuple[int, int], tuple[list[int], int]] = {}  # (base, p) -> (base**i mod p for i < _BLOCK, base**_BLOCK mod p)
 
 
 def _powers(base: int, mod: int) -> tuple[list[int], int]:
-    hit = _POWERS.get(base)
+    hit = _POWERS.get((base, mod))
     if hit is None:
         table, x = [], 1
         for _ in range(_BLOCK):
             table.append(x)
             x = x * base % mod
-        hit = _POWERS[base] = (table, x)  # built whole before it is shared
+        hit = _POWERS[(base, mod)] = (table, x)  # built whole before it is shared
     return hit
 
 
