@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given, settings, strategies as st
 
 from unhardcoded.catalog import build_catalog
@@ -96,3 +98,81 @@ def test_the_wire_x_router_is_the_same_json_as_the_plain_one(doc, bodies_) -> No
         run = Run("tr_test", router.prepare(body))
         run.events.append({"event": "attempted", "provider_id": "p", "model_family": "m", "attempt": 1})
         assert orjson.loads(dumps(run.x_router(wire=True))) == orjson.loads(dumps(run.x_router()))
+
+
+def _shape(prep) -> tuple:
+    """Everything a prepared decision hands on to the call and its trace, comparable."""
+    c = prep.contract
+    ch = prep.choice
+    return ((c.route, c.profile, c.policy_name, c.flow_name, c.requirements, c.pin, c.seed,
+             json.dumps(c.policy_ir)),
+            (ch.source, ch.profile, ch.effective.identity, None if ch.sent is None else ch.sent.identity),
+            json.dumps(prep.ctx, sort_keys=True, default=repr), prep.pool, [r.reason for r in prep.pre_rejected],
+            decision_bytes(decision_view(prep.plan.ordered, prep.plan.rejected)))
+
+
+def _general(router: Router) -> Router:
+    router._route_of = lambda body, path_profile: None  # type: ignore[method-assign]
+    return router
+
+
+def _variant(body: dict, extra: str) -> dict:
+    out = dict(body)
+    if extra == "image":
+        out["messages"] = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    elif extra == "response_format":
+        out["response_format"] = {"type": "json_object"}
+    elif extra == "model":
+        out.setdefault("model", "profile:default")
+    elif extra.startswith("plain"):  # what most calls look like: a model string, maybe a policy
+        for k in ("seed", "tools", "requirements"):
+            out.pop(k, None)
+        if extra == "plain-model":
+            out.setdefault("model", "gpt-4o")
+    return out
+
+
+@settings(max_examples=150)
+@given(catalogs(), st.lists(st.tuples(bodies(), st.sampled_from(["", "image", "response_format", "model", "plain", "plain-model",
+                                                               "plain-model"])),
+                            min_size=1, max_size=5),
+       st.lists(st.sampled_from(PROVIDERS), max_size=2))
+def test_a_remembered_route_prepares_exactly_what_the_general_path_does(doc, drawn, breaking) -> None:
+    """Plain requests skip parsing the contract and choosing the policy once their model string
+    and policy text were seen (``Router._route_of``): the prepared decision must be the same,
+    part for part, as the general path's, on a first sight, on a repeat, and across state changes."""
+    keys = Settings(keys=Keys({f"{p.upper()}_KEY": "k" for p in PROVIDERS}, {}))
+    now = [1_700_000_000_000]
+    rts = [RuntimeState(clock=lambda: now[0]) for _ in range(2)]
+    hot = Router(build_catalog(doc), keys, runtime=rts[0], clock=rts[0].clock)
+    ref = _general(Router(build_catalog(doc), keys, runtime=rts[1], clock=rts[1].clock))
+    bodies_ = [_variant(b, extra) for b, extra in drawn]
+    for step in range(len(breaking) + 1):
+        for body in bodies_ * 2:
+            outcomes = []
+            for router in (hot, ref):
+                try:
+                    outcomes.append(_shape(router.prepare(json.loads(json.dumps(body)))))
+                except Exception as exc:  # the same refusal, with the same code and path
+                    outcomes.append((type(exc).__name__, getattr(exc, "code", None), getattr(exc, "path", None)))
+            assert outcomes[0] == outcomes[1]
+        if step < len(breaking):
+            for rt in rts:
+                rt.record_failure(breaking[step], "m1", "server_error", 10.0, open_breaker_ms=60_000)
+            now[0] += 1
+
+
+def test_a_plain_repeat_takes_the_remembered_route_and_others_do_not() -> None:
+    _now, _rt, router = two_routes()
+    plain = {"messages": [{"role": "user", "content": "x"}], "model": "profile:default"}
+    p1, p2 = router.prepare(plain), router.prepare(dict(plain))
+    assert p1.contract is p2.contract and p1.choice is p2.choice and p1.plan is p2.plan
+    assert len(router._routes) == 1
+    for extra in ({"seed": 1}, {"requirements": {}}, {"tools": [{"type": "function"}]},
+                  {"response_format": {"type": "json_object"}},
+                  {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}):
+        p = router.prepare({**plain, **extra})
+        assert p.contract is not p1.contract
+    assert len(router._routes) == 1
+    router.set_catalog(router.catalog)  # a new catalog forgets every route
+    assert router._routes == {} and router.prepare(plain).contract is not p1.contract

@@ -237,6 +237,19 @@ class TraceSink:
             self.runs.popitem(last=False)
 
 
+@dataclass(slots=True, eq=False)
+class _Route:
+    """What a plain request's model string and policy text decide once (see ``Router._route_of``);
+    shared by every such request: read-only but for the last plan it saw."""
+
+    contract: Contract
+    choice: PolicyChoice
+    view: dict[str, Any]                # ctx.request
+    pool: Any = None                    # the last call's stamped pool, state key and plan
+    state_key: Any = None
+    plan: Plan | None = None
+
+
 @dataclass(slots=True)
 class _Loop:
     """The failover walk's state (the reference engine's machine)."""
@@ -268,6 +281,7 @@ class Router:
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
         self._plans_pool: Any = None
         self._choices: dict[Any, PolicyChoice] = {}
+        self._routes: dict[tuple, _Route] = {}   # plain requests' (model, profile, policy text) -> route
         self._targets: dict[tuple[str, str, str], Target] = {}
 
     def cut_off(self) -> None:
@@ -308,8 +322,13 @@ class Router:
     def prepare(self, body: Mapping[str, Any], *, path_profile: str | None = None,
                 require_keys: bool = True) -> Prepared:
         t0 = time.perf_counter()
-        contract = parse_contract(body, path_profile=path_profile)
-        choice = choose_policy(contract, self.catalog, self.compiler, self._choices)
+        route = self._route_of(body, path_profile)
+        if route is not None:
+            contract, choice, view = route.contract, route.choice, route.view
+        else:
+            contract = parse_contract(body, path_profile=path_profile)
+            choice = choose_policy(contract, self.catalog, self.compiler, self._choices)
+            view = contract.request_view(body)
         now = self.clock()
         if require_keys:
             pool, pre = self._credentialed_pool()
@@ -317,11 +336,54 @@ class Router:
             pool, pre = self.catalog.candidates(), []
         pool = self.runtime.stamp(pool, now)
         state, state_key = self.runtime.snapshot_keyed(now)
-        ctx: dict[str, Any] = {"request": contract.request_view(body), "state": state, "now_ms": now}
+        ctx: dict[str, Any] = {"request": view, "state": state, "now_ms": now}
         if contract.seed is not None:
             ctx["seed"] = contract.seed
-        plan = self._plan(choice, pool, ctx, contract.pin, state_key)
+        if route is not None and route.pool is pool and route.state_key is state_key:
+            plan = route.plan  # the same policy, request view, pool and state as the last call: its plan
+        else:
+            plan = self._plan(choice, pool, ctx, contract.pin, state_key)
+            if route is not None:
+                route.pool, route.state_key, route.plan = pool, state_key, plan
         return Prepared(body, contract, choice, ctx, pool, pre, plan, now, t0, self.catalog)
+
+    def _route_of(self, body: Mapping[str, Any], path_profile: str | None) -> "_Route | None":
+        """The contract, policy and request view of a plain request, remembered by what they
+        depend on: the model string, the path's profile and the policy's JSON text.
+
+        A request is plain when nothing else in it bears on them: no ``requirements``, ``seed``
+        or ``flow_ir`` key, no tools, no response format, no content parts (so no images).
+        Anything else, and a first sight (which may be refused), takes the general path."""
+        if "requirements" in body or "seed" in body or "flow_ir" in body:
+            return None
+        tools = body.get("tools")
+        if (tools and type(tools) is list) or type(body.get("response_format")) is dict:
+            return None
+        msgs = body.get("messages")
+        if type(msgs) is not list:
+            return None
+        for m in msgs:
+            if type(m) is not dict or type(m.get("content")) is list:
+                return None
+        model = body.get("model")
+        term = body.get("policy_ir")
+        if (model is not None and type(model) is not str) or (term is not None and type(term) is not list):
+            return None
+        try:
+            text = None if term is None else orjson.dumps(term)
+        except (TypeError, orjson.JSONEncodeError, RecursionError):
+            return None
+        key = (model, path_profile, text)
+        routes = self._routes
+        hit = routes.get(key)
+        if hit is not None:
+            return hit
+        contract = parse_contract(body, path_profile=path_profile)   # may refuse: nothing is kept
+        choice = choose_policy(contract, self.catalog, self.compiler, self._choices)
+        if len(routes) >= 1024:
+            routes.clear()
+        hit = routes[key] = _Route(contract, choice, contract.request_view(body))
+        return hit
 
     def _plan(self, choice: PolicyChoice, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
               pin: tuple[str, str] | None, state_key: tuple) -> Plan:
