@@ -92,11 +92,13 @@ def router_for(n: int) -> Router:
 
 
 def clear_caches(r: Router) -> None:
-    """Every cache on the decision path: the compiler's two LRUs, and the router's plan memo if it has one."""
+    """Every cache on the decision path: the compiler's two LRUs, and the router's plan memo and
+    remembered routes (``Router._route_of``) where it has them."""
     r.compiler.clear()
-    plans = getattr(r, "_plans", None)
-    if plans is not None:
-        plans.clear()
+    for memo in ("_plans", "_routes"):
+        held = getattr(r, memo, None)
+        if held is not None:
+            held.clear()
 
 
 def decision_costs(r: Router, body: dict, budget: float) -> tuple[dict, dict, dict]:
