@@ -20,6 +20,7 @@ Stages (what replaces them):
 * ``usage``: the provider's ``usage`` taken as it is (no completion of missing fields);
 * ``observe``: no runtime observation of the success (no health window, no breaker reset);
 * ``x_router``: a fixed ``x_router`` of the same size instead of the run's;
+* ``trace_write``: trace rows built as usual but never written (the writer thread commits nothing);
 * ``trace``: no trace record (nothing built, nothing written).
 
 Writes ``results/ablation-<stamp>.json`` and prints a Markdown table.
@@ -39,7 +40,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-STAGES = ("strict_json", "validate", "disconnect", "prepare", "usage", "observe", "x_router", "trace")
+STAGES = ("strict_json", "validate", "disconnect", "prepare", "usage", "observe", "x_router", "trace_write", "trace")
 
 
 # ---- the variant server (runs in its own process) -------------------------------------------
@@ -83,6 +84,17 @@ def _patch(stages: set[str]) -> Any:
         # the benchmark answer's x_router is ~8.6 KB of JSON: the same bytes to write, none to build
         pad = {"pad": orjson.Fragment(b'"' + b"x" * 8600 + b'"')}
         engine.Run.x_router = lambda self, wire=False: pad  # type: ignore[method-assign]
+    if "trace_write" in stages:
+        from unhardcoded.traces.sqlite import SQLiteStore
+
+        def commit(self: Any, conn: Any, batch: Any) -> None:  # the bookkeeping, no SQL
+            if batch.items:
+                with self._room:
+                    self._pending = max(0, self._pending - batch.items)
+                    self._room.notify_all()
+            for b in batch.barriers:
+                b.set()
+        SQLiteStore._commit = commit  # type: ignore[method-assign]
     if "trace" in stages:
         class Nothing:
             def submit(self, run: Any) -> None:
