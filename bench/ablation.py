@@ -29,8 +29,6 @@ Writes ``results/ablation-<stamp>.json`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -87,14 +85,7 @@ def _patch(stages: set[str]) -> Any:
     if "trace_write" in stages:
         from unhardcoded.traces.sqlite import SQLiteStore
 
-        def commit(self: Any, conn: Any, batch: Any) -> None:  # the bookkeeping, no SQL
-            if batch.items:
-                with self._room:
-                    self._pending = max(0, self._pending - batch.items)
-                    self._room.notify_all()
-            for b in batch.barriers:
-                b.set()
-        SQLiteStore._commit = commit  # type: ignore[method-assign]
+        SQLiteStore._commit = lambda self, conn, batch: self._settle(batch)  # type: ignore[method-assign]
     if "trace" in stages:
         class Nothing:
             def submit(self, run: Any) -> None:
@@ -104,8 +95,6 @@ def _patch(stages: set[str]) -> Any:
 
 
 def serve_variant(stages: set[str], catalog: str, port: int, data_dir: str) -> None:  # pragma: no cover
-    import asyncio
-
     import uvloop
 
     from unhardcoded.config import load_settings
@@ -174,22 +163,9 @@ def main() -> int:
                     "--data-dir", str(work / f"data-{i}")]
             procs.append(harness.Proc(v, argv, core=harness.SUT_CORE, logdir=logs, sched="batch", cwd=work,
                                       env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream"}))
-        pids = {}
         for p in procs[1:]:
             harness.wait_http(ports[p.name], "/healthz", proc=p)
-            pids[p.name] = p.pid
-        for v in variants:
-            harness.wrk(f"http://127.0.0.1:{ports[v]}/v1/chat/completions", body, 64, 2)  # warm
-        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-        for r in range(a.rounds):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
-            for v in order:
-                before = harness.thread_ticks(pids[v])
-                res = harness.wrk(f"http://127.0.0.1:{ports[v]}/v1/chat/completions", body, 64, a.seconds)
-                res["threads"] = harness.per_thread_us(before, harness.thread_ticks(pids[v]), res["requests"])
-                res["cpu_us"] = round(sum(t["us_per_request"] for t in res["threads"]), 1)
-                runs[v].append(res)
-                harness.log(v, res["rps"], "rps", res["cpu_us"], "us/call", "non2xx", res["non2xx"])
+        runs = harness.c64_rounds({p.name: (ports[p.name], p.pid) for p in procs[1:]}, body, a.rounds, a.seconds)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -206,10 +182,7 @@ def main() -> int:
         name = "nothing (the router)" if v == "router" else ("every stage above" if v == "all" else f"`{v}`")
         cost = "–" if v == "router" else f"{full_cpu - cpu:.1f}"
         print(f"| {name} | {rps:,.0f} | {cpu:.1f} | {cost} |" + (f" ({bad} failed or non-2xx)" if bad else ""))
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = BENCH / "results" / f"ablation-{stamp}.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nwritten: {path.relative_to(BENCH.parent)}")
+    harness.write_results("ablation", out)
     return 0
 
 

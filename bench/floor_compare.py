@@ -11,8 +11,6 @@ Writes ``results/floor-<stamp>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -65,18 +63,7 @@ def main() -> int:
         harness.wait_http(P + 4, "/", proc=flr)
         harness.wait_http(P + 2, "/healthz", proc=rt)
         pids = {"bare forwarder": fwd.pid, "least router": flr.pid, "router": rt.pid}
-        for name, port in targets.items():
-            harness.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, 64, 2)  # warm
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
-        names = list(targets)
-        for r in range(a.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                before = harness.thread_ticks(pids[name])
-                res = harness.wrk(f"http://127.0.0.1:{targets[name]}/v1/chat/completions", body, 64, a.seconds)
-                res["threads"] = harness.per_thread_us(before, harness.thread_ticks(pids[name]), res["requests"])
-                runs[name].append(res)
-                harness.log(name, res["rps"], "rps", "failed", res["failed"], "non2xx", res["non2xx"])
+        runs = harness.c64_rounds({k: (port, pids[k]) for k, port in targets.items()}, body, a.rounds, a.seconds)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -92,10 +79,7 @@ def main() -> int:
         by = ", ".join(f"{t['label']} {t['us_per_request']}" for t in mid["threads"] if t["us_per_request"] >= 0.5)
         out["targets"][name] = {"rps": rps, "ratio_to_forwarder": round(rps / fwd_rps, 3), "runs": rs}
         print(f"| {name} | {rps:,.0f} | {rps / fwd_rps:.2f}× | {total} | {by} |")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = BENCH / "results" / f"floor-{stamp}.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nwritten: {path.relative_to(BENCH.parent)}")
+    harness.write_results("floor", out)
     return 0
 
 

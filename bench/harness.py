@@ -308,6 +308,35 @@ def wrk(url: str, body: Path, conns: int, seconds: float, *, timeout_s: int = 30
     return r
 
 
+def c64_rounds(targets: dict[str, tuple[int, int]], body: Path, rounds: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
+    """wrk at c=64 on each target (name -> (port, pid)) in interleaved rounds, the order rotated
+    each round; every run carries its CPU time per request by thread (``threads``) and in all
+    (``cpu_us``)."""
+    names = list(targets)
+    for port, _pid in targets.values():
+        wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, 64, 2)  # warm
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            port, pid = targets[name]
+            before = thread_ticks(pid)
+            res = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, 64, seconds)
+            res["threads"] = per_thread_us(before, thread_ticks(pid), res["requests"])
+            res["cpu_us"] = round(sum(t["us_per_request"] for t in res["threads"]), 1)
+            runs[name].append(res)
+            log(name, res["rps"], "rps", res["cpu_us"], "us/request", "failed", res["failed"], "non2xx", res["non2xx"])
+    return runs
+
+
+def write_results(prefix: str, out: dict[str, Any]) -> Path:
+    """``results/<prefix>-<UTC stamp>.json``; prints and returns its path."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = BENCH / "results" / f"{prefix}-{stamp}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"\nwritten: {path.relative_to(BENCH.parent)}")
+    return path
+
+
 def ttfb(port: int, path: str, body: Path, n: int) -> dict[str, Any]:
     """Sequential streaming requests (a new connection each): time to the first SSE data byte and to the end."""
     payload = body.read_bytes()

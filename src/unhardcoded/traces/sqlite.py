@@ -367,6 +367,10 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+        self._settle(batch)
+
+    def _settle(self, batch: "_Batch") -> None:
+        """A batch is done with (committed or not): its runs no longer pending, its flushes released."""
         if batch.items:
             with self._room:
                 self._pending = max(0, self._pending - batch.items)
