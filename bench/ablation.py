@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -138,18 +137,13 @@ def main() -> int:
         return 0
 
     import harness
-    import workload
 
     variants = ["router"] + [v for v in a.variants.split(",") if v]
     unknown = [v for v in variants[1:] if v != "all" and v not in STAGES]
     if unknown:
         ap.error(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}, all")
     P = a.port_base
-    work = Path(tempfile.mkdtemp(prefix="unhardcoded-ablation-"))
-    logs = work / "logs"
-    logs.mkdir()
-    up_url = f"http://127.0.0.1:{P}"
-    files = workload.write(work / "workload", up_url)
+    work, logs, files = harness.scratch("unhardcoded-ablation-", P)
     body = files["body_router"]
     procs: list[harness.Proc] = []
     ports: dict[str, int] = {}

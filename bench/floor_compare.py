@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import harness  # noqa: E402
-import workload  # noqa: E402
 
 RPY = harness.RPY
 
@@ -35,11 +33,8 @@ def main() -> int:
                     help="the least router's upstream client (the router's own: what it costs)")
     a = ap.parse_args()
     P = a.port_base
-    work = Path(tempfile.mkdtemp(prefix="unhardcoded-floor-"))
-    logs = work / "logs"
-    logs.mkdir()
+    work, logs, files = harness.scratch("unhardcoded-floor-", P)
     up_url = f"http://127.0.0.1:{P}"
-    files = workload.write(work / "workload", up_url)
     body = files["body_router"]
     procs: list[harness.Proc] = []
     sut, load = harness.SUT_CORE, harness.LOAD_CORE

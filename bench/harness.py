@@ -308,6 +308,16 @@ def wrk(url: str, body: Path, conns: int, seconds: float, *, timeout_s: int = 30
     return r
 
 
+def scratch(prefix: str, upstream_port: int) -> tuple[Path, Path, dict[str, Path]]:
+    """A fresh working directory for one tool's run: (it, its logs directory, the workload files
+    pointing at the upstream on ``upstream_port``)."""
+    import tempfile
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    logs = work / "logs"
+    logs.mkdir()
+    return work, logs, workload.write(work / "workload", f"http://127.0.0.1:{upstream_port}")
+
+
 def c64_rounds(targets: dict[str, tuple[int, int]], body: Path, rounds: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
     """wrk at c=64 on each target (name -> (port, pid)) in interleaved rounds, the order rotated
     each round; every run carries its CPU time per request by thread (``threads``) and in all
