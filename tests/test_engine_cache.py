@@ -176,3 +176,20 @@ def test_a_plain_repeat_takes_the_remembered_route_and_others_do_not() -> None:
     assert len(router._routes) == 1
     router.set_catalog(router.catalog)  # a new catalog forgets every route
     assert router._routes == {} and router.prepare(plain).contract is not p1.contract
+
+
+def test_remembered_routes_let_an_older_stamped_pool_go() -> None:
+    # a route keeps its last plan, and a plan holds its pool: once the pool is re-stamped, no
+    # route may keep the old one alive (many rarely used policies would hold one pool each)
+    now, rt, router = two_routes()
+    plain = {"messages": [{"role": "user", "content": "x"}], "model": "profile:default"}
+    other = {**plain, "policy_ir": ["cmp", "price_in", "le", 10]}
+    p1 = router.prepare(plain)
+    router.prepare(other)
+    rt.record_success("a", "m", 5.0)
+    now[0] += rt.config.stamp_refresh_ms
+    p2 = router.prepare(plain)
+    assert p2.pool is not p1.pool
+    held = [r.pool for r in router._routes.values()]
+    assert all(pool is None or pool is p2.pool for pool in held)
+    assert router.prepare(other).pool is p2.pool

@@ -394,6 +394,8 @@ class Router:
             # older pool can never be hit again, and each holds a whole pool alive
             self._plans.clear()
             self._plans_pool = pool
+            for route in self._routes.values():  # nor can their last plans: let the old pool go
+                route.pool = route.state_key = route.plan = None
         key = _plan_key(choice.effective.identity, pool, ctx, pin, state_key)
         if key is not None:
             hit = self._plans.get(key)
