@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 Getter = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
 
@@ -48,6 +48,9 @@ def _price(name: str) -> Getter:
             return v
         return _m(_ema(cand, ctx), name)
     get.first_key = name  # type: ignore[attr-defined]
+
+    get.many = lambda cands, ctx: [get(c, ctx) if (v := c.get(name)) is None else v  # type: ignore[attr-defined]
+                                   for c in cands]
     return get
 
 
@@ -55,6 +58,7 @@ def _own(name: str) -> Getter:
     def get(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
         return cand.get(name)
     get.first_key = name  # type: ignore[attr-defined]
+    get.many = lambda cands, ctx: [c.get(name) for c in cands]  # type: ignore[attr-defined]
     return get
 
 
@@ -62,8 +66,25 @@ def _context(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
     return _m(cand.get("capabilities"), "context")
 
 
+def _context_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+    return [caps.get("context") if type(caps := c.get("capabilities")) is dict else _m(caps, "context")
+            for c in cands]
+
+
 def _credits(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
     return _m(_m(_m(ctx, "state"), "credits"), cand.get("provider_id"))
+
+
+def _by_provider(table: Any, cands: Sequence[Mapping[str, Any]]) -> list:
+    """``_m(table, provider_id)`` for each candidate: the table is looked up once, not per candidate."""
+    if type(table) is dict:
+        get = table.get
+        return [get(c.get("provider_id")) for c in cands]
+    return [_m(table, c.get("provider_id")) for c in cands]
+
+
+def _credits_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+    return _by_provider(_m(_m(ctx, "state"), "credits"), cands)
 
 
 def _breaker_open(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
@@ -73,11 +94,33 @@ def _breaker_open(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
     return _m(breakers, cand.get("provider_id")) is True
 
 
+def _breaker_open_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+    breakers = _m(_m(ctx, "state"), "breakers")
+    if breakers is None:
+        return [None] * len(cands)
+    return [v is True for v in _by_provider(breakers, cands)]
+
+
 def _disabled(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
     disabled = _m(_m(ctx, "state"), "disabled")
     if disabled is None:
         return None
     return _m(disabled, cand.get("provider_id")) is not None
+
+
+def _disabled_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+    disabled = _m(_m(ctx, "state"), "disabled")
+    if disabled is None:
+        return [None] * len(cands)
+    return [v is not None for v in _by_provider(disabled, cands)]
+
+
+# A getter may carry ``many(cands, ctx)``: its readings of a list of candidates at once, equal to
+# ``[get(c, ctx) for c in cands]`` whenever that returns (what is per context is looked up once).
+_context.many = _context_many  # type: ignore[attr-defined]
+_credits.many = _credits_many  # type: ignore[attr-defined]
+_breaker_open.many = _breaker_open_many  # type: ignore[attr-defined]
+_disabled.many = _disabled_many  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +208,8 @@ class Schema:
 
         When the field's value, if present, is one key of the candidate (``first_key``), the
         observer says so: the interpreter reads that key inline and calls the observer only
-        when it is absent (a hot-path shortcut with the same result).
+        when it is absent (a hot-path shortcut with the same result). ``observe.many(cands,
+        ctx)`` reads a list of candidates at once, with the same result as one call each.
         """
         d = self.decls[name]
         get, default = d.getter, d.default
@@ -174,6 +218,17 @@ class Schema:
             v = get(cand, ctx)
             return default if v is None else v
         observe.first_key = getattr(get, "first_key", None)  # type: ignore[attr-defined]
+        many, key = getattr(get, "many", None), observe.first_key
+        if key is not None:  # a present value is that key's: one pass, the getter only where it is absent
+            def observe_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+                return [v if (v := c.get(key)) is not None else observe(c, ctx) for c in cands]
+        elif many is None:
+            def observe_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+                return [default if (v := get(c, ctx)) is None else v for c in cands]
+        else:
+            def observe_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+                return [default if v is None else v for v in many(cands, ctx)]
+        observe.many = observe_many  # type: ignore[attr-defined]
         return observe
 
     def observe(self, name: str, cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:

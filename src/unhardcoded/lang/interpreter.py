@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
+from itertools import compress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -84,10 +85,27 @@ class Policy:
     failplan: dict[str, Any]
 
     def plan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> Plan:
-        """Filter (keeping every reason), score the survivors, order them."""
-        survivors: list[Mapping[str, Any]] = []
-        rejected: list[Rejection] = []
+        """Filter (keeping every reason), score the survivors, order them.
+
+        The filter runs over the whole list at once where it can (``Pred.many``, below); if that
+        raises, the candidate-by-candidate walk runs instead and raises what the reference does.
+        """
+        survivors: list[Mapping[str, Any]]
+        rejected: list[Rejection]
         keep = self.filter
+        many = getattr(keep, "many", None)
+        if many is not None:
+            try:
+                reasons = many(candidates, ctx)
+            except Exception:  # the walk below meets the same fault, at the candidate the reference does
+                reasons = None
+            if reasons is not None:
+                survivors = [c for c, why in zip(candidates, reasons) if why is None]
+                rejected = [Rejection(c.get("provider_id"), c.get("model_family"), why, c)
+                            for c, why in zip(candidates, reasons) if why is not None]
+                return Plan(self.select(survivors, ctx), rejected)
+        survivors = []
+        rejected = []
         for cand in candidates:
             why = keep(cand, ctx)
             if why is None:
@@ -144,7 +162,7 @@ def _by_score(scored: list[Ranked]) -> list[Ranked]:
     the reference itself would give up ("invalid order function"), NaN scores
     rank last (docs/spec/sigma-pol.md §6).
     """
-    if any(r.score != r.score for r in scored):
+    if [r for r in scored if r.score != r.score]:
         indexed = list(enumerate(scored))
 
         def less(a: tuple[int, Ranked], b: tuple[int, Ranked]) -> bool:
@@ -215,6 +233,32 @@ _REL: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+# the same relations over a list of values at once: a reason for each value that fails
+_REL_MANY: dict[str, Callable[[list, Any, str], list]] = {
+    "lt": lambda vs, n, why: [None if v < n else why for v in vs],
+    "le": lambda vs, n, why: [None if v <= n else why for v in vs],
+    "eq": lambda vs, n, why: [None if v == n else why for v in vs],
+    "ne": lambda vs, n, why: [None if v != n else why for v in vs],
+    "ge": lambda vs, n, why: [None if v >= n else why for v in vs],
+    "gt": lambda vs, n, why: [None if v > n else why for v in vs],
+}
+_NUMBER_TYPES = frozenset((float, int))
+
+
+def _many(pred: Pred) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]:
+    """A predicate over a list of candidates: a reason (or None) for each.
+
+    Where a predicate has a vector form (``pred.many``) that is used; it returns what the
+    candidate-by-candidate call returns whenever that call returns, and may raise where that
+    call would not (a caller that must agree on faults walks one by one then). Otherwise the
+    predicate is called once per candidate.
+    """
+    many = getattr(pred, "many", None)
+    if many is not None:
+        return many
+    return lambda cands, ctx: [pred(c, ctx) for c in cands]
+
+
 def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] | None = None) -> dict[str, Callable[[list], Any]]:
     schema = schema or default_schema()
     customs = customs or {}
@@ -244,6 +288,27 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 if why is not None:
                     return why
             return None
+        qs = [_many(q) for q in ps]
+
+        def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+            # each child sees only the candidates every earlier child passed, as in the walk
+            out: list = [None] * len(cands)
+            where: Sequence[int] = range(len(cands))
+            live = cands
+            for q in qs:
+                whys = q(live, ctx)
+                if whys.count(None) == len(whys):
+                    continue
+                for i, why in zip(where, whys):
+                    if why is not None:
+                        out[i] = why
+                passed = [why is None for why in whys]
+                live = list(compress(live, passed))
+                if not live:
+                    break
+                where = list(compress(where, passed))
+            return out
+        p.many = many  # type: ignore[attr-defined]
         return p
 
     @op("or")
@@ -253,12 +318,34 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 if q(c, ctx) is None:
                     return None
             return "or"
+        qs = [_many(q) for q in ps]
+
+        def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+            out: list = ["or"] * len(cands)
+            where: Sequence[int] = range(len(cands))
+            live = cands
+            for q in qs:
+                if not live:
+                    break
+                left_at, left = [], []
+                for i, c, why in zip(where, live, q(live, ctx)):
+                    if why is None:
+                        out[i] = None
+                    else:
+                        left_at.append(i)
+                        left.append(c)
+                where, live = left_at, left
+            return out
+        p.many = many  # type: ignore[attr-defined]
         return p
 
     @op("not")
     def _not(a: list) -> Pred:
         inner = a[0]
-        return lambda c, ctx: "not" if inner(c, ctx) is None else None
+        p: Any = lambda c, ctx: "not" if inner(c, ctx) is None else None  # noqa: E731
+        inner_many = _many(inner)
+        p.many = lambda cands, ctx: ["not" if why is None else None for why in inner_many(cands, ctx)]
+        return p
 
     @op("meets_req")
     def _meets_req(a: list) -> Pred:
@@ -277,6 +364,14 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 return check(c)
             except TypeError as exc:
                 raise EvaluationError("bad_requirements", f"requirements cannot be compared: {exc}") from None
+
+        def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+            if not cands:
+                return []
+            first = p(cands[0], ctx)  # works out (and remembers) the request's check
+            check = memo[0][1]
+            return [first, *[check(c) for c in cands[1:]]]
+        p.many = many  # type: ignore[attr-defined]
         return p
 
     @op("scope_matches")
@@ -288,7 +383,11 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         name = a[0]
         observe = schema.observer(name)
         reason = "is:" + name
-        return lambda c, ctx: None if truthy(observe(c, ctx)) else reason
+        p: Any = lambda c, ctx: None if truthy(observe(c, ctx)) else reason  # noqa: E731
+        observe_many = observe.many
+        p.many = lambda cands, ctx: [None if v is not None and v is not False else reason
+                                     for v in observe_many(cands, ctx)]
+        return p
 
     @op("cmp")
     def _cmp(a: list) -> Pred:
@@ -298,9 +397,17 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         reason = "cmp:" + name + ":" + rel
 
         key = getattr(observe, "first_key", None)
+        observe_many, test_many = observe.many, _REL_MANY[rel]
+
+        def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+            vs = observe_many(cands, ctx)
+            if not _NUMBER_TYPES.issuperset(map(type, vs)):
+                vs = [_number(v, name) for v in vs]
+            return test_many(vs, num, reason)
         if key is None:
             def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
                 return None if test(_number(observe(c, ctx), name), num) else reason
+            p.many = many  # type: ignore[attr-defined]
             return p
 
         def fast(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
@@ -311,6 +418,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             if t is not float and t is not int:
                 v = _number(v, name)
             return None if test(v, num) else reason
+        fast.many = many  # type: ignore[attr-defined]
         return fast
 
     @op("tier_eq")
