@@ -188,14 +188,25 @@ def _show(v: Any) -> str:
 def check(term: Any, schema: Schema | None = None, *, customs: Collection[str] = (),
           path: tuple[PathPart, ...] = ()) -> str:
     """Admit ``term``; return its sort. Raise :class:`AdmissionError` on the first fault."""
-    schema = schema or default_schema()
-    nodes = [0]
+    return _Admission(schema or default_schema(), customs).rec(term, list(path), 1)
 
-    def rec(t: Any, p: list[PathPart], depth: int) -> str:
+
+class _Admission:
+    """One admission's walk. (A class, not a closure that calls itself: that closure would be a
+    reference cycle per call, left to the cycle collector; this is freed as soon as it returns.)"""
+
+    __slots__ = ("schema", "customs", "nodes")
+
+    def __init__(self, schema: Schema, customs: Collection[str]) -> None:
+        self.schema = schema
+        self.customs = customs
+        self.nodes = 0
+
+    def rec(self, t: Any, p: list[PathPart], depth: int) -> str:
         if depth > MAX_DEPTH:
             raise _fail("too_deep", f"term nests deeper than {MAX_DEPTH}", p)
-        nodes[0] += 1
-        if nodes[0] > MAX_NODES:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
             raise _fail("too_large", f"term has more than {MAX_NODES} nodes", p)
         if not isinstance(t, list) or not t or not isinstance(t[0], str):
             raise _fail("term_shape", f"a term is a list [op, args...] with a string op; got {_show(t)}", p)
@@ -207,7 +218,7 @@ def check(term: Any, schema: Schema | None = None, *, customs: Collection[str] =
             if len(t) < 2:
                 raise _fail("arity", f"{name} needs at least one argument", p)
             for i in range(1, len(t)):
-                sort = rec(t[i], p + [i], depth + 1)
+                sort = self.rec(t[i], p + [i], depth + 1)
                 if sort != op.variadic:
                     raise _fail("sort_mismatch", f"{name} takes {op.variadic} arguments; this is a {sort}", p + [i])
             return op.out
@@ -215,14 +226,12 @@ def check(term: Any, schema: Schema | None = None, *, customs: Collection[str] =
             raise _fail("arity", f"{name} takes {len(op.ins)} argument(s), got {len(t) - 1}", p)
         for i, want in enumerate(op.ins, start=1):
             if want in OPERATIONAL_SORTS:
-                sort = rec(t[i], p + [i], depth + 1)
+                sort = self.rec(t[i], p + [i], depth + 1)
                 if sort != want:
                     raise _fail("sort_mismatch", f"argument {i} of {name} must be a {want}; this is a {sort}", p + [i])
             else:
-                check_param(want, t[i], schema, p + [i], customs)
+                check_param(want, t[i], self.schema, p + [i], self.customs)
         return op.out
-
-    return rec(term, list(path), 1)
 
 
 def check_sort(term: Any, want: str, schema: Schema | None = None, *, customs: Collection[str] = (),

@@ -218,10 +218,13 @@ class Schema:
             v = get(cand, ctx)
             return default if v is None else v
         observe.first_key = getattr(get, "first_key", None)  # type: ignore[attr-defined]
+        # (the vector form refers to the getter, never to ``observe``: no cycle, so a compiled
+        # policy is freed by reference counting as soon as a cache lets it go)
         many, key = getattr(get, "many", None), observe.first_key
         if key is not None:  # a present value is that key's: one pass, the getter only where it is absent
             def observe_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
-                return [v if (v := c.get(key)) is not None else observe(c, ctx) for c in cands]
+                return [v if (v := c.get(key)) is not None else (default if (w := get(c, ctx)) is None else w)
+                        for c in cands]
         elif many is None:
             def observe_many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
                 return [default if (v := get(c, ctx)) is None else v for c in cands]

@@ -352,26 +352,26 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         # The request side is worked out once per request object, not per candidate.
         memo: list[Any] = [None]  # one (request, check) tuple, swapped whole
 
-        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+        def check_of(ctx: Mapping[str, Any]) -> RequestCheck:
             request = ctx.get("request") if type(ctx) is dict else (ctx.get("request") if isinstance(ctx, Mapping) else None)
             entry = memo[0]
             if entry is not None and entry[0] is request and request is not None:
-                check = entry[1]
-            else:
-                check = RequestCheck(request)
-                memo[0] = (request, check)
+                return entry[1]
+            check = RequestCheck(request)
+            memo[0] = (request, check)
+            return check
+
+        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            check = check_of(ctx)
             try:
                 return check(c)
             except TypeError as exc:
                 raise EvaluationError("bad_requirements", f"requirements cannot be compared: {exc}") from None
 
         def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
-            if not cands:
-                return []
-            first = p(cands[0], ctx)  # works out (and remembers) the request's check
-            check = memo[0][1]
-            return [first, *[check(c) for c in cands[1:]]]
-        p.many = many  # type: ignore[attr-defined]
+            check = check_of(ctx)
+            return [check(c) for c in cands]
+        p.many = many  # type: ignore[attr-defined]  (refers to check_of, not p: no cycle)
         return p
 
     @op("scope_matches")
