@@ -287,8 +287,9 @@ def port_free(port: int) -> bool:
 
 
 # ------------------------------------------------------------------ load
-def wrk(url: str, body: Path, conns: int, seconds: float, *, timeout_s: int = 30) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_BODY_FILE": str(body), "BENCH_AUTH": AUTH}
+def wrk(url: str, body: Path, conns: int, seconds: float, *, timeout_s: int = 30,
+        env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_BODY_FILE": str(body), "BENCH_AUTH": AUTH, **(env or {})}
     before = core_times()
     t0 = time.time()
     out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",

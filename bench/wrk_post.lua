@@ -6,6 +6,20 @@ f:close()
 
 wrk.method = "POST"
 wrk.body = body
+
+-- BENCH_NEW_POLICY=1: every request carries a policy the router has not seen, as from a backend
+-- that builds one per request: the benchmark body's threshold "bench_intelligence ge 0.3" becomes
+-- 0.3 + n * 1e-9 for the n-th request (the same routes pass; the policy's identity differs).
+if os.getenv("BENCH_NEW_POLICY") == "1" then
+  local pre, post = body:match('^(.-)%["cmp","bench_intelligence","ge",0%.3%](.*)$')
+  assert(pre, "BENCH_NEW_POLICY: the body has no bench_intelligence threshold of 0.3")
+  local n = 0
+  function request()
+    n = n + 1
+    return wrk.format(nil, nil, nil,
+      pre .. string.format('["cmp","bench_intelligence","ge",%.12f]', 0.3 + n * 1e-9) .. post)
+  end
+end
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_AUTH") or "sk-bench")
 
