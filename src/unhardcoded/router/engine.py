@@ -505,7 +505,9 @@ class Router:
                 err = ProviderError("timeout", "the request deadline passed during this attempt")
                 run.deadline_exceeded = True
             except ProviderError as exc:
-                err = exc
+                # kept past this block, so without its traceback: the traceback holds this frame,
+                # and the frame would hold it (a cycle keeping the run alive until a collection)
+                err = exc.with_traceback(None)
                 # a timeout at the deadline (not, say, a connect timeout well before it)
                 if deadline_first and self_bounded and exc.kind == "timeout" \
                         and time.perf_counter() >= deadline - 0.01:
