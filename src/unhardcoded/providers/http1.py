@@ -45,7 +45,10 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        # The parser holds this protocol's methods, so the two form a cycle while both live: made
+        # once connected and dropped when the connection is lost, so that neither a refused
+        # connect nor a closed connection leaves a cycle for the collector.
+        self.parser: httptools.HttpResponseParser | None = None
         self.closed = False
         self.last_used = time.monotonic()
         self._reset()
@@ -67,9 +70,12 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.parser is None:  # pragma: no cover - asyncio delivers no data after connection_lost
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # pragma: no cover - never asked for
@@ -79,14 +85,17 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.done is not None and not self.done.done():
-            if self.parser is not None and self.head_done and not self.headers.get("content-length") \
-                    and "chunked" not in self.headers.get("transfer-encoding", ""):
-                # a body delimited by the connection's end: the end is the end
-                self.on_message_complete()
-                return
-            self._fail(HTTPError("network_error", "the upstream closed the connection"
-                                 + (" mid-response" if self.got_bytes else "")))
+        try:
+            if self.done is not None and not self.done.done():
+                if self.parser is not None and self.head_done and not self.headers.get("content-length") \
+                        and "chunked" not in self.headers.get("transfer-encoding", ""):
+                    # a body delimited by the connection's end: the end is the end
+                    self.on_message_complete()
+                    return
+                self._fail(HTTPError("network_error", "the upstream closed the connection"
+                                     + (" mid-response" if self.got_bytes else "")))
+        finally:
+            self.parser = None  # nothing more to parse: break the cycle
 
     # -- httptools callbacks ------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
