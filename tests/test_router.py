@@ -660,29 +660,18 @@ async def test_a_failed_over_call_leaves_nothing_for_the_cycle_collector(stack) 
     # frame, which held the run: every failover left its whole run to the cycle collector
     # (measured under a 429-then-200 load: +17 MB resident and a p99 of ~60 instead of ~24 ms
     # once collections were made rarer). Every Run the router built must go by reference count.
-    import gc
-
     from unhardcoded.router.engine import Run
+
+    from .collector import left_in_cycles
 
     stack.gemini.script("gemini-3-flash-preview", Fail(429, "slow down"))
     await stack.client.chat.completions.create(model="", messages=MSG)  # warm every path
     stack.router.sink.flush()
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with left_in_cycles(Run) as left:
         for _ in range(3):
             stack.gemini.script("gemini-3-flash-preview", Fail(429, "slow down"))
             r = await stack.client.chat.completions.create(model="", messages=MSG)
             assert attempts(xr(r))[0][2] == "rate_limit"
         stack.router.sink.flush()
         await asyncio.sleep(0.05)
-        gc.collect()
-        left = [o for o in gc.garbage if isinstance(o, Run)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if was:
-            gc.enable()
     assert left == []
