@@ -53,6 +53,7 @@ def main() -> int:
                 before = harness.thread_ticks(router.pid)
                 res = harness.wrk(url, body, 64, a.seconds, env={"BENCH_NEW_POLICY": "1" if kind == "new" else "0"})
                 threads = harness.per_thread_us(before, harness.thread_ticks(router.pid), res["requests"])
+                res["threads"] = threads
                 res["cpu_us"] = round(sum(t["us_per_request"] for t in threads), 1)
                 res["rss_mb"] = round(harness.rss_kb(router.pid) / 1024, 1)
                 runs[kind].append(res)
