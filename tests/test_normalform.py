@@ -12,17 +12,18 @@ import hashlib
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from unhardcoded.lang import (
     VERSION, check, compile_term, digest, encode, encode_number, lane_fingerprint, normalize, normalize_and_encode,
     short_id,
 )
-from unhardcoded.lang.compiler import Compiler
+from unhardcoded.lang.compiler import Compiler, constrain
 from unhardcoded.lang.encoding import encode_param, encode_string
 
 from . import strategies as S
+from .test_interpreter_many import plan_view
 
 NC = {"action": "next_candidate"}
 AB = {"action": "abort"}
@@ -477,3 +478,47 @@ def test_equal_policies_share_one_compiled(preds, data) -> None:
 def test_different_normal_forms_have_different_encodings(a, b) -> None:
     assume(normalize(a) != normalize(b))
     assert enc(a) != enc(b)
+
+
+# ---- a policy under an envelope, from the policy's own normal form ----------------------------
+
+def _compiled_view(c):
+    return (c.sort, c.term, c.encoding, c.fingerprint, c.identity)
+
+
+@settings(max_examples=300)
+@given(S.policy(), S.pred(), S.population(max_size=6), S.context())
+def test_a_constrained_policy_compiles_as_the_general_path_does(term, envelope, pop, x) -> None:
+    """Compiler.compile_constrained reuses the sent policy's normal form, encoding and evaluated
+    parts: the result must be the general compile of constrain(term, envelope), bit for bit, and
+    decide alike."""
+    general = Compiler(S.SCHEMA).compile(constrain(term, envelope), want="Policy")
+    c = Compiler(S.SCHEMA)
+    reused = c.compile_constrained(c.compile(term), term, envelope)
+    assert _compiled_view(reused) == _compiled_view(general)
+    assert plan_view(reused.policy, pop, x) == plan_view(general.policy, pop, x)
+    assert reused.policy.failplan == general.policy.failplan
+    for cand in pop[:2]:
+        request = {"temperature": 0.5, "max_tokens": 10}
+        assert reused.policy.xform(request, cand, x) == general.policy.xform(request, cand, x)
+    assert c.compile_constrained(c.compile(term), term, envelope) is reused  # remembered by its text
+
+
+def test_a_constrained_policy_past_the_limits_is_refused_as_the_general_path_refuses() -> None:
+    from unhardcoded.lang import AdmissionError
+    from unhardcoded.lang.admission import MAX_DEPTH
+
+    pred = ["cmp", "price_in", "le", 5]
+    for _ in range(MAX_DEPTH - 2):  # admissible alone, one level too deep under the envelope's 'and'
+        pred = ["not", pred]
+    term = ["policy", pred, ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]
+    envelope = ["not", ["is", "disabled"]]
+    c = Compiler(S.SCHEMA)
+    sent = c.compile(term)
+    errors = []
+    for attempt in (lambda: Compiler(S.SCHEMA).compile(constrain(term, envelope), want="Policy", path=("policy_ir",)),
+                    lambda: c.compile_constrained(sent, term, envelope, path=("policy_ir",))):
+        with pytest.raises(AdmissionError) as e:
+            attempt()
+        errors.append((e.value.code, e.value.path, str(e.value)))
+    assert errors[0] == errors[1] and errors[0][0] == "too_deep"

@@ -26,7 +26,7 @@ from .encoding import digest, lane_fingerprint, short_id
 from .errors import AdmissionError, EvaluationError, PathPart
 from .fields import Schema, default_schema
 from .interpreter import Custom, Policy, default_algebra, evaluate
-from .normalform import normalize_and_encode
+from .normalform import constrained_normal_form, normalize_and_encode
 from .signature import VERSION
 
 try:  # the core needs no dependency; with orjson the cache key is ~15x cheaper to build
@@ -103,30 +103,70 @@ class Compiler:
 
     def compile(self, term: Any, *, want: str | None = None, path: tuple[PathPart, ...] = ()) -> Compiled:
         """Admit, normalise, identify and evaluate ``term``; raise AdmissionError on refusal."""
+        text, hit = self._seen(term, want, path)
+        if hit is not None:
+            return hit
+        sort = self._admit(term, want, path)
+        nf, encoding = normalize_and_encode(term)
+        return self._identified(text, sort, nf, encoding, lambda: evaluate(nf, self._algebra), path)
+
+    def compile_constrained(self, sent: Compiled, term: list, envelope: list, *,
+                            path: tuple[PathPart, ...] = ()) -> Compiled:
+        """``compile(constrain(term, envelope), want="Policy")``, for a Policy ``term`` compiled
+        already as ``sent``: the same Compiled, bit for bit, with the sent policy's normal form,
+        encoding and evaluated scorer, selector, transform and FailPlan reused; only the new
+        filter is normalised, encoded and evaluated (what a policy sent once per request pays
+        twice otherwise). The effective term is admitted whole, as ``compile`` would."""
+        eff_term = constrain(term, envelope)
+        text, hit = self._seen(eff_term, "Policy", path)
+        if hit is not None:
+            return hit
+        sort = self._admit(eff_term, "Policy", path)
+        env = self.compile(envelope, want="Pred")
+        parts = constrained_normal_form(sent.term, sent.encoding, env.term) if sent.sort == "Policy" else None
+        if parts is None:  # pragma: no cover - a sent Policy's encoding always has the policy's shape
+            nf, encoding = normalize_and_encode(eff_term)
+            return self._identified(text, sort, nf, encoding, lambda: evaluate(nf, self._algebra), path)
+        nf, encoding = parts
+        base = sent.policy
+
+        def carrier() -> Policy:
+            return Policy(evaluate(nf[1], self._algebra), base.scorer, base.selector, base.xform, base.failplan)
+        return self._identified(text, sort, nf, encoding, carrier, path)
+
+    def _seen(self, term: Any, want: str | None, path: tuple[PathPart, ...]) -> tuple[Any, Compiled | None]:
+        """The term's cache key, and what it compiled to when this text was seen before."""
         try:
             # JSON text tells 1 from 1.0 from true: equal keys, equal JSON terms. (A term built in
             # Python with tuples inside a list reads as its JSON twin; terms from the wire are JSON.)
             text = _text_key(term) if type(term) is list else None
         except (TypeError, ValueError, _KeyError, RecursionError):
             text = None  # not JSON data, or nested too deep to be a term: admission will say why
-        if text is not None:
-            hit = self._by_text.get(text)
-            if hit is not None:
-                if want is not None and hit.sort != want:
-                    raise AdmissionError("sort_mismatch", f"expected a {want} term, got a {hit.sort}", list(path))
-                return hit
+        if text is None:
+            return None, None
+        hit = self._by_text.get(text)
+        if hit is not None and want is not None and hit.sort != want:
+            raise AdmissionError("sort_mismatch", f"expected a {want} term, got a {hit.sort}", list(path))
+        return text, hit
+
+    def _admit(self, term: Any, want: str | None, path: tuple[PathPart, ...]) -> str:
         sort = check(term, self.schema, customs=self.customs.keys(), path=path)
         if want is not None and sort != want:
             raise AdmissionError("sort_mismatch", f"expected a {want} term, got a {sort}", list(path))
-        nf, encoding = normalize_and_encode(term)
+        return sort
+
+    def _identified(self, text: Any, sort: str, nf: list, encoding: str, carrier: Any,
+                    path: tuple[PathPart, ...]) -> Compiled:
+        """The Compiled of a normal form: one per identity (``carrier()`` evaluates it the first
+        time), remembered under the submitted text too."""
         identity = digest(encoding)
         compiled = self._by_identity.get(identity)
         if compiled is None:
             try:
-                carrier = evaluate(nf, self._algebra)
+                value = carrier()
             except EvaluationError as exc:
                 raise AdmissionError(exc.code, exc.message, list(path)) from None
-            compiled = Compiled(sort, nf, encoding, lane_fingerprint(encoding), identity, carrier)
+            compiled = Compiled(sort, nf, encoding, lane_fingerprint(encoding), identity, value)
             self._by_identity.put(identity, compiled)
         if text is not None:
             self._by_text.put(text, compiled)

@@ -125,6 +125,39 @@ class _Normalizer:
         return out
 
 
+class _OverNormal(_Normalizer):
+    """A pass over a term some of whose subterms are normal forms already: those stay as they are
+    (normalisation is bottom-up and idempotent, so re-normalising them would rebuild them equal)."""
+
+    __slots__ = ("normal",)
+
+    def __init__(self, normal: list[list]) -> None:
+        super().__init__()
+        self.normal = {id(t): t for t in normal}
+
+    def norm(self, t: list) -> list:
+        if self.normal.get(id(t)) is t:
+            return t
+        return super().norm(t)
+
+
+def constrained_normal_form(policy_nf: list, policy_encoding: str, envelope_nf: list) -> tuple[list, str] | None:
+    """The normal form and encoding of a policy's filter ∧-ed with an envelope (``constrain``),
+    from the policy's normal form and encoding and the envelope's normal form: only the new
+    filter is normalised and encoded; the scorer, selector, transform and FailPlan, normal
+    already, keep their terms and their stretch of the encoding. Equal, bit for bit, to
+    ``normalize_and_encode(constrain(p, envelope))`` for any p whose normal form is
+    ``policy_nf`` (a test holds it to that). None if the encoding is not the policy's."""
+    pred = policy_nf[1]
+    n = _OverNormal([pred, envelope_nf])
+    head = VERSION + ":(policy " + n.body(pred) + " "
+    if policy_nf[0] != "policy" or not policy_encoding.startswith(head) or not policy_encoding.endswith(")"):
+        return None
+    filt = n.norm(["and", envelope_nf, pred])
+    encoding = VERSION + ":(policy " + n.body(filt) + " " + policy_encoding[len(head):]
+    return ["policy", filt, *policy_nf[2:]], encoding
+
+
 def normalize(t: list) -> list:
     """The normal form of an admitted term (a new term; the input is not changed)."""
     return _Normalizer().norm(t)
@@ -137,4 +170,4 @@ def normalize_and_encode(t: list) -> tuple[list, str]:
     return nf, VERSION + ":" + n.body(nf)
 
 
-__all__ = ["normalize", "normalize_and_encode", "encode_body"]
+__all__ = ["constrained_normal_form", "normalize", "normalize_and_encode", "encode_body"]

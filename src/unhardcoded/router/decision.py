@@ -75,8 +75,10 @@ def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
 
 def _choose_sent(sent: Compiled, term: Any, contract: Contract, catalog: Catalog, compiler: Compiler) -> PolicyChoice:
     if sent.sort == "Policy":
-        eff_term = constrain(term, catalog.envelope) if catalog.envelope is not None else term
-        return PolicyChoice("policy", None, sent, compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
+        if catalog.envelope is None:
+            return PolicyChoice("policy", None, sent, compiler.compile(term, want="Policy", path=("policy_ir",)))
+        return PolicyChoice("policy", None, sent,
+                            compiler.compile_constrained(sent, term, catalog.envelope, path=("policy_ir",)))
     if sent.sort == "Pred":
         profile = _profile(contract, catalog)
         eff_term = with_filter(profile.policy, term)
