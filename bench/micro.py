@@ -92,10 +92,10 @@ def router_for(n: int) -> Router:
 
 
 def clear_caches(r: Router) -> None:
-    """Every cache on the decision path: the compiler's two LRUs, and the router's plan memo and
-    remembered routes (``Router._route_of``) where it has them."""
+    """Every cache on the decision path: the compiler's two LRUs, and the router's plan memo,
+    remembered routes (``Router._route_of``) and plans by decision where it has them."""
     r.compiler.clear()
-    for memo in ("_plans", "_routes"):
+    for memo in ("_plans", "_routes", "_decisions"):
         held = getattr(r, memo, None)
         if held is not None:
             held.clear()

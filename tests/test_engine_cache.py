@@ -193,3 +193,31 @@ def test_remembered_routes_let_an_older_stamped_pool_go() -> None:
     held = [r.pool for r in router._routes.values()]
     assert all(pool is None or pool is p2.pool for pool in held)
     assert router.prepare(other).pool is p2.pool
+
+
+def test_policies_that_decide_alike_share_one_plan_and_others_do_not() -> None:
+    # a backend that builds a policy per request sends a new policy every time; where two of them
+    # decide alike over the same pool, the second gets the first's plan (so its trace section and
+    # x_router lists are made once), and only then
+    _now, _rt, router = two_routes()
+
+    def body(pred: list, scorer: list | None = None) -> dict:
+        return {"messages": [{"role": "user", "content": "x"}], "model": "",
+                "policy_ir": ["policy", pred, scorer or ["neg", ["field", "price_in"]], ["argmax"], ["id"],
+                              ["always", {"action": "next_candidate"}]]}
+
+    first = router.prepare(body(["cmp", "price_in", "le", 10]))
+    alike = router.prepare(body(["cmp", "price_in", "le", 11]))            # a threshold no route is near
+    assert alike.choice.effective.identity != first.choice.effective.identity
+    assert alike.plan is first.plan
+    tools = router.prepare({**body(["cmp", "price_in", "le", 12]), "tools": [{"type": "function", "function": {"name": "f"}}]})
+    assert tools.plan is not first.plan  # decides alike, but from another request view (the trace records it)
+    fewer = router.prepare(body(["cmp", "price_in", "le", 1.5]))           # b (price 2) is rejected now
+    assert fewer.plan is not first.plan and [r.reason for r in fewer.plan.rejected] == ["cmp:price_in:le"]
+    # the same order and rejections, scores that differ only in the sign of zero: not alike
+    plus = router.prepare(body(["top"], ["lit", 0.0])).plan
+    minus = router.prepare(body(["top"], ["scale", -1, ["lit", 0.0]])).plan
+    assert [repr(r.score) for r in plus.ordered] == ["0.0", "0.0"]
+    assert [repr(r.score) for r in minus.ordered] == ["-0.0", "-0.0"]
+    assert minus is not plus
+    assert router.prepare(body(["cmp", "price_in", "le", 12], ["lit", 0.0])).plan is plus

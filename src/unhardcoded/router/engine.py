@@ -280,6 +280,7 @@ class Router:
         self._credentialed: tuple[list[Mapping[str, Any]], list[Rejection]] | None = None
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
         self._plans_pool: Any = None
+        self._decisions: dict[tuple, Plan] = {}  # plans of the current pool by what they decide
         self._choices: dict[Any, PolicyChoice] = {}
         self._routes: dict[tuple, _Route] = {}   # plain requests' (model, profile, policy text) -> route
         self._targets: dict[tuple[str, str, str], Target] = {}
@@ -393,6 +394,7 @@ class Router:
             # the stamped pool is rebuilt as observations arrive (at most every 100 ms): plans of an
             # older pool can never be hit again, and each holds a whole pool alive
             self._plans.clear()
+            self._decisions.clear()
             self._plans_pool = pool
             for route in self._routes.values():  # nor can their last plans: let the old pool go
                 route.pool = route.state_key = route.plan = None
@@ -404,9 +406,29 @@ class Router:
                 return hit[1]
         plan = decide(choice.effective.policy, pool, ctx, pin)
         if key is not None:
+            plan = self._same_decision(plan, key[1:])
             self._plans[key] = (pool, plan)
             if len(self._plans) > 512:
                 self._plans.popitem(last=False)
+        return plan
+
+    def _same_decision(self, plan: Plan, inputs: tuple) -> Plan:
+        """A plan equal to one made before from the same inputs (pool, pin, seed, request view,
+        runtime state: the plan key without the policy) is that one: policies that differ where
+        no route is affected (a threshold no route is near) decide alike, and what is made once
+        per plan (its trace section, x_router's lists) is then made once for all. Equal: the
+        same candidates, in the same order, with the same scores (by ``repr``, so 0.0 is not
+        -0.0), and the same rejections with the same reasons. (Ids are safe in the key: the plan
+        kept under it holds every candidate they name, and the memo is emptied when the pool
+        changes.)"""
+        key = (inputs, tuple([id(r.candidate) for r in plan.ordered]), tuple([repr(r.score) for r in plan.ordered]),
+               tuple([(id(x.candidate), x.reason) for x in plan.rejected]))
+        hit = self._decisions.get(key)
+        if hit is not None:
+            return hit
+        if len(self._decisions) >= 256:
+            self._decisions.clear()
+        self._decisions[key] = plan
         return plan
 
     # ------------------------------------------------------------------ attempt

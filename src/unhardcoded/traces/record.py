@@ -226,7 +226,10 @@ def _shared(prep: Any, catalog: Any) -> _Shared:
     key = (id(prep.choice), c.route, c.policy_name, c.flow_name, c.pin, id(catalog))
     hit = by_route.get(key)
     if hit is None or hit[0] is not prep.choice or hit[1] is not catalog:
-        if len(by_route) > 64:
+        # few: a plan is shared by the policies that decide alike (Router._same_decision), and a
+        # backend that sends a new policy per request would keep one entry (its sections, its
+        # policies) per request here; 64 held ~30 MB more under that load than 8
+        if len(by_route) > 8:
             by_route.clear()
         hit = by_route[key] = (prep.choice, catalog, _Shared(prep, catalog))
     return hit[2]
