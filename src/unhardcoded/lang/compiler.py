@@ -125,8 +125,7 @@ class Compiler:
         env = self.compile(envelope, want="Pred")
         parts = constrained_normal_form(sent.term, sent.encoding, env.term) if sent.sort == "Policy" else None
         if parts is None:  # pragma: no cover - a sent Policy's encoding always has the policy's shape
-            nf, encoding = normalize_and_encode(eff_term)
-            return self._identified(text, sort, nf, encoding, lambda: evaluate(nf, self._algebra), path)
+            return self.compile(eff_term, want="Policy", path=path)
         nf, encoding = parts
         base = sent.policy
 

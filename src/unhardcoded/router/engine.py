@@ -354,7 +354,8 @@ class Router:
 
         A request is plain when nothing else in it bears on them: no ``requirements``, ``seed``
         or ``flow_ir`` key, no tools, no response format, no content parts (so no images).
-        Anything else, and a first sight (which may be refused), takes the general path."""
+        Anything else takes the general path (None). A first sight parses the contract and
+        chooses the policy as the general path does; if either refuses, nothing is kept."""
         if "requirements" in body or "seed" in body or "flow_ir" in body:
             return None
         tools = body.get("tools")
