@@ -7,6 +7,10 @@ answers at once with the mock upstream's canned completion. Traces go to the SQL
 socket benchmarks measure: the server, the upstream client and the kernel.
 
     taskset -c 0 bench/.venvs/router/bin/python bench/inprocess.py [--calls N] [--sink sqlite|memory] [--profile]
+        [--new-policy]
+
+``--new-policy`` moves the body's ``bench_intelligence`` threshold by n * 1e-9 for the n-th call, as
+``BENCH_NEW_POLICY=1`` does in ``wrk_post.lua``: every call then brings a policy the router has not seen.
 
 Prints the process CPU time per call (the event loop and the trace writer together), best of three
 loops of N calls.
@@ -78,13 +82,31 @@ class Proto:
         return asyncio.get_running_loop().create_future()
 
 
-async def run(app: RSGIApp, body: bytes, calls: int) -> float:
+THRESHOLD = b'["cmp","bench_intelligence","ge",0.3]'
+
+
+def bodies(body: bytes, new_policy: bool) -> Any:
+    """The body of every call: the same one, or one whose threshold differs per call."""
+    if not new_policy:
+        while True:
+            yield body
+    pre, found, post = body.partition(THRESHOLD)
+    if not found:
+        raise SystemExit("--new-policy: the body has no bench_intelligence threshold of 0.3")
+    n = 0
+    while True:
+        n += 1
+        yield pre + b'["cmp","bench_intelligence","ge",%.12f]' % (0.3 + n * 1e-9) + post
+
+
+async def run(app: RSGIApp, body: bytes, calls: int, new_policy: bool = False) -> float:
     sink = app.app.router.sink
     if hasattr(sink, "start"):
         sink.start()
     scope = Scope(body)
+    each = bodies(body, new_policy)
     for _ in range(500):  # warm: compile the policy, fill the plan memo
-        p = Proto(body)
+        p = Proto(next(each))
         await app.__rsgi__(scope, p)
     if p.status != 200:
         raise SystemExit(f"the chat endpoint answered {p.status}")
@@ -92,7 +114,7 @@ async def run(app: RSGIApp, body: bytes, calls: int) -> float:
     for _ in range(3):
         t0 = time.process_time()
         for i in range(calls):
-            await app.__rsgi__(scope, Proto(body))
+            await app.__rsgi__(scope, Proto(next(each)))
             if i % 64 == 0:
                 await asyncio.sleep(0)  # let the trace store's callback run, as the server's loop would
         best = min(best, time.process_time() - t0)
@@ -106,6 +128,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--sink", choices=("sqlite", "memory"), default="sqlite")
     ap.add_argument("--profile", action="store_true", help="cProfile one run (times are then inflated)")
+    ap.add_argument("--new-policy", action="store_true", help="a policy the router has not seen in every call")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="unhardcoded-inprocess-"))
     files = workload.write(work, "http://127.0.0.1:9")
@@ -120,12 +143,14 @@ def main() -> None:
     if a.profile:
         prof = cProfile.Profile()
         prof.enable()
-        per_call = uvloop.run(run(app, body, a.calls))
+        per_call = uvloop.run(run(app, body, a.calls, a.new_policy))
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
     else:
-        per_call = uvloop.run(run(app, body, a.calls))
-    print(f"{per_call * 1e6:.1f} us of process CPU per call ({a.sink} trace sink, best of 3 x {a.calls} calls)")
+        per_call = uvloop.run(run(app, body, a.calls, a.new_policy))
+    kind = "a new policy" if a.new_policy else "the same policy"
+    print(f"{per_call * 1e6:.1f} us of process CPU per call ({kind} each call, {a.sink} trace sink,"
+          f" best of 3 x {a.calls} calls)")
 
 
 if __name__ == "__main__":
