@@ -85,16 +85,48 @@ def lane_fingerprint(s: str) -> str:
     """Two independent 31-bit polynomial lanes over the UTF-8 bytes: ``"h1-h2"``.
 
     Each lane is ``h = (h * base + byte) mod p`` from its seed, byte by byte (the reference's
-    definition). Unrolled, a block of ``k`` bytes takes ``h`` to ``h * base**k + sum(byte_i *
-    base**(k-1-i))`` mod p: the sum is one product of the reversed block with a table of powers,
-    done by ``map`` and ``sum`` in C rather than a Python step per byte."""
+    definition). A stretch of ``k`` bytes takes ``h`` to ``h * base**k + poly(stretch)`` mod p, so
+    the lanes can run over the encoding one stretch at a time: it is cut before every ``(`` (a
+    stretch is one operation's head and parameters), and each stretch's ``(poly, base**k)`` pair
+    is remembered. Policies built per request repeat most of their stretches (only a threshold
+    or two differs), so most stretches cost a dict lookup and two multiplications."""
     data = s.encode("utf-8")
-    return f"{_lane(data, 5381, 31, _P1)}-{_lane(data, 52711, 37, _P2)}"
+    pieces = data.split(b"(")
+    h1, h2 = _step(5381, 52711, _stretch(pieces[0], b""))
+    memo = _STRETCHES
+    for piece in pieces[1:]:
+        hit = memo.get(piece)
+        if hit is None:
+            hit = _stretch(piece, b"(")
+            if len(piece) <= _STRETCH_MAX:
+                if len(memo) >= _STRETCH_COUNT:
+                    memo.clear()  # a flood of new stretches: start again rather than grow
+                memo[piece] = hit
+        a1, a2, s1, s2 = hit
+        h1 = (h1 * s1 + a1) % _P1
+        h2 = (h2 * s2 + a2) % _P2
+    return f"{h1}-{h2}"
 
 
 _P1, _P2 = 2147483647, 2147483629
 _BLOCK = 2048
 _POWERS: dict[tuple[int, int], tuple[list[int], int]] = {}  # (base, p) -> (base**i mod p for i < _BLOCK, base**_BLOCK mod p)
+# stretch (the bytes after a "(" up to the next) -> (lane-1 poly, lane-2 poly, 31**k mod p1, 37**k mod p2)
+# of "(" + stretch; bounded (the process's policies repeat their stretches; a flood of new ones is dropped)
+_STRETCHES: dict[bytes, tuple[int, int, int, int]] = {}
+_STRETCH_MAX = 512
+_STRETCH_COUNT = 4096
+
+
+def _step(h1: int, h2: int, stretch: tuple[int, int, int, int]) -> tuple[int, int]:
+    a1, a2, s1, s2 = stretch
+    return (h1 * s1 + a1) % _P1, (h2 * s2 + a2) % _P2
+
+
+def _stretch(piece: bytes, lead: bytes) -> tuple[int, int, int, int]:
+    """The lanes' polynomials of ``lead + piece`` from 0, and each lane's base to its length."""
+    data = lead + piece
+    return (_lane(data, 0, 31, _P1), _lane(data, 0, 37, _P2), pow(31, len(data), _P1), pow(37, len(data), _P2))
 
 
 def _powers(base: int, mod: int) -> tuple[list[int], int]:
@@ -109,6 +141,8 @@ def _powers(base: int, mod: int) -> tuple[list[int], int]:
 
 
 def _lane(data: bytes, h: int, base: int, mod: int) -> int:
+    """One lane over ``data`` from ``h``: a block of bytes at a time, the reversed block times a
+    table of powers (``map`` and ``sum`` in C rather than a Python step per byte)."""
     table, full = _powers(base, mod)
     for start in range(0, len(data), _BLOCK):
         block = data[start:start + _BLOCK]
