@@ -15,7 +15,12 @@ decision (docs/spec/sigma-pol.md §7).
 from __future__ import annotations
 
 import math
-from typing import Any, Collection
+from typing import Any, Collection, Protocol
+
+try:  # the subterm memo's key; without orjson there is no memo
+    from orjson import dumps as _text
+except ImportError:  # pragma: no cover
+    _text = None
 
 from .errors import AdmissionError, PathPart
 from .fields import Schema, default_schema
@@ -185,40 +190,97 @@ def _show(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+class SubtermMemo(Protocol):
+    """What a caller keeps between admissions: a subterm's JSON text -> ``(sort, height, nodes)``."""
+
+    def get(self, key: Any) -> Any: ...
+
+    def put(self, key: Any, value: Any) -> None: ...
+
+
+MEMO_DEPTH = 4
+"""Subterms down to this depth (the root is 1) are remembered by their JSON text, when a memo is
+given; deeper ones are walked. (Each remembered depth costs one JSON rendering of its subterms.)"""
+
+
 def check(term: Any, schema: Schema | None = None, *, customs: Collection[str] = (),
-          path: tuple[PathPart, ...] = ()) -> str:
-    """Admit ``term``; return its sort. Raise :class:`AdmissionError` on the first fault."""
-    return _Admission(schema or default_schema(), customs).rec(term, list(path), 1)
+          path: tuple[PathPart, ...] = (), memo: SubtermMemo | None = None,
+          texts: dict[int, tuple[Any, bytes]] | None = None) -> str:
+    """Admit ``term``; return its sort. Raise :class:`AdmissionError` on the first fault.
+
+    With ``memo`` (one per schema and custom registry), a subterm below the root whose exact JSON
+    text was admitted before is not walked again: its sort, height and node count stand for it,
+    and where they would break a bound at this position it is walked, so the fault and its path
+    are the ones the walk finds. ``texts``, if given, receives ``id(subterm) -> (subterm, text)``
+    for every subterm the memo was asked about (normalisation keys its own memo by them)."""
+    walk = _Admission(schema or default_schema(), customs)
+    if memo is not None and _text is not None:
+        walk.memo = memo
+        walk.texts = {} if texts is None else texts
+    return walk.rec(term, list(path), 1)
 
 
 class _Admission:
     """One admission's walk. (A class, not a closure that calls itself: that closure would be a
     reference cycle per call, left to the cycle collector; this is freed as soon as it returns.)"""
 
-    __slots__ = ("schema", "customs", "nodes")
+    __slots__ = ("schema", "customs", "nodes", "deepest", "memo", "texts")
 
     def __init__(self, schema: Schema, customs: Collection[str]) -> None:
         self.schema = schema
         self.customs = customs
         self.nodes = 0
+        self.deepest = 0
+        self.memo: SubtermMemo | None = None
+        self.texts: dict[int, tuple[Any, bytes]] = {}
 
     def rec(self, t: Any, p: list[PathPart], depth: int) -> str:
+        memo = self.memo
+        if memo is None or depth == 1 or depth > MEMO_DEPTH or type(t) is not list:
+            return self.walk(t, p, depth)
+        try:
+            key = _text(t)
+        except Exception:  # not JSON data (or not a term at all): the walk says why
+            return self.walk(t, p, depth)
+        hit = memo.get(key)
+        if hit is not None:
+            sort, height, nodes = hit
+            if depth + height - 1 <= MAX_DEPTH and self.nodes + nodes <= MAX_NODES:
+                self.nodes += nodes
+                if depth + height - 1 > self.deepest:
+                    self.deepest = depth + height - 1
+                self.texts[id(t)] = (t, key)
+                return sort
+        nodes, deepest = self.nodes, self.deepest
+        self.deepest = 0
+        sort = self.walk(t, p, depth)
+        memo.put(key, (sort, self.deepest - depth + 1, self.nodes - nodes))
+        if deepest > self.deepest:
+            self.deepest = deepest
+        self.texts[id(t)] = (t, key)
+        return sort
+
+    def walk(self, t: Any, p: list[PathPart], depth: int) -> str:
         if depth > MAX_DEPTH:
             raise _fail("too_deep", f"term nests deeper than {MAX_DEPTH}", p)
         self.nodes += 1
+        if depth > self.deepest:
+            self.deepest = depth
         if self.nodes > MAX_NODES:
             raise _fail("too_large", f"term has more than {MAX_NODES} nodes", p)
         if not isinstance(t, list) or not t or not isinstance(t[0], str):
             raise _fail("term_shape", f"a term is a list [op, args...] with a string op; got {_show(t)}", p)
         name = t[0]
         op = OPS.get(name)
+        # the children: through the memo while they are within its depth, walked below it
+        rec = self.rec if self.memo is not None and depth < MEMO_DEPTH else self.walk
         if op is None:
             raise _fail("unknown_op", f"unknown operation {name!r}", p + [0])
         if op.variadic is not None:
             if len(t) < 2:
                 raise _fail("arity", f"{name} needs at least one argument", p)
             for i in range(1, len(t)):
-                sort = self.rec(t[i], p + [i], depth + 1)
+                sort = rec(t[i], p + [i], depth + 1)
                 if sort != op.variadic:
                     raise _fail("sort_mismatch", f"{name} takes {op.variadic} arguments; this is a {sort}", p + [i])
             return op.out
@@ -226,7 +288,7 @@ class _Admission:
             raise _fail("arity", f"{name} takes {len(op.ins)} argument(s), got {len(t) - 1}", p)
         for i, want in enumerate(op.ins, start=1):
             if want in OPERATIONAL_SORTS:
-                sort = self.rec(t[i], p + [i], depth + 1)
+                sort = rec(t[i], p + [i], depth + 1)
                 if sort != want:
                     raise _fail("sort_mismatch", f"argument {i} of {name} must be a {want}; this is a {sort}", p + [i])
             else:

@@ -12,6 +12,15 @@ Two caches sit in front, both bounded LRUs:
 * by the submitted text: the same JSON term seen again skips admission and
   normalisation entirely (the common case: a backend sends the same policy
   with every call).
+
+Behind them, a term the compiler has not seen reuses what it did for the
+subterms it has (the next common case: a backend that builds its policy per
+request changes a threshold or two and repeats the rest). Subterms down to
+``admission.MEMO_DEPTH`` are remembered by their exact JSON text: admission
+takes their sort, height and node count, normalisation their normal form and
+encoding, evaluation their carrier. Each is a function of the subterm alone
+(and of this compiler's schema and customs), so the result is the one the
+whole walk makes, bit for bit.
 """
 
 from __future__ import annotations
@@ -25,8 +34,8 @@ from .admission import check
 from .encoding import digest, lane_fingerprint, short_id
 from .errors import AdmissionError, EvaluationError, PathPart
 from .fields import Schema, default_schema
-from .interpreter import Custom, Policy, default_algebra, evaluate
-from .normalform import constrained_normal_form, normalize_and_encode
+from .interpreter import Custom, Policy, default_algebra, evaluate_known
+from .normalform import UNSET, constrained_normal_form, normalize_and_encode_memo
 from .signature import VERSION
 
 try:  # the core needs no dependency; with orjson the cache key is ~15x cheaper to build
@@ -90,25 +99,50 @@ class _LRU:
             self.data.clear()
 
 
+class _Memo:
+    """A bounded memo without order: when full it starts again (cheaper per lookup than the LRU,
+    and a lookup needs no lock; what it holds is only ever a shortcut)."""
+
+    __slots__ = ("size", "data", "get")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: dict[Any, Any] = {}
+        self.get = self.data.get
+
+    def put(self, key: Any, value: Any) -> None:
+        data = self.data
+        if len(data) >= self.size:
+            data.clear()
+        data[key] = value
+
+    def clear(self) -> None:
+        self.data.clear()
+
+
 class Compiler:
     """Compiles terms against one schema and one custom-transform registry."""
 
     def __init__(self, schema: Schema | None = None, customs: Mapping[str, Custom] | None = None,
-                 cache_size: int = 2048) -> None:
+                 cache_size: int = 2048, subterm_cache_size: int = 1024) -> None:
         self.schema = schema or default_schema()
         self.customs = dict(customs or {})
         self._algebra = default_algebra(self.schema, self.customs)
         self._by_identity = _LRU(cache_size)
         self._by_text = _LRU(cache_size)
+        # the subterm memos: JSON text -> (sort, height, nodes); JSON text -> [normal form, body, carrier]
+        self._admitted = _Memo(subterm_cache_size)
+        self._normal = _Memo(subterm_cache_size)
 
     def compile(self, term: Any, *, want: str | None = None, path: tuple[PathPart, ...] = ()) -> Compiled:
         """Admit, normalise, identify and evaluate ``term``; raise AdmissionError on refusal."""
         text, hit = self._seen(term, want, path)
         if hit is not None:
             return hit
-        sort = self._admit(term, want, path)
-        nf, encoding = normalize_and_encode(term)
-        return self._identified(text, sort, nf, encoding, lambda: evaluate(nf, self._algebra), path)
+        texts: dict[int, tuple[Any, bytes]] = {}
+        sort = self._admit(term, want, path, texts)
+        nf, encoding, known = normalize_and_encode_memo(term, self._normal, texts)
+        return self._identified(text, sort, nf, encoding, lambda: evaluate_known(nf, self._algebra, known, UNSET), path)
 
     def compile_constrained(self, sent: Compiled, term: list, envelope: list, *,
                             path: tuple[PathPart, ...] = ()) -> Compiled:
@@ -121,16 +155,25 @@ class Compiler:
         text, hit = self._seen(eff_term, "Policy", path)
         if hit is not None:
             return hit
-        sort = self._admit(eff_term, "Policy", path)
+        sort = self._admit(eff_term, "Policy", path, {})
         env = self.compile(envelope, want="Pred")
-        parts = constrained_normal_form(sent.term, sent.encoding, env.term) if sent.sort == "Policy" else None
+        # the new filter's children are the normal forms of the envelope's and the sent filter's
+        # children (or of those terms themselves): their bodies and carriers, where the memo has them
+        known: dict[int, list] = {}
+        for src in (envelope, term[1]):
+            for t in (src, *src[1:]) if src[0] == "and" else (src,):
+                entry = self._normal.get(_text_key(t)) if type(t) is list else None
+                if entry is not None:
+                    known[id(entry[0])] = entry
+        parts = constrained_normal_form(sent.term, sent.encoding, env.term, known) if sent.sort == "Policy" else None
         if parts is None:  # pragma: no cover - a sent Policy's encoding always has the policy's shape
             return self.compile(eff_term, want="Policy", path=path)
         nf, encoding = parts
         base = sent.policy
 
         def carrier() -> Policy:
-            return Policy(evaluate(nf[1], self._algebra), base.scorer, base.selector, base.xform, base.failplan)
+            return Policy(evaluate_known(nf[1], self._algebra, known, UNSET), base.scorer, base.selector, base.xform,
+                          base.failplan)
         return self._identified(text, sort, nf, encoding, carrier, path)
 
     def _seen(self, term: Any, want: str | None, path: tuple[PathPart, ...]) -> tuple[Any, Compiled | None]:
@@ -148,8 +191,9 @@ class Compiler:
             raise AdmissionError("sort_mismatch", f"expected a {want} term, got a {hit.sort}", list(path))
         return text, hit
 
-    def _admit(self, term: Any, want: str | None, path: tuple[PathPart, ...]) -> str:
-        sort = check(term, self.schema, customs=self.customs.keys(), path=path)
+    def _admit(self, term: Any, want: str | None, path: tuple[PathPart, ...],
+               texts: dict[int, tuple[Any, bytes]]) -> str:
+        sort = check(term, self.schema, customs=self.customs.keys(), path=path, memo=self._admitted, texts=texts)
         if want is not None and sort != want:
             raise AdmissionError("sort_mismatch", f"expected a {want} term, got a {sort}", list(path))
         return sort
@@ -175,8 +219,8 @@ class Compiler:
         return self.compile(term, want="Policy", path=path)
 
     def clear(self) -> None:
-        self._by_identity.clear()
-        self._by_text.clear()
+        for cache in (self._by_identity, self._by_text, self._admitted, self._normal):
+            cache.clear()
 
 
 _default: Compiler | None = None

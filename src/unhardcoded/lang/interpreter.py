@@ -136,6 +136,32 @@ def evaluate(t: list, algebra: Mapping[str, Callable[[list], Any]]) -> Any:
     return algebra[op.name](args)
 
 
+def evaluate_known(t: list, algebra: Mapping[str, Callable[[list], Any]], known: Mapping[int, list],
+                   unset: Any) -> Any:
+    """``evaluate`` where some subterms may have been evaluated before: ``known`` maps the id of
+    a subterm to its memo entry ``[subterm, body, carrier or unset]`` (the entry holds the
+    subterm, so the id is that subterm's); a known subterm's carrier is taken from its entry, or
+    evaluated once and kept there. (A carrier is a function of its subterm and the algebra alone,
+    so the one kept is the one evaluation would make.)"""
+    entry = known.get(id(t))
+    if entry is not None:
+        carrier = entry[2]
+        if carrier is unset:
+            carrier = entry[2] = _evaluate_node(t, algebra, known, unset)
+        return carrier
+    return _evaluate_node(t, algebra, known, unset)
+
+
+def _evaluate_node(t: list, algebra: Mapping[str, Callable[[list], Any]], known: Mapping[int, list], unset: Any) -> Any:
+    op = OPS[t[0]]
+    if op.variadic is not None:
+        args = [evaluate_known(k, algebra, known, unset) for k in t[1:]]
+    else:
+        args = [evaluate_known(t[i], algebra, known, unset) if s in OPERATIONAL_SORTS else t[i]
+                for i, s in enumerate(op.ins, start=1)]
+    return algebra[op.name](args)
+
+
 # --------------------------------------------------------------------------
 # the reference algebra
 # --------------------------------------------------------------------------

@@ -141,15 +141,82 @@ class _OverNormal(_Normalizer):
         return super().norm(t)
 
 
-def constrained_normal_form(policy_nf: list, policy_encoding: str, envelope_nf: list) -> tuple[list, str] | None:
+class _Memoized(_Normalizer):
+    """A pass that reuses the normal forms of subterms seen before, found by their JSON text.
+
+    ``texts`` maps ``id(subterm) -> (subterm, text)`` for the subterms admission looked up (see
+    ``admission.check``; each entry holds its subterm, so the id is that subterm's); ``memo`` maps
+    a text to ``[normal form, body or None, evaluated or UNSET]``. Normalisation is a function of
+    the subterm alone, so a remembered normal form is the one a walk would build; it is shared,
+    never changed. ``touched`` collects every entry this pass used or made, by the id of its
+    normal form, for the evaluation that follows; ``made`` those without a body yet, which
+    :meth:`encode` fills in from its own pass."""
+
+    __slots__ = ("store", "texts", "touched", "made")
+
+    def __init__(self, memo: Any, texts: dict[int, tuple[Any, bytes]]) -> None:
+        super().__init__()
+        self.store = memo
+        self.texts = texts
+        self.touched: dict[int, list] = {}
+        self.made: list[list] = []
+
+    def norm(self, t: list) -> list:
+        seen = self.texts.get(id(t))
+        if seen is None:
+            return _Normalizer.norm(self, t)
+        entry = self.store.get(seen[1])
+        if entry is None:
+            nf = _Normalizer.norm(self, t)
+            entry = [nf, None, UNSET]
+            self.store.put(seen[1], entry)
+            self.made.append(entry)
+        else:
+            nf = entry[0]
+            if entry[1] is not None:
+                self.memo[id(nf)] = (nf, entry[1])
+            else:
+                self.made.append(entry)
+        self.touched[id(nf)] = entry
+        return nf
+
+    def encode(self, nf: list) -> str:
+        """The encoding of the pass's normal form; the new entries keep their bodies from it (one
+        whose normal form a rewrite above it dropped gets its body the next time it is used)."""
+        encoding = VERSION + ":" + self.body(nf)
+        memo = self.memo
+        for entry in self.made:
+            done = memo.get(id(entry[0]))
+            if done is not None:
+                entry[1] = done[1]
+        return encoding
+
+
+UNSET: Any = object()
+"""A memo entry's evaluated carrier before anything evaluated it."""
+
+
+def normalize_and_encode_memo(t: list, memo: Any, texts: dict[int, tuple[Any, bytes]]) -> tuple[list, str, dict[int, list]]:
+    """``normalize_and_encode`` with the subterm memo (see :class:`_Memoized`); also returns the
+    memo entries used, by the id of their normal form."""
+    n = _Memoized(memo, texts)
+    nf = n.norm(t)
+    return nf, n.encode(nf), n.touched
+
+
+def constrained_normal_form(policy_nf: list, policy_encoding: str, envelope_nf: list,
+                            known: dict[int, list] | None = None) -> tuple[list, str] | None:
     """The normal form and encoding of a policy's filter ∧-ed with an envelope (``constrain``),
     from the policy's normal form and encoding and the envelope's normal form: only the new
     filter is normalised and encoded; the scorer, selector, transform and FailPlan, normal
     already, keep their terms and their stretch of the encoding. Equal, bit for bit, to
     ``normalize_and_encode(constrain(p, envelope))`` for any p whose normal form is
-    ``policy_nf`` (a test holds it to that). None if the encoding is not the policy's."""
+    ``policy_nf`` (a test holds it to that). None if the encoding is not the policy's. ``known``
+    (memo entries ``[normal form, body, ...]`` by the id of their normal form) lends its bodies."""
     pred = policy_nf[1]
     n = _OverNormal([pred, envelope_nf])
+    if known:
+        n.memo.update((i, (e[0], e[1])) for i, e in known.items())
     head = VERSION + ":(policy " + n.body(pred) + " "
     if policy_nf[0] != "policy" or not policy_encoding.startswith(head) or not policy_encoding.endswith(")"):
         return None
@@ -170,4 +237,4 @@ def normalize_and_encode(t: list) -> tuple[list, str]:
     return nf, VERSION + ":" + n.body(nf)
 
 
-__all__ = ["constrained_normal_form", "normalize", "normalize_and_encode", "encode_body"]
+__all__ = ["constrained_normal_form", "normalize", "normalize_and_encode", "normalize_and_encode_memo", "encode_body"]

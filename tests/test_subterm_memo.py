@@ -1,0 +1,217 @@
+"""A compiler that remembers subterms compiles as a fresh one does, bit for bit, and refuses alike.
+
+``Compiler`` remembers admitted, normalised and evaluated subterms by their JSON text (down to
+``admission.MEMO_DEPTH``), so a policy built per request pays only for what it changed. Here a
+compiler warmed on other policies that share parts with the one compiled is held to a compiler
+that has seen nothing: the same normal form, encoding, fingerprint and identity, the same plan
+over a population, the same refusal with the same code, path and message.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unhardcoded.lang import AdmissionError
+from unhardcoded.lang.admission import MAX_DEPTH, MAX_NODES, MEMO_DEPTH
+from unhardcoded.lang.compiler import Compiler, constrain
+from unhardcoded.lang.encoding import lane_fingerprint
+
+from . import strategies as S
+from .test_interpreter_many import plan_view
+
+NC = {"action": "next_candidate"}
+
+
+def view(c):
+    return (c.sort, c.term, c.encoding, c.fingerprint, c.identity)
+
+
+def typed_plan(policy, pop, x):
+    """plan_view, with each score's type (a memo must not turn 1.0 into 1)."""
+    out = plan_view(policy, pop, x)
+    if out[0] == "error":
+        return out
+    return out, [type(r.score).__name__ for r in policy.plan(pop, x).ordered]
+
+
+def outcome(fn):
+    try:
+        c = fn()
+    except AdmissionError as exc:
+        return ("refused", exc.code, exc.path, str(exc))
+    return ("ok", view(c))
+
+
+def hybrids(a: list, b: list) -> list[list]:
+    """Policies made of the parts of two: each part in its own slot, and the filters nested one
+    level deeper under an ``and`` or a ``not`` (the same subterms at other depths)."""
+    return [
+        ["policy", a[1], b[2], a[3], b[4], a[5]],
+        ["policy", b[1], a[2], b[3], a[4], b[5]],
+        ["policy", ["and", a[1], b[1]], a[2], a[3], a[4], a[5]],
+        ["policy", ["not", ["or", b[1], a[1]]], b[2], b[3], b[4], b[5]],
+        ["policy", a[1], ["add", a[2], ["scale", 0.5, b[2]]], a[3], a[4], ["override", b[5], "timeout", NC]],
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(S.policy(), min_size=2, max_size=3), S.population(max_size=6), S.context(),
+       st.sampled_from([4, 64, 1024]))
+def test_a_warm_compiler_compiles_policies_sharing_parts_as_a_fresh_one(policies, pop, x, size) -> None:
+    warm = Compiler(S.SCHEMA, subterm_cache_size=size)  # 4: the memos start again every few subterms
+    terms = [t for a in policies for b in policies for t in hybrids(a, b)]
+    for t in terms:
+        got = warm.compile(copy.deepcopy(t))
+        fresh = Compiler(S.SCHEMA).compile(t)
+        assert view(got) == view(fresh)
+        assert typed_plan(got.policy, pop, x) == typed_plan(fresh.policy, pop, x)
+        assert got.policy.failplan == fresh.policy.failplan
+        request = {"temperature": 0.5, "max_tokens": 10}
+        for cand in pop[:2]:
+            assert got.policy.xform(dict(request), cand, x) == fresh.policy.xform(dict(request), cand, x)
+    assert len(warm._admitted.data) <= size and len(warm._normal.data) <= size
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(S.policy(), min_size=2, max_size=2), S.pred(), S.population(max_size=6), S.context())
+def test_a_constrained_policy_from_a_warm_compiler_is_the_general_compile(policies, envelope, pop, x) -> None:
+    warm = Compiler(S.SCHEMA)
+    for t in hybrids(*policies):
+        reused = warm.compile_constrained(warm.compile(copy.deepcopy(t)), t, envelope)
+        general = Compiler(S.SCHEMA).compile(constrain(t, envelope), want="Policy")
+        assert view(reused) == view(general)
+        assert typed_plan(reused.policy, pop, x) == typed_plan(general.policy, pop, x)
+
+
+BAD_VALUES = [float("nan"), math.inf, None, "x", True, [], {}, ["no_such_op"], ["cmp"], -1, 0.5,
+              ["field", "no_such_field"], ["is", "price_in"], "NFKC"]
+
+
+def positions(t, path=()):
+    """Every position inside a term: (path, value)."""
+    yield path, t
+    if isinstance(t, list):
+        for i, v in enumerate(t):
+            yield from positions(v, path + (i,))
+    elif isinstance(t, dict):
+        for k, v in t.items():
+            yield from positions(v, path + (k,))
+
+
+def replaced(t, path, value):
+    t = copy.deepcopy(t)
+    if not path:
+        return value
+    cur = t
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = value
+    return t
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(S.policy(), min_size=2, max_size=2), st.data())
+def test_a_warm_compiler_refuses_a_broken_policy_as_a_fresh_one(policies, data) -> None:
+    """Break one position of a policy whose parts the compiler has admitted before: the refusal
+    (code, path, message) is the one a compiler that has seen nothing gives."""
+    warm = Compiler(S.SCHEMA)
+    terms = hybrids(*policies)
+    for t in terms:
+        warm.compile(copy.deepcopy(t))
+    t = data.draw(st.sampled_from(terms))
+    path, _ = data.draw(st.sampled_from(list(positions(t))))
+    broken = replaced(t, path, data.draw(st.sampled_from(BAD_VALUES)))
+    want = outcome(lambda: Compiler(S.SCHEMA).compile(copy.deepcopy(broken), want="Policy", path=("policy_ir",)))
+    assert outcome(lambda: warm.compile(broken, want="Policy", path=("policy_ir",))) == want
+
+
+def nested_not(inner: list, n: int) -> list:
+    for _ in range(n):
+        inner = ["not", inner]
+    return inner
+
+
+def test_a_remembered_subterm_too_deep_for_where_it_is_now_is_refused_where_the_walk_refuses() -> None:
+    """A filter admitted at depth 2 fits; the same filter one level deeper under the root's
+    children breaks the depth bound: the memo must not let it through, and the error is the walk's."""
+    deep = nested_not(["cmp", "price_in", "le", 5], MAX_DEPTH - 2)  # height MAX_DEPTH - 1: fits at depth 2
+    ok = ["policy", deep, ["zero"], ["argmax"], ["id"], ["always", NC]]
+    too_deep = ["policy", ["and", deep, ["top"]], ["zero"], ["argmax"], ["id"], ["always", NC]]
+    warm = Compiler(S.SCHEMA)
+    warm.compile(ok)
+    want = outcome(lambda: Compiler(S.SCHEMA).compile(too_deep, path=("policy_ir",)))
+    assert want[0:2] == ("refused", "too_deep")
+    assert outcome(lambda: warm.compile(too_deep, path=("policy_ir",))) == want
+
+
+def test_a_remembered_subterm_past_the_node_bound_with_its_neighbours_is_refused_where_the_walk_refuses() -> None:
+    """A filter of ~3,000 nodes is admissible; two of it in one policy are past MAX_NODES."""
+    big = ["or", *[["cmp", "price_in", "le", i] for i in range(MAX_NODES * 3 // 4)]]
+    one = ["policy", big, ["zero"], ["argmax"], ["id"], ["always", NC]]
+    two = ["policy", ["and", big, copy.deepcopy(big)], ["zero"], ["argmax"], ["id"], ["always", NC]]
+    warm = Compiler(S.SCHEMA)
+    warm.compile(one)
+    want = outcome(lambda: Compiler(S.SCHEMA).compile(two, path=("policy_ir",)))
+    assert want[0:2] == ("refused", "too_large")
+    assert outcome(lambda: warm.compile(two, path=("policy_ir",))) == want
+
+
+def test_subterms_are_remembered_only_down_to_the_memo_depth_and_not_the_root() -> None:
+    t = ["policy", nested_not(["is", "has_tee"], 6), ["zero"], ["argmax"], ["id"], ["always", NC]]
+    c = Compiler(S.SCHEMA)
+    c.compile(t)
+    import orjson
+    keys = set(c._admitted.data)
+    assert orjson.dumps(t) not in keys                                  # the root: the text cache has it
+    assert orjson.dumps(t[1]) in keys and orjson.dumps(["zero"]) in keys  # depth 2
+    depth = {orjson.dumps(nested_not(["is", "has_tee"], 6 - k)): 2 + k for k in range(7)}
+    assert {d for k, d in depth.items() if k in keys} == set(range(2, MEMO_DEPTH + 1))
+
+
+def test_a_new_threshold_reuses_the_rest_of_the_policy() -> None:
+    """What the memo is for: the second policy differs in one threshold; its scorer, selector,
+    transform and FailPlan are the first one's evaluated carriers, and only the new parts are new."""
+    def policy(threshold: float) -> list:
+        return ["policy", ["and", ["cmp", "price_in", "le", threshold], ["is", "has_tee"]],
+                ["normalize", ["field", "context"]], ["top_k", 2, ["argmax"]], ["id"], ["always", NC]]
+    c = Compiler(S.SCHEMA)
+    a, b = c.compile(policy(5)), c.compile(policy(6))
+    assert a.identity != b.identity
+    assert a.policy.scorer is b.policy.scorer and a.policy.selector is b.policy.selector
+    assert a.policy.xform is b.policy.xform
+    assert a.term[2] is b.term[2]                                         # one shared normal form
+    assert view(b) == view(Compiler(S.SCHEMA).compile(policy(6)))
+
+
+@pytest.mark.parametrize("s", ["", "(", "((", "a(", "sigma-pol/v2:(and (x) (y))", "é(中(" * 300, "(" * 5000,
+                               "x" * 5000 + "(", "(" + "y" * 3000])
+def test_the_fingerprint_by_stretches_is_the_definition_seen_or_not(s: str) -> None:
+    from .test_normalform import lanes
+    assert lane_fingerprint(s) == lanes(s) == lane_fingerprint(s)  # the second time from remembered stretches
+
+
+def test_the_fingerprints_stretch_memo_is_bounded() -> None:
+    from unhardcoded.lang import encoding
+    for i in range(encoding._STRETCH_COUNT + 10):
+        lane_fingerprint(f"(cmp {i})")
+    assert len(encoding._STRETCHES) <= encoding._STRETCH_COUNT
+
+
+def test_a_subterm_remembered_inside_another_counts_towards_that_ones_height() -> None:
+    """D (height 61) is remembered at depth 2; then A = and(D, top) is walked with D found in the
+    memo: A's height must be D's plus one, or A, remembered in its turn, would later be let in
+    at depth 4, where it is too deep."""
+    d = nested_not(["is", "has_tee"], 60)
+    a = ["and", d, ["top"]]
+    c = Compiler(S.SCHEMA)
+    c.compile(["policy", d, ["zero"], ["argmax"], ["id"], ["always", NC]])
+    c.compile(["policy", a, ["zero"], ["argmax"], ["id"], ["always", NC]])
+    deep = ["policy", ["not", ["or", a, ["top"]]], ["zero"], ["argmax"], ["id"], ["always", NC]]
+    want = outcome(lambda: Compiler(S.SCHEMA).compile(deep))
+    assert want[0:2] == ("refused", "too_deep")
+    assert outcome(lambda: c.compile(deep)) == want
