@@ -1,10 +1,13 @@
-"""A compiler that remembers subterms compiles as a fresh one does, bit for bit, and refuses alike.
+"""What a policy built per request reuses from the ones before changes nothing it decides.
 
 ``Compiler`` remembers admitted, normalised and evaluated subterms by their JSON text (down to
 ``admission.MEMO_DEPTH``), so a policy built per request pays only for what it changed. Here a
 compiler warmed on other policies that share parts with the one compiled is held to a compiler
 that has seen nothing: the same normal form, encoding, fingerprint and identity, the same plan
 over a population, the same refusal with the same code, path and message.
+
+``Policy.plan(..., parts)`` reuses, over one population and context, the readings of carriers
+those policies share; plans made so are held to plans made without it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from unhardcoded.lang.compiler import Compiler, constrain
 from unhardcoded.lang.encoding import lane_fingerprint
 
 from . import strategies as S
-from .test_interpreter_many import plan_view
+from .test_interpreter_many import odd_context, odd_population, plan_view
 
 NC = {"action": "next_candidate"}
 
@@ -215,3 +218,68 @@ def test_a_subterm_remembered_inside_another_counts_towards_that_ones_height() -
     want = outcome(lambda: Compiler(S.SCHEMA).compile(deep))
     assert want[0:2] == ("refused", "too_deep")
     assert outcome(lambda: c.compile(deep)) == want
+
+
+# ---- plans sharing parts over one population and context -------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(S.policy(), min_size=2, max_size=3), S.pred(),
+       st.one_of(S.population(max_size=8), odd_population()), st.one_of(S.context(), odd_context()))
+def test_plans_sharing_parts_equal_plans_made_alone(policies, envelope, pop, x) -> None:
+    """Policies (and the same under an envelope, whose filter is a top-level ``and`` of shared
+    children) planned one after another with one ``parts`` memo decide as each does alone,
+    errors included."""
+    c = Compiler(S.SCHEMA)
+    parts: dict = {}
+    for t in [t for a in policies for b in policies for t in hybrids(a, b)]:
+        sent = c.compile(copy.deepcopy(t))
+        for compiled in (sent, c.compile_constrained(sent, t, envelope)):
+            alone = typed_plan(compiled.policy, pop, x)
+            assert outcome_of_plan(compiled.policy, pop, x, parts) == alone
+            assert outcome_of_plan(compiled.policy, pop, x, parts) == alone  # from the memo this time
+
+
+def outcome_of_plan(policy, pop, x, parts):
+    from unhardcoded.lang import EvaluationError
+    try:
+        plan = policy.plan(pop, x, parts)
+    except EvaluationError as exc:
+        return ("error", exc.code, str(exc))
+    return (([(id(r.candidate), r.score if r.score == r.score else "nan") for r in plan.ordered],
+             [(r.provider, r.model, r.reason, id(r.candidate)) for r in plan.rejected]),
+            [type(r.score).__name__ for r in plan.ordered])
+
+
+def test_a_child_that_fails_only_where_an_earlier_child_rejects_leaves_the_plan_to_the_walk() -> None:
+    """Read alone, the second child meets a price that is not a number on a candidate the first
+    child rejects; the walk never asks it there. The plan is the walk's, not an error."""
+    pop = [{"provider_id": "p1", "model_family": "a", "served_model_id": "a", "capabilities": {"context": 10},
+            "price_in": "not a number"},
+           {"provider_id": "p2", "model_family": "b", "served_model_id": "b", "capabilities": {"context": 9000},
+            "price_in": 1}]
+    term = ["policy", ["and", ["cmp", "context", "ge", 1000], ["cmp", "price_in", "le", 5]], ["zero"], ["argmax"],
+            ["id"], ["always", NC]]
+    policy = Compiler(S.SCHEMA).compile(term).policy
+    parts: dict = {}
+    alone = typed_plan(policy, pop, {})
+    assert alone[0][1] == [("p1", "a", "cmp:context:ge", id(pop[0]))]   # rejected, no error
+    assert outcome_of_plan(policy, pop, {}, parts) == alone
+
+
+def test_plans_sharing_parts_share_the_readings_of_shared_children() -> None:
+    """The second policy differs in one threshold: its other children's readings, its survivors'
+    order and the rejections come from the memo, and only the new child is read."""
+    def policy(threshold: float):
+        return Compiler.compile(c, ["policy", ["and", ["cmp", "price_in", "le", threshold], ["is", "has_tee"]],
+                                    ["field", "context"], ["argmax"], ["id"], ["always", NC]]).policy
+    c = Compiler(S.SCHEMA)
+    pop = [{"provider_id": f"p{i}", "model_family": "m", "served_model_id": "m", "price_in": i, "has_tee": i % 2 == 0,
+            "capabilities": {"context": 1000 * i}} for i in range(6)]
+    parts: dict = {}
+    a, b = policy(4), policy(4.5)          # the same routes pass both
+    pa, pb = a.plan(pop, {}, parts), b.plan(pop, {}, parts)
+    assert a.filter.kids[1] is b.filter.kids[1]                   # is has_tee: one carrier
+    assert [r.candidate for r in pa.ordered] == [r.candidate for r in pb.ordered] == [pop[4], pop[2], pop[0]]
+    assert pa.rejected[0] is pb.rejected[0]                         # the same rejections, made once
+    readings = [k for k in parts if isinstance(k, int)]
+    assert len(readings) == 3                                       # has_tee, price_in <= 4, price_in <= 4.5

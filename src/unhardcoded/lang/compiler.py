@@ -157,15 +157,23 @@ class Compiler:
             return hit
         sort = self._admit(eff_term, "Policy", path, {})
         env = self.compile(envelope, want="Pred")
-        # the new filter's children are the normal forms of the envelope's and the sent filter's
-        # children (or of those terms themselves): their bodies and carriers, where the memo has them
+        # the new filter's children are the envelope's and the sent filter's normal forms (or
+        # their children): each one's memo entry, found by its JSON text (a normal form is its
+        # own normal form) or made now, lends its body and keeps its carrier, so every policy
+        # under this envelope shares the same carriers for the same children
         known: dict[int, list] = {}
-        for src in (envelope, term[1]):
-            for t in (src, *src[1:]) if src[0] == "and" else (src,):
-                entry = self._normal.get(_text_key(t)) if type(t) is list else None
-                if entry is not None:
-                    known[id(entry[0])] = entry
-        parts = constrained_normal_form(sent.term, sent.encoding, env.term, known) if sent.sort == "Policy" else None
+        bodies: dict[int, tuple[list, str]] = {}
+        for src in (env.term, sent.term[1]):
+            for kid in src[1:] if src[0] == "and" else (src,):
+                key = _text_key(kid)
+                entry = self._normal.get(key)
+                if entry is None:
+                    entry = [kid, None, UNSET]
+                    self._normal.put(key, entry)
+                known[id(kid)] = entry
+                if entry[1] is not None:
+                    bodies[id(kid)] = (kid, entry[1])
+        parts = constrained_normal_form(sent.term, sent.encoding, env.term, bodies) if sent.sort == "Policy" else None
         if parts is None:  # pragma: no cover - a sent Policy's encoding always has the policy's shape
             return self.compile(eff_term, want="Policy", path=path)
         nf, encoding = parts

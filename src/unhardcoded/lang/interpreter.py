@@ -84,12 +84,21 @@ class Policy:
     xform: Xform
     failplan: dict[str, Any]
 
-    def plan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> Plan:
+    def plan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
+             parts: dict | None = None) -> Plan:
         """Filter (keeping every reason), score the survivors, order them.
 
         The filter runs over the whole list at once where it can (``Pred.many``, below); if that
         raises, the candidate-by-candidate walk runs instead and raises what the reference does.
+
+        ``parts``, if given, is a memo the caller keeps for one list of candidates and one
+        context (its inputs: the same objects, and a context that means the same): policies
+        planned over them reuse what they share (see :meth:`_plan_parts`).
         """
+        if parts is not None:
+            plan = self._plan_parts(candidates, ctx, parts)
+            if plan is not None:
+                return plan
         survivors: list[Mapping[str, Any]]
         rejected: list[Rejection]
         keep = self.filter
@@ -113,6 +122,50 @@ class Policy:
             else:
                 rejected.append(Rejection(cand.get("provider_id"), cand.get("model_family"), why, cand))
         return Plan(self.select(survivors, ctx), rejected)
+
+    def _plan_parts(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any], parts: dict) -> Plan | None:
+        """The plan from what other policies over the same candidates and context left in ``parts``.
+
+        A policy built per request shares most of its carriers with the one before (the compiler
+        remembers subterms), and a carrier's readings of the same candidates in the same context
+        are the same. So each child of a top-level ``and`` (or the filter itself) gives its
+        reasons over the whole list once; a candidate's reason is its first child's, in order,
+        that rejects it, as in the walk. The same reasons give the same survivors and rejections,
+        and the same scorer and selector over the same survivors the same order. If a child
+        raises (it may, on a candidate an earlier child rejects, where the walk never asks it),
+        None: the general path decides."""
+        out: list | None = None
+        for q in getattr(self.filter, "kids", None) or (self.filter,):
+            hit = parts.get(id(q))
+            if hit is not None and hit[0] is q:
+                whys = hit[1]
+            else:
+                try:
+                    whys = _many(q)(candidates, ctx)
+                except Exception:
+                    return None
+                if len(parts) >= _PARTS_MAX:
+                    parts.clear()  # many new policies: start again rather than grow
+                parts[id(q)] = (q, whys)  # the entry holds q: the id is q's while it is here
+            out = whys if out is None else [a if a is not None else b for a, b in zip(out, whys)]
+        reasons = tuple(out) if out is not None else ()
+        hit = parts.get(reasons)
+        if hit is None:
+            survivors = [c for c, why in zip(candidates, reasons) if why is None]
+            rejected = [Rejection(c.get("provider_id"), c.get("model_family"), why, c)
+                        for c, why in zip(candidates, reasons) if why is not None]
+            if len(parts) >= _PARTS_MAX:
+                parts.clear()
+            hit = parts[reasons] = (survivors, rejected)
+        survivors, rejected = hit
+        key = (id(self.scorer), id(self.selector), id(survivors))
+        chosen = parts.get(key)
+        if chosen is None or chosen[0] is not self.scorer or chosen[1] is not self.selector or chosen[2] is not survivors:
+            ordered = self.select(survivors, ctx)
+            if len(parts) >= _PARTS_MAX:
+                parts.clear()
+            chosen = parts[key] = (self.scorer, self.selector, survivors, ordered)
+        return Plan(list(chosen[3]), list(rejected))
 
     def select(self, survivors: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list[Ranked]:
         scores = self.scorer(survivors, ctx)
@@ -139,10 +192,10 @@ def evaluate(t: list, algebra: Mapping[str, Callable[[list], Any]]) -> Any:
 def evaluate_known(t: list, algebra: Mapping[str, Callable[[list], Any]], known: Mapping[int, list],
                    unset: Any) -> Any:
     """``evaluate`` where some subterms may have been evaluated before: ``known`` maps the id of
-    a subterm to its memo entry ``[subterm, body, carrier or unset]`` (the entry holds the
-    subterm, so the id is that subterm's); a known subterm's carrier is taken from its entry, or
-    evaluated once and kept there. (A carrier is a function of its subterm and the algebra alone,
-    so the one kept is the one evaluation would make.)"""
+    a subterm of ``t`` (alive while ``t`` is) to the memo entry ``[term, body, carrier or unset]``
+    of a term equal to it; a known subterm's carrier is taken from its entry, or evaluated once
+    and kept there. (A carrier is a function of its term and the algebra alone, so the one kept
+    is the one evaluation would make.)"""
     entry = known.get(id(t))
     if entry is not None:
         carrier = entry[2]
@@ -269,6 +322,7 @@ _REL_MANY: dict[str, Callable[[list, Any, str], list]] = {
     "gt": lambda vs, n, why: [None if v > n else why for v in vs],
 }
 _NUMBER_TYPES = frozenset((float, int))
+_PARTS_MAX = 512  # entries in one plan-parts memo before it starts again
 
 
 def _many(pred: Pred) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]:
@@ -315,6 +369,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                     return why
             return None
         qs = [_many(q) for q in ps]
+        p.kids = tuple(ps)  # type: ignore[attr-defined]  (Policy._plan_parts reads each child alone)
 
         def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
             # each child sees only the candidates every earlier child passed, as in the walk

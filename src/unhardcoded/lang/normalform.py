@@ -205,18 +205,18 @@ def normalize_and_encode_memo(t: list, memo: Any, texts: dict[int, tuple[Any, by
 
 
 def constrained_normal_form(policy_nf: list, policy_encoding: str, envelope_nf: list,
-                            known: dict[int, list] | None = None) -> tuple[list, str] | None:
+                            bodies: dict[int, tuple[list, str]] | None = None) -> tuple[list, str] | None:
     """The normal form and encoding of a policy's filter ∧-ed with an envelope (``constrain``),
     from the policy's normal form and encoding and the envelope's normal form: only the new
     filter is normalised and encoded; the scorer, selector, transform and FailPlan, normal
     already, keep their terms and their stretch of the encoding. Equal, bit for bit, to
     ``normalize_and_encode(constrain(p, envelope))`` for any p whose normal form is
-    ``policy_nf`` (a test holds it to that). None if the encoding is not the policy's. ``known``
-    (memo entries ``[normal form, body, ...]`` by the id of their normal form) lends its bodies."""
+    ``policy_nf`` (a test holds it to that). None if the encoding is not the policy's. ``bodies``
+    (``id(subterm) -> (subterm, its body)``) lends the bodies of subterms known already."""
     pred = policy_nf[1]
     n = _OverNormal([pred, envelope_nf])
-    if known:
-        n.memo.update((i, (e[0], e[1])) for i, e in known.items())
+    if bodies:
+        n.memo.update(bodies)
     head = VERSION + ":(policy " + n.body(pred) + " "
     if policy_nf[0] != "policy" or not policy_encoding.startswith(head) or not policy_encoding.endswith(")"):
         return None

@@ -100,12 +100,13 @@ def _profile(contract: Contract, catalog: Catalog) -> Any:
 
 
 def decide(policy: Policy, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
-           pin: tuple[str, str] | None = None) -> Plan:
-    """The ordered failover sequence and every rejection with its reason."""
+           pin: tuple[str, str] | None = None, parts: dict | None = None) -> Plan:
+    """The ordered failover sequence and every rejection with its reason. ``parts``: see
+    ``Policy.plan`` (a memo for this pool and context, shared by the policies planned over them)."""
     if pin is not None:
         provider, family = pin
         for cand in pool:
             if cand.get("provider_id") == provider and cand.get("model_family") == family:
                 return Plan(policy.select([cand], ctx), [])
         return Plan([], [Rejection(provider, family, "pin_not_found")])
-    return policy.plan(pool, ctx)
+    return policy.plan(pool, ctx, parts)

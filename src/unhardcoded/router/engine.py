@@ -281,6 +281,7 @@ class Router:
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
         self._plans_pool: Any = None
         self._decisions: dict[tuple, Plan] = {}  # plans of the current pool by what they decide
+        self._parts: dict[tuple, dict] = {}  # per inputs (plan key without the policy): what plans share
         self._choices: dict[Any, PolicyChoice] = {}
         self._routes: dict[tuple, _Route] = {}   # plain requests' (model, profile, policy text) -> route
         self._targets: dict[tuple[str, str, str], Target] = {}
@@ -396,6 +397,7 @@ class Router:
             # older pool can never be hit again, and each holds a whole pool alive
             self._plans.clear()
             self._decisions.clear()
+            self._parts.clear()
             self._plans_pool = pool
             for route in self._routes.values():  # nor can their last plans: let the old pool go
                 route.pool = route.state_key = route.plan = None
@@ -405,7 +407,15 @@ class Router:
             if hit is not None and hit[0] is pool:  # the entry holds its pool: ids are never reused under it
                 self._plans.move_to_end(key)
                 return hit[1]
-        plan = decide(choice.effective.policy, pool, ctx, pin)
+        parts = None
+        if key is not None and pin is None:
+            # what policies planned over this pool and context share (Policy.plan): per inputs
+            parts = self._parts.get(key[1:])
+            if parts is None:
+                if len(self._parts) >= 64:
+                    self._parts.clear()
+                parts = self._parts[key[1:]] = {}
+        plan = decide(choice.effective.policy, pool, ctx, pin, parts)
         if key is not None:
             plan = self._same_decision(plan, key[1:])
             self._plans[key] = (pool, plan)
