@@ -130,42 +130,48 @@ class Policy:
         remembers subterms), and a carrier's readings of the same candidates in the same context
         are the same. So each child of a top-level ``and`` (or the filter itself) gives its
         reasons over the whole list once; a candidate's reason is its first child's, in order,
-        that rejects it, as in the walk. The same reasons give the same survivors and rejections,
-        and the same scorer and selector over the same survivors the same order. If a child
+        that rejects it, as in the walk (combined from the last child back, and each run of
+        last children remembered, so a policy that changed one child combines only up to it).
+        The same reasons give the same survivors and rejections, and the same scorer and
+        selector over the same survivors the same plan: one Plan object, shared. If a child
         raises (it may, on a candidate an earlier child rejects, where the walk never asks it),
-        None: the general path decides."""
-        out: list | None = None
-        for q in getattr(self.filter, "kids", None) or (self.filter,):
-            hit = parts.get(id(q))
-            if hit is not None and hit[0] is q:
-                whys = hit[1]
-            else:
+        None: the general path decides.
+
+        Keys are the carriers themselves (hashed by identity, and held by the memo, so never
+        another's), runs of them as tuples, and the reasons as a tuple of strings and Nones."""
+        kids = getattr(self.filter, "kids", None) or (self.filter,)
+        n = len(kids)
+        start, acc = n, None
+        for i in range(1, n):  # the longest run of last children combined before
+            acc = parts.get(kids[i:])
+            if acc is not None:
+                start = i
+                break
+        for i in range(start - 1, -1, -1):
+            q = kids[i]
+            whys = parts.get(q)
+            if whys is None:
                 try:
                     whys = _many(q)(candidates, ctx)
                 except Exception:
                     return None
-                if len(parts) >= _PARTS_MAX:
-                    parts.clear()  # many new policies: start again rather than grow
-                parts[id(q)] = (q, whys)  # the entry holds q: the id is q's while it is here
-            out = whys if out is None else [a if a is not None else b for a, b in zip(out, whys)]
-        reasons = tuple(out) if out is not None else ()
+                _remember(parts, q, whys)
+            acc = whys if acc is None else [a if a is not None else b for a, b in zip(whys, acc)]
+            if 0 < i < n - 1:
+                _remember(parts, kids[i:], acc)
+        reasons = tuple(acc) if acc is not None else ()
         hit = parts.get(reasons)
         if hit is None:
             survivors = [c for c, why in zip(candidates, reasons) if why is None]
             rejected = [Rejection(c.get("provider_id"), c.get("model_family"), why, c)
                         for c, why in zip(candidates, reasons) if why is not None]
-            if len(parts) >= _PARTS_MAX:
-                parts.clear()
-            hit = parts[reasons] = (survivors, rejected)
+            hit = _remember(parts, reasons, (survivors, rejected))
         survivors, rejected = hit
-        key = (id(self.scorer), id(self.selector), id(survivors))
+        key = (self.scorer, self.selector, id(survivors))
         chosen = parts.get(key)
-        if chosen is None or chosen[0] is not self.scorer or chosen[1] is not self.selector or chosen[2] is not survivors:
-            ordered = self.select(survivors, ctx)
-            if len(parts) >= _PARTS_MAX:
-                parts.clear()
-            chosen = parts[key] = (self.scorer, self.selector, survivors, ordered)
-        return Plan(list(chosen[3]), list(rejected))
+        if chosen is None or chosen[0] is not survivors:
+            chosen = _remember(parts, key, (survivors, Plan(self.select(survivors, ctx), rejected)))
+        return chosen[1]
 
     def select(self, survivors: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list[Ranked]:
         scores = self.scorer(survivors, ctx)
@@ -323,6 +329,13 @@ _REL_MANY: dict[str, Callable[[list, Any, str], list]] = {
 }
 _NUMBER_TYPES = frozenset((float, int))
 _PARTS_MAX = 512  # entries in one plan-parts memo before it starts again
+
+
+def _remember(parts: dict, key: Any, value: Any) -> Any:
+    if len(parts) >= _PARTS_MAX:
+        parts.clear()  # many new policies over these inputs: start again rather than grow
+    parts[key] = value
+    return value
 
 
 def _many(pred: Pred) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]:

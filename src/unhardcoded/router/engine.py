@@ -281,6 +281,7 @@ class Router:
         self._plans: "OrderedDict[Any, tuple[Any, Plan]]" = OrderedDict()
         self._plans_pool: Any = None
         self._decisions: dict[tuple, Plan] = {}  # plans of the current pool by what they decide
+        self._decided: dict[int, tuple[Plan, Plan]] = {}  # id(plan) -> (plan, the plan it decides as)
         self._parts: dict[tuple, dict] = {}  # per inputs (plan key without the policy): what plans share
         self._choices: dict[Any, PolicyChoice] = {}
         self._routes: dict[tuple, _Route] = {}   # plain requests' (model, profile, policy text) -> route
@@ -397,6 +398,7 @@ class Router:
             # older pool can never be hit again, and each holds a whole pool alive
             self._plans.clear()
             self._decisions.clear()
+            self._decided.clear()
             self._parts.clear()
             self._plans_pool = pool
             for route in self._routes.values():  # nor can their last plans: let the old pool go
@@ -432,15 +434,21 @@ class Router:
         -0.0), and the same rejections with the same reasons. (Ids are safe in the key: the plan
         kept under it holds every candidate they name, and the memo is emptied when the pool
         changes.)"""
+        known = self._decided.get(id(plan))
+        if known is not None and known[0] is plan:  # this very plan (Policy.plan shares them): its key is known
+            return known[1]
         key = (inputs, tuple([id(r.candidate) for r in plan.ordered]), tuple([repr(r.score) for r in plan.ordered]),
                tuple([(id(x.candidate), x.reason) for x in plan.rejected]))
         hit = self._decisions.get(key)
-        if hit is not None:
-            return hit
-        if len(self._decisions) >= 256:
-            self._decisions.clear()
-        self._decisions[key] = plan
-        return plan
+        if hit is None:
+            if len(self._decisions) >= 256:
+                self._decisions.clear()
+                self._decided.clear()
+            hit = self._decisions[key] = plan
+        if len(self._decided) >= 1024:
+            self._decided.clear()
+        self._decided[id(plan)] = (plan, hit)  # holds the plan: the id is its own while here
+        return hit
 
     # ------------------------------------------------------------------ attempt
     def _target(self, cand: Mapping[str, Any]) -> Target:
