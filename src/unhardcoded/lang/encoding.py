@@ -92,7 +92,12 @@ def lane_fingerprint(s: str) -> str:
     or two differs), so most stretches cost a dict lookup and two multiplications."""
     data = s.encode("utf-8")
     pieces = data.split(b"(")
-    h1, h2 = _step(5381, 52711, _stretch(pieces[0], b""))
+    head = _HEADS.get(pieces[0])  # what precedes the first "(": the version prefix, for an encoding
+    if head is None:
+        head = _step(5381, 52711, _stretch(pieces[0], b""))
+        if len(pieces[0]) <= 64 and len(_HEADS) < 64:
+            _HEADS[pieces[0]] = head
+    h1, h2 = head
     memo = _STRETCHES
     for piece in pieces[1:]:
         hit = memo.get(piece)
@@ -114,6 +119,7 @@ _POWERS: dict[tuple[int, int], tuple[list[int], int]] = {}  # (base, p) -> (base
 # stretch (the bytes after a "(" up to the next) -> (lane-1 poly, lane-2 poly, 31**k mod p1, 37**k mod p2)
 # of "(" + stretch; bounded (the process's policies repeat their stretches; a flood of new ones is dropped)
 _STRETCHES: dict[bytes, tuple[int, int, int, int]] = {}
+_HEADS: dict[bytes, tuple[int, int]] = {}  # a few short heads -> the lanes after them, from the seeds
 _STRETCH_MAX = 512
 _STRETCH_COUNT = 4096
 

@@ -177,7 +177,7 @@ CORE_FIELD_NAMES = frozenset(f.name for f in CORE_FIELDS)
 class Schema:
     """Core vocabulary + host-declared fields + the tier order."""
 
-    __slots__ = ("decls", "tier_order", "tier_rank", "_key")
+    __slots__ = ("decls", "tier_order", "tier_rank", "_key", "_observers")
 
     def __init__(self, extensions: Iterable[FieldDecl] = (), tier_order: Iterable[str] = DEFAULT_TIER_ORDER) -> None:
         decls: dict[str, FieldDecl] = {f.name: f for f in CORE_FIELDS}
@@ -194,6 +194,7 @@ class Schema:
         self.tier_order = order
         self.tier_rank = {t: i + 1 for i, t in enumerate(order)}
         self._key = (tuple((d.name, d.sort, repr(d.default)) for d in decls.values()), order)
+        self._observers: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], Any]] = {}
 
     @property
     def key(self) -> tuple:
