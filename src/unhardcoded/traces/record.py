@@ -113,6 +113,8 @@ def pool_delta(pool: Sequence[Mapping[str, Any]], catalog_candidates: Sequence[M
 _DECISIONS = IdentityMemo(32)
 _POOLS = IdentityMemo(4)
 _POLICIES = IdentityMemo(64)
+_DECISION_TEXTS = IdentityMemo(32)  # plan -> (digest, stored text) of its decision section
+_POLICY_TEXTS = IdentityMemo(64)    # choice -> (digest, stored text) of its policy section
 
 
 def decision_section(plan: Any, pre_rejected: Sequence[Any]) -> dict[str, Any]:
@@ -197,14 +199,15 @@ class _Shared:
     def __init__(self, prep: Any, catalog: Any) -> None:
         c, choice, ctx = prep.contract, prep.choice, prep.ctx
         pre = prep.pre_rejected
-        policy = _POLICIES.get(choice, lambda ch: policy_section(ch, catalog))
-        decision = _DECISIONS.get(prep.plan, lambda plan: decision_section(plan, pre))
-        self.sections = ((policy["digest"], dump_record(policy).decode("utf-8")),
-                         (decision["digest"], dump_record(decision).decode("utf-8")))
+        # (digest, stored text) of each section: a plan's is written once for all the policies
+        # that share it (a policy built per request makes a new choice, not a new plan)
+        policy = _POLICY_TEXTS.get(choice, lambda ch: _stored_section(policy_section(ch, catalog)))
+        decision = _DECISION_TEXTS.get(prep.plan, lambda plan: _stored_section(decision_section(plan, pre)))
+        self.sections = (policy, decision)
         route = {"model": c.route, "profile": choice.profile, "policy_name": c.policy_name,
                  "flow_name": c.flow_name, "pin": list(c.pin) if c.pin else None, "requirements": c.requirements}
         # '..."inputs":{"now_ms":' + now + inputs_tail + tail, with the run's own fields on either side
-        self.head = orjson.dumps({"route": route, "policy": {"digest": policy["digest"], "stored_apart": True},
+        self.head = orjson.dumps({"route": route, "policy": {"digest": policy[0], "stored_apart": True},
                                   "catalog": {"digest": catalog.digest, "source": catalog.source}})[1:-1]
         request = ctx.get("request", {})
         rest = orjson.dumps({
@@ -212,9 +215,13 @@ class _Shared:
             "state": ctx.get("state", {}), "seed": ctx.get("seed"),
             "pool": _POOLS.get(prep.pool, lambda pool: pool_delta(pool, catalog.candidates(), pre))})
         self.inputs_tail = b"," + rest[1:]
-        self.tail = b',"decision":' + orjson.dumps({"digest": decision["digest"], "stored_apart": True})
+        self.tail = b',"decision":' + orjson.dumps({"digest": decision[0], "stored_apart": True})
         self.row_route = (c.route, choice.profile, c.policy_name, choice.effective.identity)
         self.row_catalog = catalog.digest
+
+
+def _stored_section(section: dict[str, Any]) -> tuple[str, str]:
+    return section["digest"], dump_record(section).decode("utf-8")
 
 
 _SHARED = IdentityMemo(32)   # plan -> {(choice, route naming, catalog) -> _Shared}
