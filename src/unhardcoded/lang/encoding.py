@@ -132,7 +132,12 @@ def _step(h1: int, h2: int, stretch: tuple[int, int, int, int]) -> tuple[int, in
 def _stretch(piece: bytes, lead: bytes) -> tuple[int, int, int, int]:
     """The lanes' polynomials of ``lead + piece`` from 0, and each lane's base to its length."""
     data = lead + piece
-    return (_lane(data, 0, 31, _P1), _lane(data, 0, 37, _P2), pow(31, len(data), _P1), pow(37, len(data), _P2))
+    k = len(data)
+    if k < _BLOCK:  # one block: the reversed stretch times each lane's table of powers
+        t1, t2 = _powers(31, _P1)[0], _powers(37, _P2)[0]
+        back = data[::-1]
+        return sum(map(mul, back, t1)) % _P1, sum(map(mul, back, t2)) % _P2, t1[k], t2[k]
+    return (_lane(data, 0, 31, _P1), _lane(data, 0, 37, _P2), pow(31, k, _P1), pow(37, k, _P2))
 
 
 def _powers(base: int, mod: int) -> tuple[list[int], int]:
