@@ -41,6 +41,7 @@ from unhardcoded.lang import (  # noqa: E402
     Compiler, check, compile_policy, digest, lane_fingerprint, normalize_and_encode,
 )
 from unhardcoded.lang.interpreter import default_algebra, evaluate  # noqa: E402
+from unhardcoded.lang.encoding import _HEADS, _STRETCHES  # noqa: E402  (cleared where "uncached" is measured)
 from unhardcoded.lang.signature import OPS  # noqa: E402
 from unhardcoded.router.engine import Router, TraceSink  # noqa: E402
 
@@ -92,13 +93,33 @@ def router_for(n: int) -> Router:
 
 
 def clear_caches(r: Router) -> None:
-    """Every cache on the decision path: the compiler's two LRUs, and the router's plan memo,
-    remembered routes (``Router._route_of``) and plans by decision where it has them."""
+    """Every cache on the decision path: the compiler's LRUs and subterm memos, the fingerprint's
+    remembered stretches, and the router's plan memo, remembered routes (``Router._route_of``),
+    plans by decision and plan parts, where it has them."""
     r.compiler.clear()
-    for memo in ("_plans", "_routes", "_decisions"):
+    _STRETCHES.clear()
+    _HEADS.clear()
+    for memo in ("_plans", "_routes", "_decisions", "_decided", "_parts"):
         held = getattr(r, memo, None)
         if held is not None:
             held.clear()
+
+
+def with_threshold(term: Any, n: int) -> Any:
+    """``term`` with its first numeric ``cmp`` bound moved by n * 1e-9: a policy the router has
+    not seen, as a backend that builds one per request sends (the lists on the way to that
+    ``cmp`` are copied, the rest shared; None if the term has no such ``cmp``)."""
+    if not isinstance(term, list):
+        return None
+    if len(term) == 4 and term[0] == "cmp" and type(term[3]) in (int, float):
+        return ["cmp", term[1], term[2], term[3] + n * 1e-9]
+    for i, sub in enumerate(term):
+        moved = with_threshold(sub, n)
+        if moved is not None:
+            out = list(term)
+            out[i] = moved
+            return out
+    return None
 
 
 def decision_costs(r: Router, body: dict, budget: float) -> tuple[dict, dict, dict]:
@@ -113,13 +134,29 @@ def decision_costs(r: Router, body: dict, budget: float) -> tuple[dict, dict, di
             bench(uncached, budget))
 
 
+def new_policy_cost(r: Router, body: dict, budget: float) -> dict | None:
+    """Router.prepare when every call brings a policy the router has not seen that differs from
+    the one before in a threshold (``with_threshold``), caches warm: what a backend that builds
+    its policy per request pays. None if the policy has no numeric ``cmp``."""
+    if with_threshold(body["policy_ir"], 1) is None:
+        return None
+    tick = [0]
+
+    def new_policy() -> None:
+        tick[0] += 1
+        r.prepare({**body, "policy_ir": with_threshold(body["policy_ir"], tick[0])})
+    return bench(new_policy, budget)
+
+
 def stages(term: list, schema: Any, budget: float) -> dict[str, Any]:
     algebra = default_algebra(schema, {})
     nf, enc = normalize_and_encode(term)
     out = {
         "admission_check": bench(lambda: check(term, schema), budget),
         "normalize_and_encode": bench(lambda: normalize_and_encode(term), budget),
-        "fingerprint": bench(lambda: (digest(enc), lane_fingerprint(enc)), budget),
+        # the fingerprint as defined, nothing remembered; and with the stretches of an encoding seen before
+        "fingerprint": bench(lambda: (_STRETCHES.clear(), _HEADS.clear(), digest(enc), lane_fingerprint(enc)), budget),
+        "fingerprint_seen_stretches": bench(lambda: (digest(enc), lane_fingerprint(enc)), budget),
         "evaluate": bench(lambda: evaluate(nf, algebra), budget),
     }
     fresh = Compiler(schema)
@@ -131,6 +168,13 @@ def stages(term: list, schema: Any, budget: float) -> dict[str, Any]:
     warm = Compiler(schema)
     warm.compile(term, want="Policy")
     out["compile_cached"] = bench(lambda: warm.compile(term, want="Policy"), budget)
+    if with_threshold(term, 1) is not None:
+        tick = [0]
+
+        def new_threshold() -> None:
+            tick[0] += 1
+            warm.compile(with_threshold(term, tick[0]), want="Policy")
+        out["compile_new_threshold"] = bench(new_threshold, budget)
     return out
 
 
@@ -166,6 +210,7 @@ def main() -> int:
         prep = r.prepare(body)
         row["survivors"] = len(prep.pool) - len(prep.plan.rejected)
         row["plan"], row["prepare_cached"], row["prepare_uncached"] = decision_costs(r, body, budget)
+        row["prepare_new_policy"] = new_policy_cost(r, body, budget)
         fams = [(c["provider_id"], c["model_family"]) for c in r.catalog.candidates()[:50]]
         tick = [0]
 
@@ -180,7 +225,8 @@ def main() -> int:
         row["prepare_cached_profile_default"] = bench(lambda: r.prepare(prof), budget)
         res["by_catalog"][str(n)] = row
         print(f"N={n:>6}: plan {row['plan']['median_us']:>9.1f} us  prepare cached {row['prepare_cached']['median_us']:>9.1f} us"
-              f"  live {row['prepare_live']['median_us']:>9.1f} us  uncached {row['prepare_uncached']['median_us']:>9.1f} us  profile {row['prepare_cached_profile_default']['median_us']:>9.1f} us",
+              f"  live {row['prepare_live']['median_us']:>9.1f} us  uncached {row['prepare_uncached']['median_us']:>9.1f} us"
+              f"  new policy {row['prepare_new_policy']['median_us']:>9.1f} us  profile {row['prepare_cached_profile_default']['median_us']:>9.1f} us",
               file=sys.stderr)
         del r
         gc.collect()
@@ -192,6 +238,7 @@ def main() -> int:
         b = {"model": "", "messages": workload.MESSAGES, "policy_ir": t}
         st = stages(t, schema, budget)
         st["plan_200"], st["prepare_cached_200"], st["prepare_uncached_200"] = decision_costs(r, b, budget)
+        st["prepare_new_policy_200"] = new_policy_cost(r, b, budget)
         st["nodes"] = nodes(t)
         st["json_bytes"] = len(json.dumps(t, separators=(",", ":")))
         res["by_policy_size"][str(target)] = st
