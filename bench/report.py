@@ -247,11 +247,15 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
     if micro:
         L.append("**Decision-path micro-benchmarks** (µs per call, median of 5 timed loops, one core, GC on)")
         L.append("")
-        L.append("| candidates | survivors | `Policy.plan` | `Router.prepare` cached | prepare, live runtime | `Router.prepare` uncached | prepare `profile:default` |")
-        L.append("|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| candidates | survivors | `Policy.plan` | `Router.prepare` cached | prepare, live runtime | prepare, a new threshold | `Router.prepare` uncached | prepare `profile:default` |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+        def us(row: dict, key: str) -> str:  # absent in runs before the measure existed
+            return f"{(row.get(key) or {}).get('median_us', float('nan')):,.1f}"
         for n, row in micro["by_catalog"].items():
-            L.append(f"| {int(n):,} | {row['survivors']:,} | {row['plan']['median_us']:,.1f} | {row['prepare_cached']['median_us']:,.1f} | "
-                     f"{row.get('prepare_live', {}).get('median_us', float('nan')):,.1f} | {row['prepare_uncached']['median_us']:,.1f} | {row['prepare_cached_profile_default']['median_us']:,.1f} |")
+            L.append(f"| {int(n):,} | {row['survivors']:,} | {us(row, 'plan')} | {us(row, 'prepare_cached')} | "
+                     f"{us(row, 'prepare_live')} | {us(row, 'prepare_new_policy')} | {us(row, 'prepare_uncached')} | "
+                     f"{us(row, 'prepare_cached_profile_default')} |")
         L.append("")
         st = micro["by_catalog"].get("200", {}).get("stages")
         if st:
@@ -264,13 +268,13 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
             L.append("")
         L.append("Growth with policy size (200 candidates):")
         L.append("")
-        L.append("| nodes | JSON bytes | check | normalize+encode | fingerprint | evaluate | compile uncached | compile cached | plan | prepare cached | prepare uncached |")
-        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| nodes | JSON bytes | check | normalize+encode | fingerprint | evaluate | compile uncached | compile, a new threshold | compile cached | plan | prepare cached | prepare, a new threshold | prepare uncached |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for _, s in micro["by_policy_size"].items():
             L.append(f"| {s['nodes']} | {s['json_bytes']:,} | " + " | ".join(
-                f"{s[k]['median_us']:,.1f}" for k in ("admission_check", "normalize_and_encode", "fingerprint", "evaluate",
-                                                      "compile_uncached", "compile_cached", "plan_200",
-                                                      "prepare_cached_200", "prepare_uncached_200")) + " |")
+                us(s, k) for k in ("admission_check", "normalize_and_encode", "fingerprint", "evaluate",
+                                   "compile_uncached", "compile_new_threshold", "compile_cached", "plan_200",
+                                   "prepare_cached_200", "prepare_new_policy_200", "prepare_uncached_200")) + " |")
         L.append("")
     return "\n".join(L)
 
