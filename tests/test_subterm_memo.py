@@ -263,20 +263,36 @@ def test_a_child_that_fails_only_where_an_earlier_child_rejects_leaves_the_plan_
 
 
 def test_plans_sharing_parts_share_the_readings_of_shared_children() -> None:
-    """The second policy differs in one threshold: its other children's readings, its survivors'
-    order and the rejections come from the memo, and only the new child is read."""
+    """Each policy differs from the one before in one threshold. The first is planned by the
+    walk (its children are new: they are only marked seen); from the second on, the children
+    seen before are read over the whole list once, and policies that decide alike share one
+    plan; only the new child is read each time."""
     def policy(threshold: float):
-        return Compiler.compile(c, ["policy", ["and", ["cmp", "price_in", "le", threshold], ["is", "has_tee"]],
-                                    ["field", "context"], ["argmax"], ["id"], ["always", NC]]).policy
+        return c.compile(["policy", ["and", ["cmp", "price_in", "le", threshold], ["is", "has_tee"]],
+                          ["field", "context"], ["argmax"], ["id"], ["always", NC]]).policy
     c = Compiler(S.SCHEMA)
     pop = [{"provider_id": f"p{i}", "model_family": "m", "served_model_id": "m", "price_in": i, "has_tee": i % 2 == 0,
             "capabilities": {"context": 1000 * i}} for i in range(6)]
     parts: dict = {}
-    a, b = policy(4), policy(4.5)          # the same routes pass both
-    pa, pb = a.plan(pop, {}, parts), b.plan(pop, {}, parts)
-    assert a.filter.kids[1] is b.filter.kids[1]                   # is has_tee: one carrier
+    a, b, d = policy(4), policy(4.5), policy(4.25)          # the same routes pass all three
+    assert a.filter.kids[1] is b.filter.kids[1] is d.filter.kids[1]   # is has_tee: one carrier
+    pa, pb, pd = a.plan(pop, {}, parts), b.plan(pop, {}, parts), d.plan(pop, {}, parts)
     assert [r.candidate for r in pa.ordered] == [r.candidate for r in pb.ordered] == [pop[4], pop[2], pop[0]]
-    assert pa.rejected[0] is pb.rejected[0]                         # the same rejections, made once
-    readings = [k for k in parts if callable(k)]
-    assert len(readings) == 3                                       # has_tee, price_in <= 4, price_in <= 4.5
-    assert pa is pb                                                 # they decide alike: one plan
+    assert pb is pd and pa is not pb                                  # the walk's plan, then one shared plan
+    read = {k for k, v in parts.items() if callable(k) and isinstance(v, list)}
+    assert read == {b.filter.kids[0], b.filter.kids[1], d.filter.kids[0]}   # a's new child was only marked
+
+
+def test_a_policy_with_several_new_children_is_planned_by_the_walk() -> None:
+    """Two children not seen over these inputs before: reading both over the whole list costs
+    more than the walk's narrowing, so the walk plans it and nothing is read ahead."""
+    c = Compiler(S.SCHEMA)
+    term = ["policy", ["and", ["cmp", "price_in", "le", 3], ["is", "has_tee"]], ["zero"], ["argmax"], ["id"],
+            ["always", NC]]
+    policy = c.compile(term).policy
+    pop = [{"provider_id": f"p{i}", "model_family": "m", "served_model_id": "m", "price_in": i, "has_tee": True}
+           for i in range(5)]
+    parts: dict = {}
+    plan = policy.plan(pop, {}, parts)
+    assert [r.candidate for r in plan.ordered] == pop[:4]
+    assert not [v for v in parts.values() if isinstance(v, list)]

@@ -135,12 +135,22 @@ class Policy:
         The same reasons give the same survivors and rejections, and the same scorer and
         selector over the same survivors the same plan: one Plan object, shared. If a child
         raises (it may, on a candidate an earlier child rejects, where the walk never asks it),
-        None: the general path decides.
+        None: the general path decides (as it does for a policy with more than one child not seen
+        over these inputs before).
 
         Keys are the carriers themselves (hashed by identity, and held by the memo, so never
         another's), runs of them as tuples, and the reasons as a tuple of strings and Nones."""
         kids = getattr(self.filter, "kids", None) or (self.filter,)
         n = len(kids)
+        if n > 1:
+            # Reading every child over the whole list costs more than the walk's narrowing when
+            # the children are new: only a policy that repeats all its children but one (a
+            # threshold moved) reads them so; the first sight of others only marks them seen.
+            unseen = [q for q in kids if q not in parts]
+            if len(unseen) > 1:
+                for q in unseen:
+                    _remember(parts, q, _SEEN)
+                return None
         start, acc = n, None
         for i in range(1, n):  # the longest run of last children combined before
             acc = parts.get(kids[i:])
@@ -150,7 +160,7 @@ class Policy:
         for i in range(start - 1, -1, -1):
             q = kids[i]
             whys = parts.get(q)
-            if whys is None:
+            if whys is None or whys is _SEEN:
                 try:
                     whys = _many(q)(candidates, ctx)
                 except Exception:
@@ -329,6 +339,7 @@ _REL_MANY: dict[str, Callable[[list, Any, str], list]] = {
 }
 _NUMBER_TYPES = frozenset((float, int))
 _PARTS_MAX = 512  # entries in one plan-parts memo before it starts again
+_SEEN: Any = object()  # a child seen in a plan over these inputs, not yet read over the whole list
 
 
 def _remember(parts: dict, key: Any, value: Any) -> Any:
