@@ -296,3 +296,12 @@ def test_a_policy_with_several_new_children_is_planned_by_the_walk() -> None:
     plan = policy.plan(pop, {}, parts)
     assert [r.candidate for r in plan.ordered] == pop[:4]
     assert not [v for v in parts.values() if isinstance(v, list)]
+
+
+def test_one_observer_per_field_of_a_schema_and_its_own_default() -> None:
+    from unhardcoded.lang.fields import FieldDecl, Schema
+    a = Schema([FieldDecl("bench", "Num", 0.5)])
+    b = Schema([FieldDecl("bench", "Num", 0.25)])
+    assert a.observer("bench") is a.observer("bench")
+    assert a.observer("bench")({}, {}) == 0.5 and b.observer("bench")({}, {}) == 0.25  # not shared across schemas
+    assert a.observer("bench").many([{"bench": 2}, {}], {}) == [2, 0.5]

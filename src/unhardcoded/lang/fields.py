@@ -211,7 +211,17 @@ class Schema:
         observer says so: the interpreter reads that key inline and calls the observer only
         when it is absent (a hot-path shortcut with the same result). ``observe.many(cands,
         ctx)`` reads a list of candidates at once, with the same result as one call each.
+        One observer per field, made the first time it is asked for (it depends on the
+        declaration alone).
         """
+        hit = self._observers.get(name)
+        if hit is not None:
+            return hit
+        observe = self._observer(name)
+        self._observers[name] = observe
+        return observe
+
+    def _observer(self, name: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
         d = self.decls[name]
         get, default = d.getter, d.default
 
