@@ -23,6 +23,7 @@ from unhardcoded.lang import AdmissionError
 from unhardcoded.lang.admission import MAX_DEPTH, MAX_NODES, MEMO_DEPTH
 from unhardcoded.lang.compiler import Compiler, constrain
 from unhardcoded.lang.encoding import lane_fingerprint
+from unhardcoded.lang.interpreter import PlanParts
 
 from . import strategies as S
 from .test_interpreter_many import odd_context, odd_population
@@ -222,7 +223,7 @@ def test_plans_sharing_parts_equal_plans_made_alone(policies, envelope, pop, x) 
     children) planned one after another with one ``parts`` memo decide as each does alone,
     errors included."""
     c = Compiler(S.SCHEMA)
-    parts: dict = {}
+    parts = PlanParts()
     for t in [t for a in policies for b in policies for t in hybrids(a, b)]:
         sent = c.compile(copy.deepcopy(t))
         for compiled in (sent, c.compile_constrained(sent, t, envelope)):
@@ -256,7 +257,7 @@ def test_a_child_that_fails_only_where_an_earlier_child_rejects_leaves_the_plan_
     term = ["policy", ["and", ["cmp", "context", "ge", 1000], ["cmp", "price_in", "le", 5]], ["zero"], ["argmax"],
             ["id"], ["always", NC]]
     policy = Compiler(S.SCHEMA).compile(term).policy
-    parts: dict = {}
+    parts = PlanParts()
     alone = outcome_of_plan(policy, pop, {}, None)
     assert alone[0][1] == [("p1", "a", "cmp:context:ge", id(pop[0]))]   # rejected, no error
     assert outcome_of_plan(policy, pop, {}, parts) == alone
@@ -273,13 +274,13 @@ def test_plans_sharing_parts_share_the_readings_of_shared_children() -> None:
     c = Compiler(S.SCHEMA)
     pop = [{"provider_id": f"p{i}", "model_family": "m", "served_model_id": "m", "price_in": i, "has_tee": i % 2 == 0,
             "capabilities": {"context": 1000 * i}} for i in range(6)]
-    parts: dict = {}
+    parts = PlanParts()
     a, b, d = policy(4), policy(4.5), policy(4.25)          # the same routes pass all three
     assert a.filter.kids[1] is b.filter.kids[1] is d.filter.kids[1]   # is has_tee: one carrier
     pa, pb, pd = a.plan(pop, {}, parts), b.plan(pop, {}, parts), d.plan(pop, {}, parts)
     assert [r.candidate for r in pa.ordered] == [r.candidate for r in pb.ordered] == [pop[4], pop[2], pop[0]]
     assert pb is pd and pa is not pb                                  # the walk's plan, then one shared plan
-    read = {k for k, v in parts.items() if callable(k) and isinstance(v, list)}
+    read = {k for k, v in parts.data.items() if callable(k) and isinstance(v, list)}
     assert read == {b.filter.kids[0], b.filter.kids[1], d.filter.kids[0]}   # a's new child was only marked
 
 
@@ -292,10 +293,10 @@ def test_a_policy_with_several_new_children_is_planned_by_the_walk() -> None:
     policy = c.compile(term).policy
     pop = [{"provider_id": f"p{i}", "model_family": "m", "served_model_id": "m", "price_in": i, "has_tee": True}
            for i in range(5)]
-    parts: dict = {}
+    parts = PlanParts()
     plan = policy.plan(pop, {}, parts)
     assert [r.candidate for r in plan.ordered] == pop[:4]
-    assert not [v for v in parts.values() if isinstance(v, list)]
+    assert not [v for v in parts.data.values() if isinstance(v, list)]
 
 
 def test_one_observer_per_field_of_a_schema_and_its_own_default() -> None:
@@ -305,3 +306,17 @@ def test_one_observer_per_field_of_a_schema_and_its_own_default() -> None:
     assert a.observer("bench") is a.observer("bench")
     assert a.observer("bench")({}, {}) == 0.5 and b.observer("bench")({}, {}) == 0.25  # not shared across schemas
     assert a.observer("bench").many([{"bench": 2}, {}], {}) == [2, 0.5]
+
+
+def test_plan_parts_are_bounded_by_what_they_hold() -> None:
+    """A reading is as long as the candidate list: the memo starts again before it would hold
+    more list slots than its budget, however few its entries."""
+    parts = PlanParts()
+    big = [None] * (PlanParts.WEIGHT // 3 + 1)
+    for i in range(4):
+        parts.put(("reading", i), big, len(big))
+        assert parts.weight <= PlanParts.WEIGHT
+    assert len(parts.data) < 4
+    for i in range(PlanParts.ENTRIES + 5):
+        parts.put(i, None, 1)
+    assert len(parts.data) <= PlanParts.ENTRIES

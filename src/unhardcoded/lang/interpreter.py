@@ -85,7 +85,7 @@ class Policy:
     failplan: dict[str, Any]
 
     def plan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
-             parts: dict | None = None) -> Plan:
+             parts: "PlanParts | None" = None) -> Plan:
         """Filter (keeping every reason), score the survivors, order them.
 
         The filter runs over the whole list at once where it can (``Pred.many``, below); if that
@@ -123,7 +123,7 @@ class Policy:
                 rejected.append(Rejection(cand.get("provider_id"), cand.get("model_family"), why, cand))
         return Plan(self.select(survivors, ctx), rejected)
 
-    def _plan_parts(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any], parts: dict) -> Plan | None:
+    def _plan_parts(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any], parts: "PlanParts") -> Plan | None:
         """The plan from what other policies over the same candidates and context left in ``parts``.
 
         A policy built per request shares most of its carriers with the one before (the compiler
@@ -146,10 +146,10 @@ class Policy:
             # Reading every child over the whole list costs more than the walk's narrowing when
             # the children are new: only a policy that repeats all its children but one (a
             # threshold moved) reads them so; the first sight of others only marks them seen.
-            unseen = [q for q in kids if q not in parts]
+            unseen = [q for q in kids if q not in parts.data]
             if len(unseen) > 1:
                 for q in unseen:
-                    _remember(parts, q, _SEEN)
+                    parts.put(q, _SEEN, 1)
                 return None
         start, acc = n, None
         for i in range(1, n):  # the longest run of last children combined before
@@ -165,22 +165,22 @@ class Policy:
                     whys = _many(q)(candidates, ctx)
                 except Exception:
                     return None
-                _remember(parts, q, whys)
+                parts.put(q, whys, len(whys))
             acc = whys if acc is None else [a if a is not None else b for a, b in zip(whys, acc)]
             if 0 < i < n - 1:
-                _remember(parts, kids[i:], acc)
+                parts.put(kids[i:], acc, len(acc))
         reasons = tuple(acc) if acc is not None else ()
         hit = parts.get(reasons)
         if hit is None:
             survivors = [c for c, why in zip(candidates, reasons) if why is None]
             rejected = [Rejection(c.get("provider_id"), c.get("model_family"), why, c)
                         for c, why in zip(candidates, reasons) if why is not None]
-            hit = _remember(parts, reasons, (survivors, rejected))
+            hit = parts.put(reasons, (survivors, rejected), 2 * len(reasons))
         survivors, rejected = hit
         key = (self.scorer, self.selector, id(survivors))
         chosen = parts.get(key)
         if chosen is None or chosen[0] is not survivors:
-            chosen = _remember(parts, key, (survivors, Plan(self.select(survivors, ctx), rejected)))
+            chosen = parts.put(key, (survivors, Plan(self.select(survivors, ctx), rejected)), len(survivors))
         return chosen[1]
 
     def select(self, survivors: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list[Ranked]:
@@ -338,15 +338,32 @@ _REL_MANY: dict[str, Callable[[list, Any, str], list]] = {
     "gt": lambda vs, n, why: [None if v > n else why for v in vs],
 }
 _NUMBER_TYPES = frozenset((float, int))
-_PARTS_MAX = 512  # entries in one plan-parts memo before it starts again
 _SEEN: Any = object()  # a child seen in a plan over these inputs, not yet read over the whole list
 
 
-def _remember(parts: dict, key: Any, value: Any) -> Any:
-    if len(parts) >= _PARTS_MAX:
-        parts.clear()  # many new policies over these inputs: start again rather than grow
-    parts[key] = value
-    return value
+class PlanParts:
+    """What plans over one list of candidates and one context share (``Policy.plan``).
+
+    Bounded by what it holds, not only by its entries: each reading is as long as the list, so
+    a budget of list slots (``WEIGHT``, ~1 MB of references) and of entries; when either would
+    be passed it starts again rather than grow."""
+
+    __slots__ = ("data", "weight", "get")
+    WEIGHT = 1 << 17
+    ENTRIES = 512
+
+    def __init__(self) -> None:
+        self.data: dict[Any, Any] = {}
+        self.weight = 0
+        self.get = self.data.get
+
+    def put(self, key: Any, value: Any, weight: int) -> Any:
+        if self.weight + weight > self.WEIGHT or len(self.data) >= self.ENTRIES:
+            self.data.clear()
+            self.weight = 0
+        self.data[key] = value
+        self.weight += weight
+        return value
 
 
 def _many(pred: Pred) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]:

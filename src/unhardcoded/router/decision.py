@@ -100,7 +100,7 @@ def _profile(contract: Contract, catalog: Catalog) -> Any:
 
 
 def decide(policy: Policy, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
-           pin: tuple[str, str] | None = None, parts: dict | None = None) -> Plan:
+           pin: tuple[str, str] | None = None, parts: Any = None) -> Plan:
     """The ordered failover sequence and every rejection with its reason. ``parts``: see
     ``Policy.plan`` (a memo for this pool and context, shared by the policies planned over them)."""
     if pin is not None:

@@ -38,7 +38,7 @@ from ..catalog.model import Catalog
 from ..config import Settings
 from ..costs import Cost, CostCalculator, Usage
 from ..lang.compiler import Compiler
-from ..lang.interpreter import Plan, Ranked, Rejection
+from ..lang.interpreter import Plan, PlanParts, Ranked, Rejection
 from ..memo import IdentityMemo
 from ..providers import WIRES
 from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
@@ -282,7 +282,7 @@ class Router:
         self._plans_pool: Any = None
         self._decisions: dict[tuple, Plan] = {}  # plans of the current pool by what they decide
         self._decided: dict[int, tuple[Plan, Plan]] = {}  # id(plan) -> (plan, the plan it decides as)
-        self._parts: dict[tuple, dict] = {}  # per inputs (plan key without the policy): what plans share
+        self._parts: dict[tuple, PlanParts] = {}  # per inputs (plan key without the policy): what plans share
         self._choices: dict[Any, PolicyChoice] = {}
         self._routes: dict[tuple, _Route] = {}   # plain requests' (model, profile, policy text) -> route
         self._targets: dict[tuple[str, str, str], Target] = {}
@@ -414,9 +414,9 @@ class Router:
             # what policies planned over this pool and context share (Policy.plan): per inputs
             parts = self._parts.get(key[1:])
             if parts is None:
-                if len(self._parts) >= 64:
+                if len(self._parts) >= 16:
                     self._parts.clear()
-                parts = self._parts[key[1:]] = {}
+                parts = self._parts[key[1:]] = PlanParts()
         plan = decide(choice.effective.policy, pool, ctx, pin, parts)
         if key is not None:
             plan = self._same_decision(plan, key[1:])
@@ -445,7 +445,7 @@ class Router:
                 self._decisions.clear()
                 self._decided.clear()
             hit = self._decisions[key] = plan
-        if len(self._decided) >= 1024:
+        if len(self._decided) >= 256:  # each holds a plan, as long as the pool: as few as the decisions
             self._decided.clear()
         self._decided[id(plan)] = (plan, hit)  # holds the plan: the id is its own while here
         return hit
