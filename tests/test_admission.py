@@ -534,3 +534,61 @@ def test_arbitrary_json_like_values_only_raise_admission_errors(value) -> None:
         assert err.code and err.path.startswith("$")
         return
     assert sort in {"Pred", "Scorer", "Selector", "Xform", "FailPlan", "Policy"}
+
+
+# ---- refusals of the effective policy point into the term the caller sent ---------------------
+
+def _router_with_envelope():
+    from unhardcoded.catalog import build_catalog
+    from unhardcoded.config import Settings
+    from unhardcoded.router.engine import Router
+    doc = {"envelope": '["and", ["meets_req"], ["not", ["is", "disabled"]]]',
+           "providers": {"a": {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+           "models": {"m": {"routes": [{"provider": "a", "price_in": 1, "price_out": 1}]}},
+           "profiles": {"default": {"policy": '["policy", ["top"], ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]'}}}
+    return Router(build_catalog(doc), Settings())
+
+
+def _nested_not(inner, n):
+    for _ in range(n):
+        inner = ["not", inner]
+    return inner
+
+
+def test_a_policy_too_deep_only_under_the_envelope_is_refused_at_a_path_in_the_sent_term() -> None:
+    """Alone the policy fits the depth bound; under the envelope's 'and' its filter is one level
+    deeper and does not. The refusal must name a place in what the caller sent: the deepest node
+    of its filter ($.policy_ir[1] then [1] x 62), not the effective term's $.policy_ir[1][2]..."""
+    from unhardcoded.lang.admission import MAX_DEPTH
+    filt = _nested_not(["cmp", "price_in", "le", 5], MAX_DEPTH - 2)
+    term = ["policy", filt, ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]
+    check(term)  # admissible as sent
+    router = _router_with_envelope()
+    with pytest.raises(AdmissionError) as info:
+        router.prepare({"model": "", "messages": [{"role": "user", "content": "x"}], "policy_ir": term})
+    err = info.value
+    assert err.code == "too_deep"
+    assert err.parts == ("policy_ir", 1, *([1] * (MAX_DEPTH - 2)))
+    node = term
+    for p in err.parts[1:]:
+        node = node[p]
+    assert node == ["cmp", "price_in", "le", 5]       # the path is a real place in the sent term
+    assert "envelope" in err.message
+
+
+def test_a_predicate_too_deep_only_under_the_profile_and_envelope_is_refused_at_a_path_in_it() -> None:
+    from unhardcoded.lang.admission import MAX_DEPTH
+    pred = _nested_not(["cmp", "price_in", "le", 5], MAX_DEPTH - 2)
+    check(pred)
+    router = _router_with_envelope()
+    with pytest.raises(AdmissionError) as info:
+        router.prepare({"model": "", "messages": [{"role": "user", "content": "x"}], "policy_ir": pred})
+    err = info.value
+    assert err.code == "too_deep"
+    # the predicate sits three levels down in the effective policy (policy, envelope's and,
+    # profile's and): the first node past the bound is the predicate's 62nd level
+    assert err.parts == ("policy_ir", *([1] * (MAX_DEPTH - 3)))
+    node = pred
+    for p in err.parts[1:]:
+        node = node[p]
+    assert node[0] == "not" and "profile" in err.message and "envelope" in err.message

@@ -77,17 +77,47 @@ def _choose_sent(sent: Compiled, term: Any, contract: Contract, catalog: Catalog
     if sent.sort == "Policy":
         if catalog.envelope is None:
             return PolicyChoice("policy", None, sent, compiler.compile(term, want="Policy", path=("policy_ir",)))
-        return PolicyChoice("policy", None, sent,
-                            compiler.compile_constrained(sent, term, catalog.envelope, path=("policy_ir",)))
+        try:
+            eff = compiler.compile_constrained(sent, term, catalog.envelope, path=("policy_ir",))
+        except AdmissionError as exc:
+            raise _as_sent(exc, _UNDER_ENVELOPE, "the filter under the catalog's envelope") from None
+        return PolicyChoice("policy", None, sent, eff)
     if sent.sort == "Pred":
         profile = _profile(contract, catalog)
         eff_term = with_filter(profile.policy, term)
+        where = ("policy_ir", 1, 2)
         if catalog.envelope is not None:
             eff_term = constrain(eff_term, catalog.envelope)
-        return PolicyChoice("predicate", profile.name, sent,
-                            compiler.compile(eff_term, want="Policy", path=("policy_ir",)))
+            where = ("policy_ir", 1, 2, 2)
+        try:
+            eff = compiler.compile(eff_term, want="Policy", path=("policy_ir",))
+        except AdmissionError as exc:
+            raise _as_sent(exc, ((where, ("policy_ir",)),), "the predicate under the profile's filter"
+                           + (" and the catalog's envelope" if catalog.envelope is not None else "")) from None
+        return PolicyChoice("predicate", profile.name, sent, eff)
     raise AdmissionError("sort_mismatch", f"policy_ir is a full Policy or a Pred term, not a {sent.sort}",
                          ["policy_ir"])
+
+
+# where the sent policy's parts are in the effective one: its filter one level down, under the
+# envelope's "and"; its other slots where they were
+_UNDER_ENVELOPE: tuple[tuple[tuple, tuple], ...] = ((("policy_ir", 1, 2), ("policy_ir", 1)),
+                                                    *((("policy_ir", k), ("policy_ir", k)) for k in range(2, 6)))
+
+
+def _as_sent(exc: AdmissionError, places: tuple[tuple[tuple, tuple], ...], how: str) -> AdmissionError:
+    """A refusal of the effective policy (a term the caller never wrote: the sent one inside
+    the operator's parts), with its path in the term the caller sent. The sent term was admitted
+    alone, so such a refusal is a bound (depth, nodes) the operator's parts push it past; one
+    that falls in the operator's part points at the whole sent term."""
+    parts = exc.parts
+    for eff, sent in places:
+        if parts[:len(eff)] == eff:
+            new = (*sent, *parts[len(eff):])
+            break
+    else:
+        new = ("policy_ir",)
+    return AdmissionError(exc.code, f"{exc.message} (counted in the effective policy, which places {how})", new)
 
 
 def _profile(contract: Contract, catalog: Catalog) -> Any:
