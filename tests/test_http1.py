@@ -201,3 +201,49 @@ def test_refused_and_closed_connections_leave_no_cycle(loop) -> None:
         assert uvloop.run(scenario()) == []
     else:
         assert asyncio.run(scenario()) == []
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connect_cancelled_once_connected_leaves_no_cycle(loop: str) -> None:
+    """A caller that goes away while the router is still connecting upstream cancels the
+    connect; if that lands after the connection was made (connection_made has run, so the
+    parser exists) but before create_connection returns, the protocol, its parser and the
+    transport must not be left to the collector (uvloop does not call connection_lost then)."""
+    from unhardcoded.providers import http1
+    from unhardcoded.providers.http1 import _Conn
+
+    from .collector import left_in_cycles
+
+    async def scenario() -> tuple[int, list]:
+        server = RawServer()
+        url = await server.start()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        pool = http1._Pool("http", "127.0.0.1", port, None, 4)
+        made = http1._Conn.connection_made
+        cancelled = 0
+
+        def cancel_on_connect(self, transport):  # the caller leaves at this very moment
+            made(self, transport)
+            task.cancel()
+        with left_in_cycles(_Conn) as left:
+            http1._Conn.connection_made = cancel_on_connect
+            try:
+                for _ in range(3):
+                    task = asyncio.ensure_future(pool.connect(5.0))
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        cancelled += 1
+            finally:
+                http1._Conn.connection_made = made
+            await asyncio.sleep(0.05)
+        await server.stop()
+        return cancelled, left
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        cancelled, left = uvloop.run(scenario())
+    else:
+        cancelled, left = asyncio.run(scenario())
+    assert cancelled == 3
+    assert left == []

@@ -147,10 +147,29 @@ class _Pool:
 
     async def connect(self, timeout_s: float) -> _Conn:
         loop = asyncio.get_running_loop()
+        made: list[_Conn] = []
+
+        def protocol() -> _Conn:
+            made.append(conn := _Conn())
+            return conn
         try:
-            async with asyncio.timeout(timeout_s):
-                _, conn = await loop.create_connection(
-                    _Conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    _, conn = await loop.create_connection(
+                        protocol, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None)
+            except BaseException:
+                # failed or cancelled (the caller left) once the protocol was made, maybe connected:
+                # uvloop may then close the transport without calling connection_lost, so the
+                # protocol lets go of its parser and transport here (no cycle left to the collector)
+                for c in made:
+                    c.closed = True
+                    c.parser = None
+                    transport, c.transport = c.transport, None
+                    if transport is not None:
+                        transport.close()
+                raise
+            finally:
+                made.clear()
         except (TimeoutError, asyncio.TimeoutError):
             raise HTTPError("timeout", f"could not connect to {self.host}:{self.port} in {timeout_s:g} s") from None
         except OSError as exc:
