@@ -320,3 +320,17 @@ def test_plan_parts_are_bounded_by_what_they_hold() -> None:
     for i in range(PlanParts.ENTRIES + 5):
         parts.put(i, None, 1)
     assert len(parts.data) <= PlanParts.ENTRIES
+
+
+def test_a_term_orjson_cannot_write_is_compiled_without_the_memo_for_that_part() -> None:
+    """An integer past 64 bits is an admissible bound from Python (it is finite), but orjson
+    cannot write it, so it has no text key: those subterms are walked, and the constrained
+    compile still equals the general one."""
+    big = ["cmp", "price_in", "le", 2 ** 70]
+    term = ["policy", ["and", big, ["is", "has_tee"]], ["zero"], ["argmax"], ["id"], ["always", NC]]
+    envelope = ["not", ["is", "disabled"]]
+    c = Compiler(S.SCHEMA)
+    sent = c.compile(copy.deepcopy(term))
+    assert view(sent) == view(Compiler(S.SCHEMA).compile(term))
+    reused = c.compile_constrained(sent, term, envelope)
+    assert view(reused) == view(Compiler(S.SCHEMA).compile(constrain(term, envelope), want="Policy"))

@@ -163,17 +163,22 @@ class Compiler:
         # under this envelope shares the same carriers for the same children
         known: dict[int, list] = {}
         bodies: dict[int, tuple[list, str]] = {}
-        for src in (env.term, sent.term[1]):
-            for kid in src[1:] if src[0] == "and" else (src,):
-                key = _text_key(kid)
-                entry = self._normal.get(key)
-                if entry is None:
-                    entry = [kid, None, UNSET]
-                    self._normal.put(key, entry)
-                known[id(kid)] = entry
-                if entry[1] is not None:
-                    bodies[id(kid)] = (kid, entry[1])
-        parts = constrained_normal_form(sent.term, sent.encoding, env.term, bodies) if sent.sort == "Policy" else None
+        parts = None
+        if sent.sort == "Policy":
+            for src in (env.term, sent.term[1]):
+                for kid in src[1:] if src[0] == "and" else (src,):
+                    try:
+                        key = _text_key(kid)
+                    except (TypeError, ValueError, _KeyError, RecursionError):
+                        continue  # not JSON orjson writes (an integer past 64 bits): no memo for it
+                    entry = self._normal.get(key)
+                    if entry is None:
+                        entry = [kid, None, UNSET]
+                        self._normal.put(key, entry)
+                    known[id(kid)] = entry
+                    if entry[1] is not None:
+                        bodies[id(kid)] = (kid, entry[1])
+            parts = constrained_normal_form(sent.term, sent.encoding, env.term, bodies)
         if parts is None:  # pragma: no cover - a sent Policy's encoding always has the policy's shape
             return self.compile(eff_term, want="Policy", path=path)
         nf, encoding = parts
