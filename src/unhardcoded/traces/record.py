@@ -50,6 +50,25 @@ def canonical(v: Any) -> bytes:
     return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
+def canonical_admitted(v: Any) -> bytes:
+    """``canonical(v)`` for a value made of admitted terms, strings and nulls (a policy section):
+    orjson's text where it is provably the standard library's, else the standard library's.
+
+    The two write strings, integers, nulls, lists and sorted objects alike; of numbers, they
+    differ only on doubles under 1e-4 in magnitude, which orjson writes as ``0.0000…`` or with a
+    negative exponent, so a text holding neither is the same text (a test holds the two equal
+    over policies, and over a million doubles of every magnitude). Not for values that may hold
+    NaN or an infinity (orjson writes them as null where ``canonical`` refuses them): an admitted
+    term holds neither."""
+    try:
+        out = orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # an integer past 64 bits, a non-string key
+        return canonical(v)
+    if b"e-" in out or b"0.0000" in out:
+        return canonical(v)
+    return out
+
+
 def dump_record(rec: Any) -> bytes:
     """A record as stored: compact JSON (orjson: a trace is written per call, so this is hot)."""
     return orjson.dumps(rec)
@@ -87,7 +106,7 @@ def policy_section(choice: Any, catalog: Any) -> dict[str, Any]:
                "sent": _policy_ident(choice.sent) if choice.sent is not None else None,
                "effective": _policy_ident(choice.effective),
                "envelope": catalog.envelope if choice.source != "profile" else None}
-    section["digest"] = hashlib.sha256(canonical(section)).hexdigest()
+    section["digest"] = hashlib.sha256(canonical_admitted(section)).hexdigest()
     return section
 
 
