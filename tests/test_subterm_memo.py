@@ -132,29 +132,31 @@ def nested_not(inner: list, n: int) -> list:
     return inner
 
 
+def policy_with(filt: list) -> list:
+    return ["policy", filt, ["zero"], ["argmax"], ["id"], ["always", NC]]
+
+
+def refused_alike(warm_on: list[list], term: list, code: str) -> None:
+    """A compiler warmed on ``warm_on`` refuses ``term`` as a fresh one does, with ``code``."""
+    warm = Compiler(S.SCHEMA)
+    for t in warm_on:
+        warm.compile(t)
+    want = outcome(lambda: Compiler(S.SCHEMA).compile(term, path=("policy_ir",)))
+    assert want[0:2] == ("refused", code)
+    assert outcome(lambda: warm.compile(term, path=("policy_ir",))) == want
+
+
 def test_a_remembered_subterm_too_deep_for_where_it_is_now_is_refused_where_the_walk_refuses() -> None:
     """A filter admitted at depth 2 fits; the same filter one level deeper under the root's
     children breaks the depth bound: the memo must not let it through, and the error is the walk's."""
     deep = nested_not(["cmp", "price_in", "le", 5], MAX_DEPTH - 2)  # height MAX_DEPTH - 1: fits at depth 2
-    ok = ["policy", deep, ["zero"], ["argmax"], ["id"], ["always", NC]]
-    too_deep = ["policy", ["and", deep, ["top"]], ["zero"], ["argmax"], ["id"], ["always", NC]]
-    warm = Compiler(S.SCHEMA)
-    warm.compile(ok)
-    want = outcome(lambda: Compiler(S.SCHEMA).compile(too_deep, path=("policy_ir",)))
-    assert want[0:2] == ("refused", "too_deep")
-    assert outcome(lambda: warm.compile(too_deep, path=("policy_ir",))) == want
+    refused_alike([policy_with(deep)], policy_with(["and", deep, ["top"]]), "too_deep")
 
 
 def test_a_remembered_subterm_past_the_node_bound_with_its_neighbours_is_refused_where_the_walk_refuses() -> None:
     """A filter of ~3,000 nodes is admissible; two of it in one policy are past MAX_NODES."""
     big = ["or", *[["cmp", "price_in", "le", i] for i in range(MAX_NODES * 3 // 4)]]
-    one = ["policy", big, ["zero"], ["argmax"], ["id"], ["always", NC]]
-    two = ["policy", ["and", big, copy.deepcopy(big)], ["zero"], ["argmax"], ["id"], ["always", NC]]
-    warm = Compiler(S.SCHEMA)
-    warm.compile(one)
-    want = outcome(lambda: Compiler(S.SCHEMA).compile(two, path=("policy_ir",)))
-    assert want[0:2] == ("refused", "too_large")
-    assert outcome(lambda: warm.compile(two, path=("policy_ir",))) == want
+    refused_alike([policy_with(big)], policy_with(["and", big, copy.deepcopy(big)]), "too_large")
 
 
 def test_subterms_are_remembered_only_down_to_the_memo_depth_and_not_the_root() -> None:
@@ -204,13 +206,7 @@ def test_a_subterm_remembered_inside_another_counts_towards_that_ones_height() -
     at depth 4, where it is too deep."""
     d = nested_not(["is", "has_tee"], 60)
     a = ["and", d, ["top"]]
-    c = Compiler(S.SCHEMA)
-    c.compile(["policy", d, ["zero"], ["argmax"], ["id"], ["always", NC]])
-    c.compile(["policy", a, ["zero"], ["argmax"], ["id"], ["always", NC]])
-    deep = ["policy", ["not", ["or", a, ["top"]]], ["zero"], ["argmax"], ["id"], ["always", NC]]
-    want = outcome(lambda: Compiler(S.SCHEMA).compile(deep))
-    assert want[0:2] == ("refused", "too_deep")
-    assert outcome(lambda: c.compile(deep)) == want
+    refused_alike([policy_with(d), policy_with(a)], policy_with(["not", ["or", a, ["top"]]]), "too_deep")
 
 
 # ---- plans sharing parts over one population and context -------------------------------------
