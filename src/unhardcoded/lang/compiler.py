@@ -30,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping
 
+from ..memo import BoundedMemo
 from .admission import check
 from .encoding import digest, lane_fingerprint, short_id
 from .errors import AdmissionError, EvaluationError, PathPart
@@ -99,27 +100,6 @@ class _LRU:
             self.data.clear()
 
 
-class _Memo:
-    """A bounded memo without order: when full it starts again (cheaper per lookup than the LRU,
-    and a lookup needs no lock; what it holds is only ever a shortcut)."""
-
-    __slots__ = ("size", "data", "get")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.data: dict[Any, Any] = {}
-        self.get = self.data.get
-
-    def put(self, key: Any, value: Any) -> None:
-        data = self.data
-        if len(data) >= self.size:
-            data.clear()
-        data[key] = value
-
-    def clear(self) -> None:
-        self.data.clear()
-
-
 class Compiler:
     """Compiles terms against one schema and one custom-transform registry."""
 
@@ -131,8 +111,8 @@ class Compiler:
         self._by_identity = _LRU(cache_size)
         self._by_text = _LRU(cache_size)
         # the subterm memos: JSON text -> (sort, height, nodes); JSON text -> [normal form, body, carrier]
-        self._admitted = _Memo(subterm_cache_size)
-        self._normal = _Memo(subterm_cache_size)
+        self._admitted = BoundedMemo(subterm_cache_size)
+        self._normal = BoundedMemo(subterm_cache_size)
 
     def compile(self, term: Any, *, want: str | None = None, path: tuple[PathPart, ...] = ()) -> Compiled:
         """Admit, normalise, identify and evaluate ``term``; raise AdmissionError on refusal."""

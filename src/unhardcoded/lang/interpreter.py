@@ -29,6 +29,7 @@ from itertools import compress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from ..memo import BoundedMemo
 from .errors import EvaluationError
 from .fields import Schema, default_schema
 from .ordering import InvalidOrder, reference_sort
@@ -341,29 +342,19 @@ _NUMBER_TYPES = frozenset((float, int))
 _SEEN: Any = object()  # a child seen in a plan over these inputs, not yet read over the whole list
 
 
-class PlanParts:
+class PlanParts(BoundedMemo):
     """What plans over one list of candidates and one context share (``Policy.plan``).
 
     Bounded by what it holds, not only by its entries: each reading is as long as the list, so
     a budget of list slots (``WEIGHT``, ~1 MB of references) and of entries; when either would
     be passed it starts again rather than grow."""
 
-    __slots__ = ("data", "weight", "get")
+    __slots__ = ()
     WEIGHT = 1 << 17
     ENTRIES = 512
 
     def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-        self.weight = 0
-        self.get = self.data.get
-
-    def put(self, key: Any, value: Any, weight: int) -> Any:
-        if self.weight + weight > self.WEIGHT or len(self.data) >= self.ENTRIES:
-            self.data.clear()
-            self.weight = 0
-        self.data[key] = value
-        self.weight += weight
-        return value
+        super().__init__(self.ENTRIES, self.WEIGHT)
 
 
 def _many(pred: Pred) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]:
