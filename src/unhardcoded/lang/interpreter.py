@@ -110,9 +110,7 @@ class Policy:
             except Exception:  # the walk below meets the same fault, at the candidate the reference does
                 reasons = None
             if reasons is not None:
-                survivors = [c for c, why in zip(candidates, reasons) if why is None]
-                rejected = [Rejection(c.get("provider_id"), c.get("model_family"), why, c)
-                            for c, why in zip(candidates, reasons) if why is not None]
+                survivors, rejected = _split(candidates, reasons)
                 return Plan(self.select(survivors, ctx), rejected)
         survivors = []
         rejected = []
@@ -173,10 +171,7 @@ class Policy:
         reasons = tuple(acc) if acc is not None else ()
         hit = parts.get(reasons)
         if hit is None:
-            survivors = [c for c, why in zip(candidates, reasons) if why is None]
-            rejected = [Rejection(c.get("provider_id"), c.get("model_family"), why, c)
-                        for c, why in zip(candidates, reasons) if why is not None]
-            hit = parts.put(reasons, (survivors, rejected), 2 * len(reasons))
+            hit = parts.put(reasons, _split(candidates, reasons), 2 * len(reasons))
         survivors, rejected = hit
         key = (self.scorer, self.selector, id(survivors))
         chosen = parts.get(key)
@@ -339,6 +334,14 @@ _REL_MANY: dict[str, Callable[[list, Any, str], list]] = {
     "gt": lambda vs, n, why: [None if v > n else why for v in vs],
 }
 _NUMBER_TYPES = frozenset((float, int))
+def _split(candidates: Sequence[Mapping[str, Any]], reasons: Sequence[Any]) -> tuple[list, list[Rejection]]:
+    """The candidates a filter passed (reason None), and a Rejection for each it did not."""
+    survivors = [c for c, why in zip(candidates, reasons) if why is None]
+    rejected = [Rejection(c.get("provider_id"), c.get("model_family"), why, c)
+                for c, why in zip(candidates, reasons) if why is not None]
+    return survivors, rejected
+
+
 _SEEN: Any = object()  # a child seen in a plan over these inputs, not yet read over the whole list
 
 
