@@ -505,7 +505,8 @@ async def test_a_shared_row_is_restamped_once_per_window_and_outlives_every_reco
     monkeypatch.setattr(store_mod, "_TOUCH_AHEAD_MS", 1500)
     s = await start_stack(tmp_path)
     try:
-        await s.client.chat.completions.create(model="", messages=MSG)
+        for _ in range(2):  # a policy's section is written apart from its second record on
+            await s.client.chat.completions.create(model="", messages=MSG)
         s.store.flush()
         first = _stamps(s.store.path)
         assert len(first) >= 3  # the catalog, the policy, the decision
@@ -528,6 +529,58 @@ async def test_a_shared_row_is_restamped_once_per_window_and_outlives_every_reco
         s.store.purge(older_than_ms=horizon)
         kept = _stamps(s.store.path)
         assert all(dg in kept for dg, t in _referenced_until(s.store.path).items())
+    finally:
+        await s.close()
+
+
+async def test_a_policy_seen_once_keeps_its_section_inline_and_one_seen_again_is_written_apart_once(tmp_path) -> None:
+    """A policy built per request seldom comes back: its record holds its policy section
+    itself, and no section row (an index entry at a random place) is written for it. From a
+    policy's second record on, the section is written apart, once, and the records refer to
+    it. Every record reads back as the whole record, whichever way it was stored."""
+    from unhardcoded.traces.record import build_record
+
+    s = await start_stack(tmp_path)
+    runs = {}
+    submit = s.store.submit
+
+    def keep(run):
+        runs[run.trace_id] = run
+        submit(run)
+
+    s.router.sink.submit = keep  # type: ignore[method-assign]
+    try:
+        per_request = [["cmp", "price_in", "le", 10 + i] for i in range(5)]
+        for pred in per_request:
+            await s.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": pred})
+        s.store.flush()
+        policies = {run.trace_id: run.prepared.choice for run in runs.values()}
+        assert len({ch.effective.identity for ch in policies.values()}) == 5
+        conn = sqlite3.connect(s.store.path)
+        try:
+            def stored(tid):
+                return json.loads(conn.execute("SELECT record FROM traces WHERE trace_id = ?", (tid,)).fetchone()[0])
+
+            def section_rows():
+                return {r[0] for r in conn.execute("SELECT digest FROM sections")}
+
+            inline = {tid: stored(tid)["policy"] for tid in runs}
+            assert all("stored_apart" not in p and p["effective"]["term"] for p in inline.values())
+            assert not {p["digest"] for p in inline.values()} & section_rows()
+            for _ in range(3):  # the last policy again, three times
+                await s.client.chat.completions.create(model="", messages=MSG,
+                                                       extra_body={"policy_ir": per_request[-1]})
+            s.store.flush()
+            again = [tid for tid in runs if tid not in inline]
+            assert len(again) == 3
+            digests = {stored(tid)["policy"]["digest"] for tid in again}
+            assert len(digests) == 1 and digests <= section_rows()
+            assert all(stored(tid)["policy"] == {"digest": next(iter(digests)), "stored_apart": True} for tid in again)
+            assert conn.execute("SELECT COUNT(*) FROM sections WHERE digest = ?", tuple(digests)).fetchone()[0] == 1
+        finally:
+            conn.close()
+        for tid, run in runs.items():
+            assert s.store.get(tid) == json.loads(json.dumps(build_record(run, run.prepared.catalog))), tid
     finally:
         await s.close()
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 
@@ -213,7 +213,7 @@ COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "rou
 class _Shared:
     """One plan's and route's part of every record made from it."""
 
-    __slots__ = ("head", "inputs_tail", "tail", "sections", "row_route", "row_catalog")
+    __slots__ = ("head", "_head_inline", "_around", "inputs_tail", "tail", "sections", "row_route", "row_catalog")
 
     def __init__(self, prep: Any, catalog: Any) -> None:
         c, choice, ctx = prep.contract, prep.choice, prep.ctx
@@ -226,8 +226,10 @@ class _Shared:
         route = {"model": c.route, "profile": choice.profile, "policy_name": c.policy_name,
                  "flow_name": c.flow_name, "pin": list(c.pin) if c.pin else None, "requirements": c.requirements}
         # '..."inputs":{"now_ms":' + now + inputs_tail + tail, with the run's own fields on either side
-        self.head = orjson.dumps({"route": route, "policy": {"digest": policy[0], "stored_apart": True},
-                                  "catalog": {"digest": catalog.digest, "source": catalog.source}})[1:-1]
+        self._around = (b'"route":' + orjson.dumps(route) + b',"policy":',
+                        b',"catalog":' + orjson.dumps({"digest": catalog.digest, "source": catalog.source}))
+        self.head = orjson.dumps({"digest": policy[0], "stored_apart": True}).join(self._around)
+        self._head_inline: bytes | None = None
         request = ctx.get("request", {})
         rest = orjson.dumps({
             "request": reduce_request(request), "derived_needs": derive_needs(request),
@@ -237,6 +239,13 @@ class _Shared:
         self.tail = b',"decision":' + orjson.dumps({"digest": decision[0], "stored_apart": True})
         self.row_route = (c.route, choice.profile, c.policy_name, choice.effective.identity)
         self.row_catalog = catalog.digest
+
+
+    def head_inline(self) -> bytes:
+        """``head`` with the policy section itself in place of its digest."""
+        if self._head_inline is None:
+            self._head_inline = self.sections[0][1].encode("utf-8").join(self._around)
+        return self._head_inline
 
 
 def _stored_section(section: dict[str, Any]) -> tuple[str, str]:
@@ -261,11 +270,20 @@ def _shared(prep: Any, catalog: Any) -> _Shared:
     return hit[2]
 
 
-def stored_form(run: Any, catalog: Any, *, capture_content: bool = False) -> tuple[tuple, bytes, tuple]:
+def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
+                policy_inline: Callable[[str], bool] | None = None) -> tuple[tuple, bytes, tuple]:
     """A routed call's (summary row in ``COLUMNS`` order, stored record text, sections): the
-    record with its policy and decision sections apart, as (digest, text) pairs."""
+    record with its policy and decision sections apart, as (digest, text) pairs.
+
+    ``policy_inline(digest)`` true keeps the policy section in the record itself (it is then
+    not among the sections): what a store does for a policy it has not seen yet, since most of
+    those are built per request and never repeat, and a section row costs an index entry at a
+    random place (its digest) that an inline copy does not."""
     prep = run.prepared
     sh = _shared(prep, catalog)
+    head, sections = sh.head, sh.sections
+    if policy_inline is not None and policy_inline(sections[0][0]):
+        head, sections = sh.head_inline(), sections[1:]
     own = {"schema": SCHEMA, "trace_id": run.trace_id, "kind": "chat", "started_at_ms": prep.started_ms,
            "finished_at_ms": run.finished_ms, "status": run.status, "stream": run.stream}
     usage, cost = run.usage, run.cost
@@ -284,7 +302,7 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False) -> tup
         after["filters"] = run.filters
     if capture_content and (run.request_messages is not None or run.response_content is not None):
         after["content"] = {"messages": run.request_messages, "response": run.response_content}
-    text = b"".join((orjson.dumps(own)[:-1], b",", sh.head, b',"inputs":{"now_ms":',
+    text = b"".join((orjson.dumps(own)[:-1], b",", head, b',"inputs":{"now_ms":',
                      str(prep.ctx.get("now_ms")).encode() if prep.ctx.get("now_ms") is not None else b"null",
                      sh.inputs_tail, sh.tail, b",", orjson.dumps(after)[1:]))
     a = run.answered_by or {}
@@ -292,7 +310,7 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False) -> tup
            a.get("provider_id"), a.get("model_family"), a.get("served_model_id"), usage.prompt_tokens,
            usage.completion_tokens, usage.cached_tokens, cost_usd, cost.basis, latency["total_ms"],
            latency["ttft_ms"], sh.row_catalog)
-    return row, text, sh.sections
+    return row, text, sections
 
 
 def summary_row(rec: Mapping[str, Any]) -> dict[str, Any]:

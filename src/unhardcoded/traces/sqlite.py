@@ -26,7 +26,9 @@ builds and commits everything first and loses nothing.
 Decisions and policy sections are content-addressed too: many runs share one
 decision (same policy, catalog, state and request shape) and one policy, so a
 record stores their digests and each section is written once to ``sections``;
-reading a record puts them back.
+reading a record puts them back. A policy the store has not seen recently is the
+exception: its first record keeps its policy section inline (see
+``_policy_inline``), since a policy built per request seldom comes back.
 
 Retention: the writer deletes records older than ``retention_days`` in small
 batches between writes; routing never waits for it. A catalog or section is
@@ -187,6 +189,7 @@ class SQLiteStore:
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 'unhardcoded.trace/v1')")
         self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
         self._decision_text: "OrderedDict[str, str]" = OrderedDict()  # digest -> JSON, recent ones
+        self._policies_seen: "OrderedDict[str, None]" = OrderedDict()  # policy section digests, recent ones
         conn.close()
 
     # ---- writing ------------------------------------------------------------
@@ -315,7 +318,8 @@ class SQLiteStore:
                 if cat.digest not in self._known_catalogs:
                     batch.catalogs[cat.digest] = cat
             if rec is None and item.flow is None:  # a routed call: its plan's part is written once
-                row_t, text, sections = stored_form(item, cat, capture_content=self.capture_content)
+                row_t, text, sections = stored_form(item, cat, capture_content=self.capture_content,
+                                                    policy_inline=self._policy_inline)
                 for dg, section in sections:
                     batch.sections[dg] = section
                 batch.rows.append((*row_t, text.decode("utf-8")))
@@ -327,6 +331,21 @@ class SQLiteStore:
             batch.rows.append((*[row[c] for c in _COLUMNS], dump_record(rec).decode("utf-8")))
         except Exception:  # a record that cannot be built must not stop the writer
             self.errors += 1
+
+    def _policy_inline(self, digest: str) -> bool:
+        """Whether a routed call's policy section goes in its record rather than apart: the first
+        time this store sees the policy (recently), yes. Most first sights are policies built per
+        request that never come back, and each section row costs an index entry at a random place
+        (its digest); a policy that does come back is written apart from its second record on,
+        once. Either way the record reads back the same."""
+        seen = self._policies_seen
+        if digest in seen:
+            seen.move_to_end(digest)
+            return False
+        seen[digest] = None
+        if len(seen) > 4096:
+            seen.popitem(last=False)
+        return True
 
     def _commit(self, conn: sqlite3.Connection, batch: "_Batch") -> None:
         if batch.rows or batch.catalogs:
