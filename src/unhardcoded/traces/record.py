@@ -102,12 +102,25 @@ def reduce_request(view: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def policy_section(choice: Any, catalog: Any) -> dict[str, Any]:
-    section = {"source": choice.source, "profile": choice.profile,
-               "sent": _policy_ident(choice.sent) if choice.sent is not None else None,
-               "effective": _policy_ident(choice.effective),
-               "envelope": catalog.envelope if choice.source != "profile" else None}
+    section = _policy_section_body(choice, catalog)
     section["digest"] = hashlib.sha256(canonical_admitted(section)).hexdigest()
     return section
+
+
+def _policy_section_body(choice: Any, catalog: Any) -> dict[str, Any]:
+    return {"source": choice.source, "profile": choice.profile,
+            "sent": _policy_ident(choice.sent) if choice.sent is not None else None,
+            "effective": _policy_ident(choice.effective),
+            "envelope": catalog.envelope if choice.source != "profile" else None}
+
+
+def _policy_section_text(choice: Any, catalog: Any) -> tuple[str, str]:
+    """(digest, stored text) of ``policy_section(choice, catalog)``: the text is the canonical
+    bytes the digest is taken of, with the digest added last (the same JSON value as the
+    section; one serialisation instead of two)."""
+    canon = canonical_admitted(_policy_section_body(choice, catalog))
+    dg = hashlib.sha256(canon).hexdigest()
+    return dg, canon[:-1].decode("utf-8") + ',"digest":"' + dg + '"}'
 
 
 def _policy_ident(c: Any) -> dict[str, Any]:
@@ -220,7 +233,7 @@ class _Shared:
         pre = prep.pre_rejected
         # (digest, stored text) of each section: a plan's is written once for all the policies
         # that share it (a policy built per request makes a new choice, not a new plan)
-        policy = _POLICY_TEXTS.get(choice, lambda ch: _stored_section(policy_section(ch, catalog)))
+        policy = _POLICY_TEXTS.get(choice, lambda ch: _policy_section_text(ch, catalog))
         decision = _DECISION_TEXTS.get(prep.plan, lambda plan: _stored_section(decision_section(plan, pre)))
         self.sections = (policy, decision)
         route = {"model": c.route, "profile": choice.profile, "policy_name": c.policy_name,
