@@ -277,7 +277,37 @@ def test_plans_sharing_parts_share_the_readings_of_shared_children() -> None:
     assert [r.candidate for r in pa.ordered] == [r.candidate for r in pb.ordered] == [pop[4], pop[2], pop[0]]
     assert pb is pd and pa is not pb                                  # the walk's plan, then one shared plan
     read = {k for k, v in parts.data.items() if callable(k) and isinstance(v, list)}
-    assert read == {b.filter.kids[0], b.filter.kids[1], d.filter.kids[0]}   # a's new child was only marked
+    column = b.filter.kids[0].column                                  # price_in's values over the list
+    assert column is d.filter.kids[0].column is a.filter.kids[0].column
+    assert read == {b.filter.kids[0], b.filter.kids[1], d.filter.kids[0], column}  # a's new child was only marked
+    assert parts.data[column] == [0, 1, 2, 3, 4, 5]                   # read once, for both thresholds
+
+
+def test_comparisons_on_one_field_read_its_column_once_and_decide_as_alone() -> None:
+    """Thresholds moved on one field, in either direction and across the relations: each
+    comparison after the first reads no candidate (the field's column is remembered in the
+    parts), and every plan is the plan the policy makes alone, also where comparisons on
+    another field come in between (each field has its own column)."""
+    c = Compiler(S.SCHEMA)
+    pop = [{"provider_id": f"p{i}", "model_family": "m", "served_model_id": "m", "price_in": i % 7 - 0.5 * i,
+            "has_tee": i % 3 != 0, "capabilities": {"context": 1000 * i}} for i in range(40)]
+    reads = []
+    parts = PlanParts()
+    steps = [("price_in", "le", 2), ("price_in", "le", 2.5), ("price_in", "gt", -3), ("context", "ge", 9000),
+             ("price_in", "ge", 0), ("context", "lt", 30000), ("price_in", "lt", 1), ("price_in", "eq", 3),
+             ("price_in", "ne", 3)]
+    for k, (name, rel, bound) in enumerate(steps):
+        policy = c.compile(["policy", ["and", ["cmp", name, rel, bound], ["is", "has_tee"]],
+                            ["field", "context"], ["top_k", 3, ["argmax"]], ["id"], ["always", NC]]).policy
+        column = policy.filter.kids[0].column
+        if column in parts.data:
+            reads.append(k)
+        shared, alone = policy.plan(pop, {}, parts), policy.plan(pop, {})
+        assert [(r.candidate["provider_id"], r.score) for r in shared.ordered] == \
+            [(r.candidate["provider_id"], r.score) for r in alone.ordered]
+        assert [(x.provider, x.reason) for x in shared.rejected] == [(x.provider, x.reason) for x in alone.rejected]
+    # the first is walked, the second reads price_in's column, the first on context reads its own
+    assert reads == [2, 4, 5, 6, 7, 8]
 
 
 def test_a_policy_with_several_new_children_is_planned_by_the_walk() -> None:

@@ -138,7 +138,9 @@ class Policy:
         over these inputs before).
 
         Keys are the carriers themselves (hashed by identity, and held by the memo, so never
-        another's), runs of them as tuples, and the reasons as a tuple of strings and Nones."""
+        another's), runs of them as tuples, the reasons as a tuple of strings and Nones, and a
+        field's vector observer (one per schema field) for that field's values over the list,
+        which every comparison on the field reads (a moved threshold reads no candidate)."""
         kids = getattr(self.filter, "kids", None) or (self.filter,)
         n = len(kids)
         if n > 1:
@@ -161,7 +163,14 @@ class Policy:
             whys = parts.get(q)
             if whys is None or whys is _SEEN:
                 try:
-                    whys = _many(q)(candidates, ctx)
+                    column = getattr(q, "column", None)
+                    if column is None:
+                        whys = _many(q)(candidates, ctx)
+                    else:  # a comparison: its field's values over the list are read once for all
+                        vs = parts.get(column)
+                        if vs is None:
+                            vs = parts.put(column, column(candidates, ctx), len(candidates))
+                        whys = q.on_column(vs)
                 except Exception:
                     return None
                 parts.put(q, whys, len(whys))
@@ -515,15 +524,18 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         key = getattr(observe, "first_key", None)
         observe_many, test_many = observe.many, _REL_MANY[rel]
 
-        def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
-            vs = observe_many(cands, ctx)
+        def on_column(vs: list) -> list:
             if not _NUMBER_TYPES.issuperset(map(type, vs)):
                 vs = [_number(v, name) for v in vs]
             return test_many(vs, num, reason)
+
+        def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
+            return on_column(observe_many(cands, ctx))
         if key is None:
             def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
                 return None if test(_number(observe(c, ctx), name), num) else reason
             p.many = many  # type: ignore[attr-defined]
+            p.column, p.on_column = observe_many, on_column  # type: ignore[attr-defined]
             return p
 
         def fast(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
@@ -535,6 +547,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 v = _number(v, name)
             return None if test(v, num) else reason
         fast.many = many  # type: ignore[attr-defined]
+        fast.column, fast.on_column = observe_many, on_column  # type: ignore[attr-defined]
         return fast
 
     @op("tier_eq")
