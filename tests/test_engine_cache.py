@@ -175,7 +175,30 @@ def test_a_plain_repeat_takes_the_remembered_route_and_others_do_not() -> None:
         assert p.contract is not p1.contract
     assert len(router._routes) == 1
     router.set_catalog(router.catalog)  # a new catalog forgets every route
-    assert router._routes == {} and router.prepare(plain).contract is not p1.contract
+    assert len(router._routes) == 0 and router.prepare(plain).contract is not p1.contract
+
+
+def test_policies_sent_once_are_not_kept_and_a_policy_that_comes_back_is() -> None:
+    """A backend that builds its policy per request sends texts never seen again: they must not
+    fill the remembered routes, choices and compiled terms (each holds compiled closures), nor
+    push out a policy that does come back, even one that comes back only every few hundred
+    requests."""
+    _now, _rt, router = two_routes()
+    msgs = [{"role": "user", "content": "x"}]
+    hot = {"messages": msgs, "model": "profile:default", "policy_ir": ["cmp", "price_in", "le", 10]}
+    first = router.prepare(hot)
+    for i in range(3000):
+        router.prepare({"messages": msgs, "model": "profile:default", "policy_ir": ["cmp", "price_in", "le", 100 + i]})
+        if i % 500 == 499:  # the hot policy again: from its second sight on it is kept
+            assert router.prepare(dict(hot)).choice.sent.identity == first.choice.sent.identity
+    for memo in (router._routes, router._choices):
+        assert len(memo.probation) <= memo.probation_size
+        assert len(memo.main) == 1  # the hot policy's, none of the 3,000 sent once
+    compiled = router.compiler._by_text
+    assert len(compiled.probation) <= compiled.probation_size and len(compiled.data) <= 2
+    again = router.prepare(dict(hot))
+    assert again.contract is router.prepare(dict(hot)).contract  # remembered: the same objects
+    assert again.choice is router.prepare(dict(hot)).choice
 
 
 def test_remembered_routes_let_an_older_stamped_pool_go() -> None:

@@ -5,7 +5,8 @@ data. The result carries the normal form, its canonical encoding, the
 fingerprint, the identity (SHA-256 of the encoding) and the evaluated
 :class:`~unhardcoded.lang.interpreter.Policy`.
 
-Two caches sit in front, both bounded LRUs:
+Two caches sit in front, both bounded LRUs that keep a term for long only from
+its second sight on (a policy built per request is seldom sent twice):
 
 * by identity: two differently written but equal policies share one
   evaluated policy;
@@ -30,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping
 
-from ..memo import BoundedMemo
+from ..memo import BoundedMemo, Doorkeeper
 from .admission import check
 from .encoding import digest, lane_fingerprint, short_id
 from .errors import AdmissionError, EvaluationError, PathPart
@@ -76,9 +77,17 @@ class Compiled:
 
 
 class _LRU:
-    def __init__(self, size: int) -> None:
+    """A thread-safe LRU that keeps an entry for long only from its key's second sight on: a
+    first sight waits in a small probation area (its key remembered by a ``Doorkeeper``, as in
+    ``memo.SecondSight``), so the terms of policies built per request, never sent again, do not
+    push out the ones that repeat, nor hold memory for ``size`` of them."""
+
+    def __init__(self, size: int, probation: int = 64) -> None:
         self.size = size
         self.data: OrderedDict[Any, Any] = OrderedDict()
+        self.probation: OrderedDict[Any, Any] = OrderedDict()
+        self.probation_size = probation
+        self.door = Doorkeeper(4096)
         self.lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
@@ -86,18 +95,31 @@ class _LRU:
             v = self.data.get(key)
             if v is not None:
                 self.data.move_to_end(key)
+                return v
+            v = self.probation.pop(key, None)
+            if v is not None:
+                self._keep(key, v)
             return v
 
     def put(self, key: Any, value: Any) -> None:
         with self.lock:
-            self.data[key] = value
-            self.data.move_to_end(key)
-            while len(self.data) > self.size:
-                self.data.popitem(last=False)
+            if key in self.data or self.probation.pop(key, None) is not None or self.door.seen(key):
+                self._keep(key, value)
+            else:
+                self.probation[key] = value
+                if len(self.probation) > self.probation_size:
+                    self.probation.popitem(last=False)
+
+    def _keep(self, key: Any, value: Any) -> None:
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.size:
+            self.data.popitem(last=False)
 
     def clear(self) -> None:
         with self.lock:
             self.data.clear()
+            self.probation.clear()
 
 
 class Compiler:

@@ -21,6 +21,7 @@ from ..catalog.model import Catalog
 from ..lang.compiler import Compiled, Compiler, constrain
 from ..lang.errors import AdmissionError
 from ..lang.interpreter import Plan, Policy, Rejection
+from ..memo import SecondSight
 from .contract import Contract, RequestError
 
 
@@ -51,14 +52,14 @@ def with_filter(policy_term: list, pred: Any) -> list:
 
 
 def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
-                  memo: dict[Any, PolicyChoice] | None = None) -> PolicyChoice:
+                  memo: SecondSight | None = None) -> PolicyChoice:
     """The effective policy. ``memo`` (per catalog) remembers choices by what they depend on:
     the sent term's identity (or none) and the profile; the envelope is the catalog's."""
     term = contract.policy_ir
     sent = compiler.compile(term, path=("policy_ir",)) if term is not None else None
     key = (None if sent is None else sent.identity, contract.profile)
     if memo is not None:
-        hit = memo.get(key)
+        hit = memo.find(key)
         if hit is not None:
             return hit
     if sent is not None:
@@ -67,9 +68,7 @@ def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
         profile = _profile(contract, catalog)
         choice = PolicyChoice("profile", profile.name, None, compiler.compile(profile.policy, want="Policy"))
     if memo is not None:
-        if len(memo) > 1024:
-            memo.clear()
-        memo[key] = choice
+        memo.put(key, choice)
     return choice
 
 

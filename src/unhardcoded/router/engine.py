@@ -39,7 +39,7 @@ from ..config import Settings
 from ..costs import Cost, CostCalculator, Usage
 from ..lang.compiler import Compiler
 from ..lang.interpreter import Plan, PlanParts, Ranked, Rejection
-from ..memo import IdentityMemo
+from ..memo import IdentityMemo, SecondSight
 from ..providers import WIRES
 from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
 from ..providers.transport import StreamResponse, Transport
@@ -191,7 +191,9 @@ def _policy_keys_of(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
 _RANKED = IdentityMemo(32)
 _REJECTED = IdentityMemo(32)
 _WIRE_PARTS = IdentityMemo(32)
-_POLICY_KEYS = IdentityMemo(1024)  # (choice, route naming) -> x_router's policy keys
+# (choice, route naming) -> x_router's policy keys; few: each entry holds its choice, and a policy
+# built per request makes a new one every call (past 128 that repeat, the keys cost ~3 us to make)
+_POLICY_KEYS = IdentityMemo(128)
 _ANSWERED = IdentityMemo(1024)   # candidate -> who answered (candidates are shared, stamped pools renewed)
 _TERM_WIRE = IdentityMemo(64)
 
@@ -283,8 +285,9 @@ class Router:
         self._decisions: dict[tuple, Plan] = {}  # plans of the current pool by what they decide
         self._decided: dict[int, tuple[Plan, Plan]] = {}  # id(plan) -> (plan, the plan it decides as)
         self._parts: dict[tuple, PlanParts] = {}  # per inputs (plan key without the policy): what plans share
-        self._choices: dict[Any, PolicyChoice] = {}
-        self._routes: dict[tuple, _Route] = {}   # plain requests' (model, profile, policy text) -> route
+        # kept for long only from a second sight on: most policies built per request never come back
+        self._choices: SecondSight = SecondSight(1024)  # (sent identity, profile) -> PolicyChoice
+        self._routes: SecondSight = SecondSight(1024)   # plain requests' (model, profile, policy text) -> route
         self._targets: dict[tuple[str, str, str], Target] = {}
 
     def cut_off(self) -> None:
@@ -382,12 +385,12 @@ class Router:
         hit = routes.get(key)
         if hit is not None:
             return hit
+        hit = routes.find(key)  # seen once before
+        if hit is not None:
+            return hit
         contract = parse_contract(body, path_profile=path_profile)   # may refuse: nothing is kept
         choice = choose_policy(contract, self.catalog, self.compiler, self._choices)
-        if len(routes) >= 1024:
-            routes.clear()
-        hit = routes[key] = _Route(contract, choice, contract.request_view(body))
-        return hit
+        return routes.put(key, _Route(contract, choice, contract.request_view(body)))
 
     def _plan(self, choice: PolicyChoice, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
               pin: tuple[str, str] | None, state_key: tuple) -> Plan:
