@@ -23,7 +23,7 @@ from unhardcoded.lang import AdmissionError
 from unhardcoded.lang.admission import MAX_DEPTH, MAX_NODES, MEMO_DEPTH
 from unhardcoded.lang.compiler import Compiler, constrain
 from unhardcoded.lang.encoding import lane_fingerprint
-from unhardcoded.lang.interpreter import PlanParts
+from unhardcoded.lang.interpreter import _SEEN, PlanParts
 
 from . import strategies as S
 from .test_interpreter_many import odd_context, odd_population
@@ -279,8 +279,33 @@ def test_plans_sharing_parts_share_the_readings_of_shared_children() -> None:
     read = {k for k, v in parts.data.items() if callable(k) and isinstance(v, list)}
     column = b.filter.kids[0].column                                  # price_in's values over the list
     assert column is d.filter.kids[0].column is a.filter.kids[0].column
-    assert read == {b.filter.kids[0], b.filter.kids[1], d.filter.kids[0], column}  # a's new child was only marked
+    # kept: what is read for the second time (has_tee's reading, price_in's column); each
+    # threshold's own child is read and only marked (one that came back would be kept then)
+    assert read == {b.filter.kids[1], column}
+    assert all(parts.data[p.filter.kids[0]] is _SEEN for p in (a, b, d))
     assert parts.data[column] == [0, 1, 2, 3, 4, 5]                   # read once, for both thresholds
+
+
+def test_a_big_catalog_keeps_its_parts_for_one_new_threshold_after_another() -> None:
+    """One plan's own readings over 20,000 candidates (each child's, the runs, the reasons, the
+    survivors) exceed the fixed budget of list slots; sized by the list, the parts keep them, so
+    policies that move a threshold keep sharing one plan instead of each taking the walk, and a
+    new threshold's own reading is not kept (the parts do not fill with one-off readings)."""
+    c = Compiler(S.SCHEMA)
+    n = 20_000
+    pop = [{"provider_id": f"p{i}", "model_family": "m", "served_model_id": "m", "price_in": i % 97,
+            "has_tee": i % 2 == 0, "capabilities": {"context": i}} for i in range(n)]
+
+    def policy(threshold: float):
+        return c.compile(["policy", ["and", ["cmp", "price_in", "le", threshold], ["is", "has_tee"],
+                                     ["cmp", "context", "ge", 100], ["cmp", "price_in", "ge", 1]],
+                          ["field", "context"], ["top_k", 3, ["argmax"]], ["id"], ["always", NC]]).policy
+    for parts, shared in ((PlanParts(n), True), (PlanParts(), False)):
+        plans = [policy(50 + k * 1e-3).plan(pop, {}, parts) for k in range(8)]
+        alone = policy(50).plan(pop, {})
+        assert all([r.candidate for r in p.ordered] == [r.candidate for r in alone.ordered] for p in plans)
+        assert all(p is plans[2] for p in plans[2:]) is shared
+    assert parts.budget == PlanParts.WEIGHT and PlanParts(n).budget == PlanParts.PER_LIST * n
 
 
 def test_comparisons_on_one_field_read_its_column_once_and_decide_as_alone() -> None:

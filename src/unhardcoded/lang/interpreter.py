@@ -158,10 +158,12 @@ class Policy:
             if acc is not None:
                 start = i
                 break
+        fresh = False  # a child not seen over these inputs before is read but not kept, nor runs with it
         for i in range(start - 1, -1, -1):
             q = kids[i]
             whys = parts.get(q)
             if whys is None or whys is _SEEN:
+                first = whys is None
                 try:
                     column = getattr(q, "column", None)
                     if column is None:
@@ -173,9 +175,13 @@ class Policy:
                         whys = q.on_column(vs)
                 except Exception:
                     return None
-                parts.put(q, whys, len(whys))
+                if first:  # (a moved threshold's child is seldom asked for again: kept from its second sight)
+                    fresh = True
+                    parts.put(q, _SEEN, 1)
+                else:
+                    parts.put(q, whys, len(whys))
             acc = whys if acc is None else [a if a is not None else b for a, b in zip(whys, acc)]
-            if 0 < i < n - 1:
+            if 0 < i < n - 1 and not fresh:
                 parts.put(kids[i:], acc, len(acc))
         reasons = tuple(acc) if acc is not None else ()
         hit = parts.get(reasons)
@@ -358,15 +364,19 @@ class PlanParts(BoundedMemo):
     """What plans over one list of candidates and one context share (``Policy.plan``).
 
     Bounded by what it holds, not only by its entries: each reading is as long as the list, so
-    a budget of list slots (``WEIGHT``, ~1 MB of references) and of entries; when either would
-    be passed it starts again rather than grow."""
+    a budget of list slots and of entries; when either would be passed it starts again rather
+    than grow. The budget is ``WEIGHT`` (~1 MB of references), or ``PER_LIST`` readings of a
+    list of ``list_length`` where that is more: one plan's own readings (each child's, the runs
+    of last children, the reasons, the survivors) must fit, or a big catalog would never keep
+    them and every new policy over it would take the walk."""
 
     __slots__ = ()
     WEIGHT = 1 << 17
+    PER_LIST = 24
     ENTRIES = 512
 
-    def __init__(self) -> None:
-        super().__init__(self.ENTRIES, self.WEIGHT)
+    def __init__(self, list_length: int = 0) -> None:
+        super().__init__(self.ENTRIES, max(self.WEIGHT, self.PER_LIST * list_length))
 
 
 def _many(pred: Pred) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]:

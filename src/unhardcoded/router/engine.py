@@ -419,7 +419,7 @@ class Router:
             if parts is None:
                 if len(self._parts) >= 16:
                     self._parts.clear()
-                parts = self._parts[key[1:]] = PlanParts()
+                parts = self._parts[key[1:]] = PlanParts(len(pool))
         plan = decide(choice.effective.policy, pool, ctx, pin, parts)
         if key is not None:
             plan = self._same_decision(plan, key[1:])
