@@ -423,6 +423,19 @@ def test_a_batch_commits_early_when_batch_max_records_are_built(tmp_path) -> Non
         store.close()
 
 
+def _keep_runs(s) -> dict:
+    """Every run the router hands to the store from now on, by trace id (and still stored)."""
+    runs = {}
+    submit = s.store.submit
+
+    def keep(run):
+        runs[run.trace_id] = run
+        submit(run)
+
+    s.router.sink.submit = keep  # type: ignore[method-assign]
+    return runs
+
+
 @pytest.mark.parametrize("capture", [False, True])
 async def test_the_fast_stored_form_equals_the_record_built_whole(tmp_path, capture) -> None:
     """The store writes a routed call from its plan's shared part plus the run's own fields
@@ -433,14 +446,7 @@ async def test_the_fast_stored_form_equals_the_record_built_whole(tmp_path, capt
     from unhardcoded.traces.sqlite import _COLUMNS
 
     s = await start_stack(tmp_path, capture_content=capture)
-    runs = {}
-    submit = s.store.submit
-
-    def keep(run):
-        runs[run.trace_id] = run
-        submit(run)
-
-    s.router.sink.submit = keep  # type: ignore[method-assign]
+    runs = _keep_runs(s)
     try:
         fp = ["override", ["always", NEXT], "server_error", {"action": "retry_same", "attempts": 1}]
         failover = policy(["top"], ["neg", ["normalize", ["field", "price_in"]]], ["argmax"], failplan=fp)
@@ -541,14 +547,7 @@ async def test_a_policy_seen_once_keeps_its_section_inline_and_one_seen_again_is
     from unhardcoded.traces.record import build_record
 
     s = await start_stack(tmp_path)
-    runs = {}
-    submit = s.store.submit
-
-    def keep(run):
-        runs[run.trace_id] = run
-        submit(run)
-
-    s.router.sink.submit = keep  # type: ignore[method-assign]
+    runs = _keep_runs(s)
     try:
         per_request = [["cmp", "price_in", "le", 10 + i] for i in range(5)]
         for pred in per_request:
