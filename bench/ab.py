@@ -8,9 +8,9 @@ router body (``same``) and the same body with its threshold moved per request (`
 ``new_policy.py``). The base build is ``git archive <rev> src`` in a scratch directory, run by
 the router environment's interpreter with that ``src`` first on ``PYTHONPATH``.
 
-    bench/.venvs/router/bin/python bench/ab.py [--base HEAD~1] [--kinds same,new] [--rounds 4] [--seconds 5]
+    bench/.venvs/router/bin/python bench/ab.py [--base HEAD~1] [--kinds same,new] [--rounds 4] [--seconds 5] [--conns 64]
 
-Prints, per kind and build, the median RPS, p99 and CPU per call; writes ``results/ab-<stamp>.json``.
+Prints, per kind and build, the median RPS, p50, p99, p99.9 and CPU per call; writes ``results/ab-<stamp>.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--kinds", default="same,new", help="bodies: same (the suite's), new (a new policy per request)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--conns", type=int, default=64, help="wrk connections (concurrency)")
     ap.add_argument("--port-base", type=int, default=18500)
     a = ap.parse_args()
     kinds = [k for k in a.kinds.split(",") if k]
@@ -78,7 +79,7 @@ def main() -> int:
                 for name in (names if r % 2 == 0 else names[::-1]):
                     port, proc = builds[name][0], servers[name]
                     before = harness.thread_ticks(proc.pid)
-                    res = harness.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, 64, a.seconds,
+                    res = harness.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, a.conns, a.seconds,
                                       env={"BENCH_NEW_POLICY": "1" if kind == "new" else "0"})
                     threads = harness.per_thread_us(before, harness.thread_ticks(proc.pid), res["requests"])
                     res["cpu_us"] = round(sum(t["us_per_request"] for t in threads), 1)
@@ -90,15 +91,17 @@ def main() -> int:
         for p in reversed(procs):
             p.stop()
     out: dict[str, Any] = {"base": a.base, "base_commit": commit, "rounds": a.rounds, "seconds": a.seconds,
+                           "conns": a.conns,
                            "machine": harness.machine_info(), "runs": runs}
-    print(f"\nbase = {a.base} ({commit[:7]}), tree = the working tree; medians of {a.rounds} rounds at c=64\n")
-    print("| body | build | RPS | p99 (ms) | CPU µs per call | RSS (MB, max) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(f"\nbase = {a.base} ({commit[:7]}), tree = the working tree; medians of {a.rounds} rounds at c={a.conns}\n")
+    print("| body | build | RPS | p50 (ms) | p99 (ms) | p99.9 (ms) | CPU µs per call | RSS (MB, max) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for kind, by in runs.items():
         for name, rs in by.items():
             bad = sum(x["non2xx"] + x["failed"] for x in rs)
+            lat = {q: statistics.median(x["latency_us"][q] for x in rs) / 1000 for q in ("p50", "p99", "p99.9")}
             print(f"| {kind} | {name} | {statistics.median(x['rps'] for x in rs):,.0f} | "
-                  f"{statistics.median(x['latency_us']['p99'] for x in rs) / 1000:.1f} | "
+                  f"{lat['p50']:.2f} | {lat['p99']:.2f} | {lat['p99.9']:.2f} | "
                   f"{statistics.median(x['cpu_us'] for x in rs):.1f} | {max(x['rss_mb'] for x in rs):.0f} |"
                   + (f" ({bad} failed or non-2xx)" if bad else ""))
     harness.write_results("ab", out)
