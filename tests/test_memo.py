@@ -65,3 +65,15 @@ def test_a_lookup_gives_the_last_value_put_under_its_key_or_nothing(ops, size, p
                 assert got is None or got == last.get(key)
         assert len(memo.main) <= size and len(memo.probation) <= probation
         assert len(lru.data) <= size and len(lru.probation) <= probation
+
+
+def test_an_lru_second_sight_lets_the_least_recently_found_go() -> None:
+    memo = SecondSight(2, probation=4, lru=True)
+    for k in "abc":
+        memo.put(k, k)
+        memo.find(k)        # found in probation: kept
+    assert list(memo.main) == ["b", "c"]          # "a", the oldest, went when "c" came
+    memo.find("b")
+    memo.put("d", "d")
+    memo.find("d")
+    assert list(memo.main) == ["b", "d"]          # "c" was the least recently found

@@ -89,14 +89,16 @@ class SecondSight:
     the ones that do come back. Here a first sight goes to a small probation area
     (``probation`` entries, the oldest out first) and its key to a :class:`Doorkeeper`; a key
     found in probation, or put again while the doorkeeper remembers it, goes to the main area
-    (``size`` entries; when full, it starts again). ``get`` is the main area's own dict lookup
-    (the hot path: a key that came back); ``find`` looks in probation too. Not thread-safe."""
+    (``size`` entries; when full, it starts again, or with ``lru`` lets the least recently found
+    go). ``get`` is the main area's own dict lookup (the hot path: a key that came back, its
+    recency not noted); ``find`` looks in probation too. Not thread-safe."""
 
-    __slots__ = ("size", "main", "get", "probation", "probation_size", "door")
+    __slots__ = ("size", "main", "get", "probation", "probation_size", "door", "lru")
 
-    def __init__(self, size: int, probation: int = 64, remember: int = 4096) -> None:
+    def __init__(self, size: int, probation: int = 64, remember: int = 4096, *, lru: bool = False) -> None:
         self.size = size
-        self.main: dict[Any, Any] = {}
+        self.lru = lru
+        self.main: dict[Any, Any] = OrderedDict() if lru else {}
         self.get = self.main.get  # the dict is cleared in place, never replaced: this stays its get
         self.probation: dict[Any, Any] = {}
         self.probation_size = probation
@@ -104,10 +106,13 @@ class SecondSight:
 
     def find(self, key: Any) -> Any:
         value = self.main.get(key)
-        if value is None:
-            value = self.probation.pop(key, None)
-            if value is not None:
-                self._keep(key, value)
+        if value is not None:
+            if self.lru:
+                self.main.move_to_end(key)  # type: ignore[attr-defined]
+            return value
+        value = self.probation.pop(key, None)
+        if value is not None:
+            self._keep(key, value)
         return value
 
     def put(self, key: Any, value: Any) -> Any:
@@ -120,9 +125,16 @@ class SecondSight:
         return value
 
     def _keep(self, key: Any, value: Any) -> None:
-        if key not in self.main and len(self.main) >= self.size:
-            self.main.clear()
-        self.main[key] = value
+        main = self.main
+        if self.lru:
+            main[key] = value
+            main.move_to_end(key)  # type: ignore[attr-defined]
+            while len(main) > self.size:
+                main.popitem(last=False)  # type: ignore[call-arg]
+            return
+        if key not in main and len(main) >= self.size:
+            main.clear()
+        main[key] = value
 
     def values(self) -> list[Any]:
         return [*self.main.values(), *self.probation.values()]

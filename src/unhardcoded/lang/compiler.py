@@ -27,11 +27,10 @@ whole walk makes, bit for bit.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping
 
-from ..memo import BoundedMemo, Doorkeeper
+from ..memo import BoundedMemo, SecondSight
 from .admission import check
 from .encoding import digest, lane_fingerprint, short_id
 from .errors import AdmissionError, EvaluationError, PathPart
@@ -77,49 +76,38 @@ class Compiled:
 
 
 class _LRU:
-    """A thread-safe LRU that keeps an entry for long only from its key's second sight on: a
-    first sight waits in a small probation area (its key remembered by a ``Doorkeeper``, as in
-    ``memo.SecondSight``), so the terms of policies built per request, never sent again, do not
-    push out the ones that repeat, nor hold memory for ``size`` of them."""
+    """A thread-safe LRU that keeps an entry for long only from its key's second sight on
+    (``memo.SecondSight`` with ``lru``): the terms of policies built per request, never sent
+    again, do not push out the ones that repeat, nor hold memory for ``size`` of them."""
 
     def __init__(self, size: int, probation: int = 64) -> None:
-        self.size = size
-        self.data: OrderedDict[Any, Any] = OrderedDict()
-        self.probation: OrderedDict[Any, Any] = OrderedDict()
-        self.probation_size = probation
-        self.door = Doorkeeper(4096)
+        self.memo = SecondSight(size, probation, lru=True)
         self.lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
         with self.lock:
-            v = self.data.get(key)
-            if v is not None:
-                self.data.move_to_end(key)
-                return v
-            v = self.probation.pop(key, None)
-            if v is not None:
-                self._keep(key, v)
-            return v
+            return self.memo.find(key)
 
     def put(self, key: Any, value: Any) -> None:
         with self.lock:
-            if key in self.data or self.probation.pop(key, None) is not None or self.door.seen(key):
-                self._keep(key, value)
-            else:
-                self.probation[key] = value
-                if len(self.probation) > self.probation_size:
-                    self.probation.popitem(last=False)
-
-    def _keep(self, key: Any, value: Any) -> None:
-        self.data[key] = value
-        self.data.move_to_end(key)
-        while len(self.data) > self.size:
-            self.data.popitem(last=False)
+            self.memo.put(key, value)
 
     def clear(self) -> None:
         with self.lock:
-            self.data.clear()
-            self.probation.clear()
+            self.memo.clear()
+
+    @property
+    def data(self) -> Any:
+        """The entries kept for long (least recently found first)."""
+        return self.memo.main
+
+    @property
+    def probation(self) -> Any:
+        return self.memo.probation
+
+    @property
+    def probation_size(self) -> int:
+        return self.memo.probation_size
 
 
 class Compiler:
