@@ -119,6 +119,9 @@ def salted(seed, salt: str) -> int:
     (["min_tier", "marketplace"], cand(), None),
     (["min_tier", "marketplace"], cand(tier="gold"), "min_tier"),         # an unknown tier ranks below all
     (["min_tier", "fallback"], cand(tier="gold"), "min_tier"),
+    (["min_tier", "fallback"], cand(tier=[]), "min_tier"),                # so does one that is no string at all
+    (["min_tier", "fallback"], cand(tier={"a": 1}), "min_tier"),
+    (["min_tier", "fallback"], cand(tier=3), "min_tier"),
     (["family_eq", "m9"], cand(), "model_family"),
     (["family_eq", "m1"], cand(), None),
     (["provider_eq", "p9"], cand(), "provider_id"),

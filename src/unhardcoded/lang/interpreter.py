@@ -568,7 +568,11 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
     @op("min_tier")
     def _min_tier(a: list) -> Pred:
         floor = tier_rank[a[0]]
-        return lambda c, ctx: None if tier_rank.get(_or_default(c.get("tier"), "fallback"), 0) >= floor else "min_tier"
+        def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
+            tier = _or_default(c.get("tier"), "fallback")
+            # a tier the order does not name ranks 0, whatever it is (a list or an object too)
+            return None if (tier_rank.get(tier, 0) if type(tier) is str else 0) >= floor else "min_tier"
+        return p
 
     @op("family_eq")
     def _family_eq(a: list) -> Pred:
