@@ -58,3 +58,63 @@ def test_a_clock_that_goes_back_takes_a_new_snapshot() -> None:
     rt.record_failure("a", "m", "server_error", 5.0, open_breaker_ms=1000)
     rt.snapshot_keyed(clock.now + 2000)  # taken after the expiry
     assert rt.snapshot_keyed(clock.now + 10)[0]["breakers"] == {"a": True}
+
+
+def _cands() -> list[dict]:
+    return [{"provider_id": p, "model_family": f, "price_in": 1.0} for p in ("a", "b", "c") for f in ("m", "n")]
+
+
+def test_a_restamp_keeps_every_candidate_whose_observations_read_the_same() -> None:
+    clock = Clock()
+    rt = RuntimeState(RuntimeConfig(stamp_refresh_ms=100), clock=clock)
+    base = _cands()
+    rt.record_success("a", "m", 100.0, 40.0)
+    rt.record_success("b", "n", 50.0)
+    p1 = rt.stamp(base, clock.now)
+    assert p1[0]["latency_ms"] == 100.0 and p1[0]["tok_s"] == 40.0 and p1[3]["latency_ms"] == 50.0
+    assert [p1[i] is base[i] for i in range(6)] == [False, True, True, False, True, True]
+
+    clock.now += 150  # expired, nothing new observed: the same pool, the same object
+    assert rt.stamp(base, clock.now) is p1
+
+    rt.record_success("b", "n", 70.0)  # one route's mean moves: only its candidate is new
+    clock.now += 150
+    p2 = rt.stamp(base, clock.now)
+    assert p2 is not p1 and p2[3] is not p1[3] and p2[3]["latency_ms"] == 60.0
+    assert [p2[i] is p1[i] for i in (0, 1, 2, 4, 5)] == [True] * 5
+    assert p2[3] is not base[3] and "latency_ms" not in base[3]  # the catalog's own is never written
+
+
+def test_a_restamp_returns_a_route_to_the_catalog_once_its_window_has_passed() -> None:
+    clock = Clock()
+    rt = RuntimeState(RuntimeConfig(stamp_refresh_ms=100, window_ms=60_000, buckets=1), clock=clock)
+    base = _cands()
+    rt.record_success("c", "m", 10.0)
+    assert rt.stamp(base, clock.now)[4]["latency_ms"] == 10.0
+    clock.now += 120_001
+    later = rt.stamp(base, clock.now)
+    assert later[4] is base[4] and later == base
+
+
+def test_a_catalog_value_of_an_observed_field_is_kept_where_nothing_was_measured() -> None:
+    # the catalog states a success_rate; the runtime measured only latency: the stamp keeps the
+    # catalog's, and a second stamp finds nothing changed (it compares with what it would write)
+    clock = Clock()
+    rt = RuntimeState(RuntimeConfig(stamp_refresh_ms=100), clock=clock)
+    base = _cands()
+    base[0]["tok_s"] = 33
+    rt.record_success("a", "m", 80.0)
+    p1 = rt.stamp(base, clock.now)
+    assert p1[0]["tok_s"] == 33 and p1[0]["latency_ms"] == 80.0 and p1[0]["success_rate"] == 1.0
+    clock.now += 150
+    assert rt.stamp(base, clock.now) is p1
+
+
+def test_another_list_of_candidates_is_stamped_afresh() -> None:
+    clock = Clock()
+    rt = RuntimeState(RuntimeConfig(stamp_refresh_ms=100), clock=clock)
+    rt.record_success("a", "m", 80.0)
+    one, two = _cands(), _cands()
+    p1 = rt.stamp(one, clock.now)
+    p2 = rt.stamp(two, clock.now)
+    assert p2[1] is two[1] and p2[0] is not p1[0] and p2[0] == p1[0]

@@ -33,6 +33,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ..providers.base import CLIENT_FAULT_KINDS
 
 
+# the observed fields a stamp writes onto a candidate (what ``observed`` measures, but attempts)
+STAMPED = ("success_rate", "latency_ms", "tok_s")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and type(a) is type(b)
+
+
 def wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -84,6 +92,8 @@ class RuntimeState:
         self.credits: dict[str, float] = {}
         self.version = 0  # bumps on every change
         self._stamped: tuple[Any, int, list[Mapping[str, Any]]] | None = None
+        self._stamped_routes: frozenset[str] = frozenset()  # the routes the last stamp stamped
+        self._at: tuple[Any, dict[str, list[int]]] | None = None  # (candidates, route -> positions)
         # the snapshot changes only when a breaker or a disable does, or one of them expires:
         # (epoch it was taken at, the first expiry after it, snapshot, hashable key)
         self._epoch = 0
@@ -168,30 +178,58 @@ class RuntimeState:
         observations (successes and failures alike) at most that old, and its trace records
         exactly which it saw. What changes a decision discretely, a breaker opening or a
         provider disabled, is not stamped here: it is read from the snapshot at once.
+
+        A rebuild keeps what did not change: a candidate whose observed fields read as they did
+        in the last stamp of the same list is that stamp's object, and if none changed the pool
+        is the last one itself. So a plan made over the last pool still holds (the router's plan
+        memo is by the pool's identity), and one made over a pool that differs in a few places
+        needs to look again only there (``Policy.plan``'s ``prior``): under light traffic, when
+        every call comes after the last stamp expired, a call re-plans only the routes that
+        served since.
         """
         cached = self._stamped
         if cached is not None and cached[0] is candidates and 0 <= now_ms - cached[1] < self.config.stamp_refresh_ms:
             return cached[2]
-        out = self._stamp(candidates, now_ms)
+        out = self._stamp(candidates, now_ms, cached[2] if cached is not None and cached[0] is candidates else None)
         self._stamped = (candidates, now_ms, out)
         return out
 
-    def _stamp(self, candidates: Sequence[Mapping[str, Any]], now_ms: int) -> list[Mapping[str, Any]]:
+    def _stamp(self, candidates: Sequence[Mapping[str, Any]], now_ms: int,
+               before: list[Mapping[str, Any]] | None = None) -> list[Mapping[str, Any]]:
         observed = self.observed(now_ms)
-        if not observed:
-            return list(candidates)
-        out: list[Mapping[str, Any]] = []
-        for c in candidates:
-            stats = observed.get(f"{c['provider_id']}|{c['model_family']}")
-            if stats is None:
-                out.append(c)
-                continue
-            stamped = dict(c)
-            for k in ("success_rate", "latency_ms", "tok_s"):
-                if k in stats:
-                    stamped[k] = stats[k]
-            out.append(stamped)
-        return out
+        out = list(candidates) if before is None else list(before)
+        at = self._positions(candidates)
+        changed = False
+        if before is not None:  # routes stamped last time and no longer observed: back to the catalog's
+            for key in self._stamped_routes - observed.keys():
+                for i in at.get(key, ()):
+                    if out[i] is not candidates[i]:
+                        out[i] = candidates[i]
+                        changed = True
+        for key, stats in observed.items():
+            for i in at.get(key, ()):
+                c, was = candidates[i], out[i]
+                if was is not c and all(_same(was.get(k), stats[k] if k in stats else c.get(k)) for k in STAMPED):
+                    continue  # stamped as it would be now
+                stamped = dict(c)
+                for k in STAMPED:
+                    if k in stats:
+                        stamped[k] = stats[k]
+                out[i] = stamped
+                changed = True
+        self._stamped_routes = frozenset(observed)
+        return before if before is not None and not changed else out
+
+    def _positions(self, candidates: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+        """Where each route ``provider|family`` stands in ``candidates`` (made once per list)."""
+        memo = self._at
+        if memo is not None and memo[0] is candidates:
+            return memo[1]
+        at: dict[str, list[int]] = {}
+        for i, c in enumerate(candidates):
+            at.setdefault(f"{c['provider_id']}|{c['model_family']}", []).append(i)
+        self._at = (candidates, at)
+        return at
 
     # ---- what attempts report -----------------------------------------------
     def record_success(self, provider: str, family: str, latency_ms: float, tok_s: float | None = None) -> None:

@@ -20,9 +20,9 @@ import orjson
 from ..costs import usd_text
 from ..lang.requirements import derive_needs
 from ..memo import IdentityMemo
+from ..runtime.state import STAMPED as OBSERVED_FIELDS
 
 SCHEMA = "unhardcoded.trace/v1"
-OBSERVED_FIELDS = ("success_rate", "latency_ms", "tok_s")
 
 
 def score_repr(v: Any) -> Any:
