@@ -13,6 +13,7 @@ from unhardcoded.router.engine import Router
 from unhardcoded.runtime.state import RuntimeState
 from unhardcoded.traces.record import decision_bytes, decision_view
 
+from . import strategies as S
 from .test_replay import PROVIDERS, bodies, catalogs
 
 
@@ -36,6 +37,60 @@ def test_cached_plans_equal_fresh_ones_across_state_changes(doc, bodies_, breaki
         if step < len(breaking):
             rt.record_failure(breaking[step], "m1", "server_error", 10.0, open_breaker_ms=60_000)
             now[0] += 1
+
+
+@settings(max_examples=150)
+@given(catalogs(), st.lists(bodies(), min_size=1, max_size=4),
+       st.lists(st.tuples(st.sampled_from(PROVIDERS), st.sampled_from(S.FAMILIES), st.booleans(),
+                          st.floats(1, 5000)), max_size=6))
+def test_plans_after_a_restamp_equal_fresh_ones(doc, bodies_, served) -> None:
+    # light traffic: every call comes after the last stamp expired, and one route served in
+    # between (succeeded or failed, with its own latency); the router re-plans from its last
+    # reasons (Policy.plan_and_reasons' prior), which must decide as a plan made afresh
+    now = [1_700_000_000_000]
+    rt = RuntimeState(clock=lambda: now[0])
+    router = Router(build_catalog(doc), Settings(keys=Keys({f"{p.upper()}_KEY": "k" for p in PROVIDERS}, {})),
+                    runtime=rt, clock=rt.clock)
+    for step in range(len(served) + 1):
+        for body in bodies_:
+            prep = router.prepare(body)
+            got = decision_bytes(decision_view(prep.plan.ordered, prep.plan.rejected))
+            assert got == fresh(router, prep)
+        if step < len(served):
+            provider, family, ok, ms = served[step]
+            if ok:
+                rt.record_success(provider, family, ms)
+            else:
+                rt.record_failure(provider, family, "server_error", ms)
+            now[0] += rt.config.stamp_refresh_ms
+
+
+def test_a_restamp_replans_a_policy_from_its_last_reasons() -> None:
+    names = "abcdefgh"
+    doc = {"providers": {p: {"wire": "openai", "base_url": "http://127.0.0.1:9/v1"} for p in names},
+           "models": {"m": {"routes": [{"provider": p, "price_in": 1, "price_out": 1} for p in names]}}}
+    now = [1_700_000_000_000]
+    rt = RuntimeState(clock=lambda: now[0])
+    router = Router(build_catalog(doc), Settings(), runtime=rt, clock=rt.clock)
+    body = {"messages": [{"role": "user", "content": "x"}],
+            "policy_ir": ["policy", ["cmp", "latency_ms", "le", 100], ["zero"], ["argmax"], ["id"],
+                          ["always", {"action": "next_candidate"}]]}
+    first = router.prepare(body)
+    assert [r.candidate["provider_id"] for r in first.plan.ordered] == []  # no latency seen: +inf
+    rt.record_success("a", "m", 40.0)
+    now[0] += rt.config.stamp_refresh_ms
+    asked = []
+    policy = first.choice.effective.policy
+    keep = policy.filter
+    policy.filter = lambda c, x: asked.append(c["provider_id"]) or keep(c, x)
+    try:
+        second = router.prepare(body)
+    finally:
+        policy.filter = keep
+    assert second.pool is not first.pool and all(x is y for x, y in zip(second.pool[1:], first.pool[1:]))
+    assert asked == ["a"]  # only the route that served since is asked again
+    assert [r.candidate["provider_id"] for r in second.plan.ordered] == ["a"]
+    assert [(x.provider, x.reason) for x in second.plan.rejected] == [(p, "cmp:latency_ms:le") for p in names[1:]]
 
 
 def two_routes() -> tuple[list[int], RuntimeState, Router]:

@@ -144,3 +144,86 @@ def test_a_compiled_policy_is_freed_without_the_cycle_collector(term) -> None:
         compiler.compile(term).policy.plan(pop, x)
         del compiler
     assert left == []
+
+
+@st.composite
+def restamped(draw: st.DrawFn, pop: list) -> list:
+    """``pop`` with some candidates replaced by changed copies (as a re-stamp replaces the routes
+    that served), odd values included; the others the same objects."""
+    out = list(pop)
+    for i in draw(st.lists(st.integers(0, max(0, len(pop) - 1)), max_size=3, unique=True)) if pop else []:
+        if draw(st.booleans()):  # another reading of the same route altogether
+            out[i] = draw(S.candidate(pop[i]["provider_id"], pop[i]["model_family"]))
+            continue
+        c = dict(pop[i])
+        for key in draw(st.lists(st.sampled_from(["latency_ms", "tok_s", "success_rate", "price_in", "tier",
+                                                  "capabilities", "has_tee"]), min_size=1, max_size=3)):
+            c[key] = draw(st.one_of(odd_values, st.floats(0, 5000), st.sampled_from(["fallback", "partner"])))
+        out[i] = c
+    return out
+
+
+@settings(max_examples=300)
+@given(S.policy(), st.one_of(S.population(max_size=8), odd_population()), st.one_of(S.context(), odd_context()),
+       st.data())
+def test_a_plan_from_a_prior_is_the_plan_made_afresh(term, pop, x, data) -> None:
+    policy = COMPILER.compile(term).policy
+    try:
+        _, reasons = policy.plan_and_reasons(pop, x)
+    except EvaluationError:
+        return  # no plan, so nothing a router would keep as a prior
+    assert list(reasons) == [policy.filter(c, x) for c in pop]
+    later = data.draw(restamped(pop))
+
+    def view(plan):
+        return ([(id(r.candidate), r.score if r.score == r.score else "nan") for r in plan.ordered],
+                [(r.provider, r.model, r.reason, id(r.candidate)) for r in plan.rejected])
+
+    def from_prior():
+        plan, again = policy.plan_and_reasons(later, x, None, (pop, reasons))
+        return view(plan), list(again)
+
+    def afresh():
+        return view(policy.plan(later, x)), [policy.filter(c, x) for c in later]
+
+    def outcome_of(fn):
+        try:
+            return ("ok", fn())
+        except EvaluationError as exc:
+            return ("error", exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the outcome is what is compared
+            return ("raised", type(exc).__name__)
+    assert outcome_of(from_prior) == outcome_of(afresh)
+
+
+def test_a_prior_asks_the_filter_only_about_the_candidates_that_changed() -> None:
+    inner = COMPILER.compile(["policy", ["cmp", "latency_ms", "le", 100], ["neg", ["field", "latency_ms"]],
+                              ["argmax"], ["id"], ["always", {"action": "next_candidate"}]]).policy
+    asked: list = []
+
+    def keep(c, x):
+        asked.append(c["provider_id"])
+        return inner.filter(c, x)
+
+    def many(cands, x):
+        asked.append("all at once")
+        return inner.filter.many(cands, x)
+    keep.many = many
+    policy = Policy(keep, inner.scorer, inner.selector, inner.xform, inner.failplan)
+    pop = [{"provider_id": f"p{i}", "model_family": "m", "latency_ms": 10.0 * i} for i in range(40)]
+    x = {"request": {}, "state": {}}
+    plan, reasons = policy.plan_and_reasons(pop, x)
+    assert asked == ["all at once"] and [r.candidate["provider_id"] for r in plan.ordered][:2] == ["p0", "p1"]
+    later = list(pop)
+    later[0] = {**pop[0], "latency_ms": 500.0}   # the best route got slow: now rejected
+    later[30] = {**pop[30], "latency_ms": 5.0}   # a rejected one got fast: now the best
+    asked.clear()
+    plan2, reasons2 = policy.plan_and_reasons(later, x, None, (pop, reasons))
+    assert asked == ["p0", "p30"]
+    assert [r.candidate["provider_id"] for r in plan2.ordered][:2] == ["p30", "p1"]
+    assert reasons2[0] == "cmp:latency_ms:le" and reasons2[30] is None
+    assert [(r.provider, r.reason) for r in plan2.rejected][0] == ("p0", "cmp:latency_ms:le")
+    # a pool that changed in many places is read whole, not asked one by one
+    asked.clear()
+    policy.plan_and_reasons([dict(c) for c in pop], x, None, (pop, reasons))
+    assert asked == ["all at once"]

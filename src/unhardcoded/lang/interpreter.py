@@ -96,12 +96,29 @@ class Policy:
         context (its inputs: the same objects, and a context that means the same): policies
         planned over them reuse what they share (see :meth:`_plan_parts`).
         """
+        return self.plan_and_reasons(candidates, ctx, parts)[0]
+
+    def plan_and_reasons(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
+                         parts: "PlanParts | None" = None,
+                         prior: "tuple[Sequence[Mapping[str, Any]], Sequence[Any]] | None" = None,
+                         ) -> tuple[Plan, Sequence[Any]]:
+        """:meth:`plan`, and the filter's reason for each candidate (None where it passed).
+
+        ``prior``, if given, is ``(candidates, reasons)`` of this policy's plan over another list
+        in a context that means the same as ``ctx``. A filter's reason for a candidate depends
+        on that candidate and the context alone, so where the two lists hold the same object
+        at the same place the reason is the one before, and only the other places are asked
+        again (one by one, as the walk asks). For a pool re-stamped after a few routes served,
+        that is a few candidates instead of all. If there are many such places, or a question
+        raises, the plan is made as if there were no prior (and raises what that raises)."""
+        if prior is not None:
+            got = self._replan(candidates, ctx, prior)
+            if got is not None:
+                return got
         if parts is not None:
-            plan = self._plan_parts(candidates, ctx, parts)
-            if plan is not None:
-                return plan
-        survivors: list[Mapping[str, Any]]
-        rejected: list[Rejection]
+            got = self._plan_parts(candidates, ctx, parts)
+            if got is not None:
+                return got
         keep = self.filter
         many = getattr(keep, "many", None)
         if many is not None:
@@ -111,18 +128,32 @@ class Policy:
                 reasons = None
             if reasons is not None:
                 survivors, rejected = _split(candidates, reasons)
-                return Plan(self.select(survivors, ctx), rejected)
-        survivors = []
-        rejected = []
-        for cand in candidates:
-            why = keep(cand, ctx)
-            if why is None:
-                survivors.append(cand)
-            else:
-                rejected.append(Rejection(cand.get("provider_id"), cand.get("model_family"), why, cand))
-        return Plan(self.select(survivors, ctx), rejected)
+                return Plan(self.select(survivors, ctx), rejected), reasons
+        reasons = [keep(cand, ctx) for cand in candidates]
+        survivors, rejected = _split(candidates, reasons)
+        return Plan(self.select(survivors, ctx), rejected), reasons
 
-    def _plan_parts(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any], parts: "PlanParts") -> Plan | None:
+    def _replan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
+                prior: "tuple[Sequence[Mapping[str, Any]], Sequence[Any]]") -> tuple[Plan, list] | None:
+        before, whys = prior
+        n = len(candidates)
+        if len(before) != n or len(whys) != n:
+            return None
+        changed = list(compress(range(n), map(operator.is_not, before, candidates)))
+        if 4 * len(changed) > n:  # reading the whole list at once costs less than asking each
+            return None
+        reasons = list(whys)
+        keep = self.filter
+        try:
+            for i in changed:
+                reasons[i] = keep(candidates[i], ctx)
+        except Exception:
+            return None
+        survivors, rejected = _split(candidates, reasons)
+        return Plan(self.select(survivors, ctx), rejected), reasons
+
+    def _plan_parts(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
+                    parts: "PlanParts") -> tuple[Plan, tuple] | None:
         """The plan from what other policies over the same candidates and context left in ``parts``.
 
         A policy built per request shares most of its carriers with the one before (the compiler
@@ -192,7 +223,7 @@ class Policy:
         chosen = parts.get(key)
         if chosen is None or chosen[0] is not survivors:
             chosen = parts.put(key, (survivors, Plan(self.select(survivors, ctx), rejected)), len(survivors))
-        return chosen[1]
+        return chosen[1], reasons
 
     def select(self, survivors: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list[Ranked]:
         scores = self.scorer(survivors, ctx)

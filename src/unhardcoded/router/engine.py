@@ -285,6 +285,8 @@ class Router:
         self._decisions: dict[tuple, Plan] = {}  # plans of the current pool by what they decide
         self._decided: dict[int, tuple[Plan, Plan]] = {}  # id(plan) -> (plan, the plan it decides as)
         self._parts: dict[tuple, PlanParts] = {}  # per inputs (plan key without the policy): what plans share
+        # plan key without the pool -> (pool, the filter's reasons over it): outlives a re-stamp
+        self._priors: SecondSight = SecondSight(32, probation=8, lru=True)
         # kept for long only from a second sight on: most policies built per request never come back
         self._choices: SecondSight = SecondSight(1024)  # (sent identity, profile) -> PolicyChoice
         self._routes: SecondSight = SecondSight(1024)   # plain requests' (model, profile, policy text) -> route
@@ -412,15 +414,20 @@ class Router:
             if hit is not None and hit[0] is pool:  # the entry holds its pool: ids are never reused under it
                 self._plans.move_to_end(key)
                 return hit[1]
-        parts = None
-        if key is not None and pin is None:
+        if key is None or pin is not None:
+            plan = decide(choice.effective.policy, pool, ctx, pin)
+        else:
             # what policies planned over this pool and context share (Policy.plan): per inputs
             parts = self._parts.get(key[1:])
             if parts is None:
                 if len(self._parts) >= 16:
                     self._parts.clear()
                 parts = self._parts[key[1:]] = PlanParts(len(pool))
-        plan = decide(choice.effective.policy, pool, ctx, pin, parts)
+            # and this policy's reasons over an earlier pool in the same context: a re-stamped
+            # pool differs from it only where routes served since (RuntimeState.stamp)
+            again = (key[0], *key[2:])
+            plan, reasons = choice.effective.policy.plan_and_reasons(pool, ctx, parts, self._priors.find(again))
+            self._priors.put(again, (pool, reasons))
         if key is not None:
             plan = self._same_decision(plan, key[1:])
             self._plans[key] = (pool, plan)
