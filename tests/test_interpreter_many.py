@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from unhardcoded.lang import EvaluationError, Policy
 from unhardcoded.lang.compiler import Compiler
-from unhardcoded.lang.interpreter import _many, default_algebra, evaluate
+from unhardcoded.lang.interpreter import Ranked, _many, default_algebra, evaluate
+from unhardcoded.lang.signature import OPS
 
 from . import strategies as S
 from .collector import left_in_cycles
@@ -163,24 +164,35 @@ def restamped(draw: st.DrawFn, pop: list) -> list:
     return out
 
 
-@settings(max_examples=300)
+OBSERVED = frozenset(("latency_ms", "tok_s", "success_rate"))
+
+
+@settings(max_examples=400)
 @given(S.policy(), st.one_of(S.population(max_size=8), odd_population()), st.one_of(S.context(), odd_context()),
-       st.data())
-def test_a_plan_from_a_prior_is_the_plan_made_afresh(term, pop, x, data) -> None:
+       st.sampled_from([frozenset(), OBSERVED]), st.data())
+def test_a_plan_from_a_prior_is_the_plan_made_afresh(term, pop, x, volatile, data) -> None:
+    # with volatile keys the plan before may come back as it is: its candidates are then the
+    # earlier objects, which must equal the pool's in every other key, at the same places
     policy = COMPILER.compile(term).policy
     try:
-        _, reasons = policy.plan_and_reasons(pop, x)
+        plan0, reasons = policy.plan_and_reasons(pop, x)
     except EvaluationError:
         return  # no plan, so nothing a router would keep as a prior
     assert list(reasons) == [policy.filter(c, x) for c in pop]
     later = data.draw(restamped(pop))
+    place = {id(c): i for i, c in enumerate(pop)} | {id(c): i for i, c in enumerate(later)}
+
+    def steady(c):  # what a reader of the plan may read of its candidate
+        return sorted((k, repr(v)) for k, v in c.items() if k not in volatile)
 
     def view(plan):
-        return ([(id(r.candidate), r.score if r.score == r.score else "nan") for r in plan.ordered],
-                [(r.provider, r.model, r.reason, id(r.candidate)) for r in plan.rejected])
+        for r in [*plan.ordered, *plan.rejected]:
+            assert steady(r.candidate) == steady(later[place[id(r.candidate)]])
+        return ([(place[id(r.candidate)], r.score if r.score == r.score else "nan") for r in plan.ordered],
+                [(r.provider, r.model, r.reason, place[id(r.candidate)]) for r in plan.rejected])
 
     def from_prior():
-        plan, again = policy.plan_and_reasons(later, x, None, (pop, reasons))
+        plan, again = policy.plan_and_reasons(later, x, None, (pop, reasons, plan0), volatile)
         return view(plan), list(again)
 
     def afresh():
@@ -191,9 +203,40 @@ def test_a_plan_from_a_prior_is_the_plan_made_afresh(term, pop, x, data) -> None
             return ("ok", fn())
         except EvaluationError as exc:
             return ("error", exc.code, str(exc))
+        except AssertionError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the outcome is what is compared
             return ("raised", type(exc).__name__)
     assert outcome_of(from_prior) == outcome_of(afresh)
+
+
+@settings(max_examples=400)
+@given(st.one_of(S.scorer(), S.selector(), S.xform()), S.population(max_size=6), S.context(), st.data())
+def test_what_a_carrier_says_it_reads_is_all_it_reads(term, pop, x, data) -> None:
+    # a key outside a scorer's, selector's or transform's ``reads`` may change in any candidate
+    # without changing what it gives (Policy.plan_and_reasons returns the plan before on that)
+    carrier = COMPILER.compile(term).carrier
+    keys = getattr(carrier, "reads", None)
+    if keys is None or not pop:
+        return
+    others = [k for k in ["price_in", "price_out", "latency_ms", "tok_s", "success_rate", "tier", "capabilities",
+                          "provider_id", "model_family", "offer", "bench_x", "has_tee", "scope"] if k not in keys]
+    if not others:
+        return
+    i = data.draw(st.integers(0, len(pop) - 1))
+    changed = dict(pop[i])
+    for k in data.draw(st.lists(st.sampled_from(others), min_size=1, max_size=3, unique=True)):
+        changed[k] = data.draw(st.one_of(odd_values, st.floats(0, 5000), st.sampled_from(["partner", "p3", "m2"])))
+    later = [*pop[:i], changed, *pop[i + 1:]]
+    sort = OPS[term[0]].out
+
+    def run(cands):
+        if sort == "Scorer":
+            return [repr(v) for v in carrier(cands, x)]
+        if sort == "Selector":
+            return [(cands.index(r.candidate), repr(r.score)) for r in carrier([Ranked(c, j) for j, c in enumerate(cands)], x)]
+        return [repr(carrier({"temperature": 0.5, "max_tokens": 9}, c, x)) for c in cands]
+    assert outcome(run, pop) == outcome(run, later)
 
 
 def test_a_prior_asks_the_filter_only_about_the_candidates_that_changed() -> None:
@@ -218,12 +261,12 @@ def test_a_prior_asks_the_filter_only_about_the_candidates_that_changed() -> Non
     later[0] = {**pop[0], "latency_ms": 500.0}   # the best route got slow: now rejected
     later[30] = {**pop[30], "latency_ms": 5.0}   # a rejected one got fast: now the best
     asked.clear()
-    plan2, reasons2 = policy.plan_and_reasons(later, x, None, (pop, reasons))
+    plan2, reasons2 = policy.plan_and_reasons(later, x, None, (pop, reasons, None))
     assert asked == ["p0", "p30"]
     assert [r.candidate["provider_id"] for r in plan2.ordered][:2] == ["p30", "p1"]
     assert reasons2[0] == "cmp:latency_ms:le" and reasons2[30] is None
     assert [(r.provider, r.reason) for r in plan2.rejected][0] == ("p0", "cmp:latency_ms:le")
     # a pool that changed in many places is read whole, not asked one by one
     asked.clear()
-    policy.plan_and_reasons([dict(c) for c in pop], x, None, (pop, reasons))
+    policy.plan_and_reasons([dict(c) for c in pop], x, None, (pop, reasons, None))
     assert asked == ["all at once"]

@@ -3,6 +3,9 @@ a breaker or a disable does, or expires."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from unhardcoded.runtime.state import RuntimeConfig, RuntimeState
 
 
@@ -118,3 +121,36 @@ def test_another_list_of_candidates_is_stamped_afresh() -> None:
     p1 = rt.stamp(one, clock.now)
     p2 = rt.stamp(two, clock.now)
     assert p2[1] is two[1] and p2[0] is not p1[0] and p2[0] == p1[0]
+
+
+def _delta_by_definition(pool: list) -> dict:
+    stamps: dict = {}
+    for c in pool:
+        s = {k: c[k] for k in ("success_rate", "latency_ms", "tok_s") if k in c}
+        if s:
+            stamps[f"{c['provider_id']}|{c['model_family']}"] = s
+    return stamps
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 11), st.booleans(), st.floats(1, 900)), max_size=30),
+       st.integers(1, 4))
+def test_the_trace_reads_a_restamped_pool_as_it_reads_a_new_one(served, every) -> None:
+    # the record's pool delta (traces.record.pool_delta) reads a re-stamped pool only where it
+    # changed; it must give what reading every candidate gives, keys in the pool's order too
+    from unhardcoded.traces.record import pool_delta
+    clock = Clock()
+    rt = RuntimeState(RuntimeConfig(stamp_refresh_ms=100, window_ms=60_000, buckets=2), clock=clock)
+    base = [{"provider_id": f"p{i % 6}", "model_family": f"m{i // 6}", "tok_s": 5} if i == 3 else
+            {"provider_id": f"p{i % 6}", "model_family": f"m{i // 6}"} for i in range(12)]
+    for step, (i, ok, ms) in enumerate(served):
+        c = base[i]
+        if ok:
+            rt.record_success(c["provider_id"], c["model_family"], ms)
+        else:
+            rt.record_failure(c["provider_id"], c["model_family"], "server_error", ms)
+        clock.now += 101 if step % every else 40_000  # now and then a window passes
+        pool = rt.stamp(base, clock.now)
+        got = pool_delta(pool, base, [])["stamps"]
+        want = _delta_by_definition(pool)
+        assert got == want and list(got) == list(want)

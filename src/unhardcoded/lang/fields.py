@@ -48,6 +48,7 @@ def _price(name: str) -> Getter:
             return v
         return _m(_ema(cand, ctx), name)
     get.first_key = name  # type: ignore[attr-defined]
+    get.reads = frozenset((name, "provider_id", "model_family"))  # type: ignore[attr-defined]  (the estimate is per route)
 
     get.many = lambda cands, ctx: [get(c, ctx) if (v := c.get(name)) is None else v  # type: ignore[attr-defined]
                                    for c in cands]
@@ -58,6 +59,7 @@ def _own(name: str) -> Getter:
     def get(cand: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
         return cand.get(name)
     get.first_key = name  # type: ignore[attr-defined]
+    get.reads = frozenset((name,))  # type: ignore[attr-defined]
     get.many = lambda cands, ctx: [c.get(name) for c in cands]  # type: ignore[attr-defined]
     return get
 
@@ -121,6 +123,10 @@ _context.many = _context_many  # type: ignore[attr-defined]
 _credits.many = _credits_many  # type: ignore[attr-defined]
 _breaker_open.many = _breaker_open_many  # type: ignore[attr-defined]
 _disabled.many = _disabled_many  # type: ignore[attr-defined]
+# and ``reads``: the candidate's keys its reading depends on (besides the context); a getter
+# without it may read any (see Schema.observer)
+_context.reads = frozenset(("capabilities",))  # type: ignore[attr-defined]
+_credits.reads = _breaker_open.reads = _disabled.reads = frozenset(("provider_id",))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +213,9 @@ class Schema:
     def observer(self, name: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
         """The field's reading of a candidate in a context, its default filled in.
 
+        ``observe.reads`` is the set of the candidate's keys the reading depends on, or None
+        when that is not known (a host's own getter that does not say).
+
         When the field's value, if present, is one key of the candidate (``first_key``), the
         observer says so: the interpreter reads that key inline and calls the observer only
         when it is absent (a hot-path shortcut with the same result). ``observe.many(cands,
@@ -229,6 +238,7 @@ class Schema:
             v = get(cand, ctx)
             return default if v is None else v
         observe.first_key = getattr(get, "first_key", None)  # type: ignore[attr-defined]
+        observe.reads = getattr(get, "reads", None)  # type: ignore[attr-defined]  (None: any key)
         # (the vector form refers to the getter, never to ``observe``: no cycle, so a compiled
         # policy is freed by reference counting as soon as a cache lets it go)
         many, key = getattr(get, "many", None), observe.first_key

@@ -99,20 +99,27 @@ class Policy:
         return self.plan_and_reasons(candidates, ctx, parts)[0]
 
     def plan_and_reasons(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
-                         parts: "PlanParts | None" = None,
-                         prior: "tuple[Sequence[Mapping[str, Any]], Sequence[Any]] | None" = None,
-                         ) -> tuple[Plan, Sequence[Any]]:
+                         parts: "PlanParts | None" = None, prior: "tuple | None" = None,
+                         volatile: frozenset = frozenset()) -> tuple[Plan, Sequence[Any]]:
         """:meth:`plan`, and the filter's reason for each candidate (None where it passed).
 
-        ``prior``, if given, is ``(candidates, reasons)`` of this policy's plan over another list
+        ``prior``, if given, is ``(candidates, reasons, plan)`` of this policy over another list
         in a context that means the same as ``ctx``. A filter's reason for a candidate depends
         on that candidate and the context alone, so where the two lists hold the same object
         at the same place the reason is the one before, and only the other places are asked
         again (one by one, as the walk asks). For a pool re-stamped after a few routes served,
         that is a few candidates instead of all. If there are many such places, or a question
-        raises, the plan is made as if there were no prior (and raises what that raises)."""
+        raises, the plan is made as if there were no prior (and raises what that raises).
+
+        ``volatile`` names keys in which a candidate may differ from the one at its place
+        before and still be, to whoever reads the plan, the same candidate (the host's
+        observations: latency, success rate). Where every candidate that differs does so only
+        in such keys, the filter gives it the reason it gave before, and the scorer, selector
+        and transform read none of those keys, the scores and order are what they were: the
+        plan before is the plan, returned as it is (its candidates are then the earlier
+        objects, equal to these in every key but those)."""
         if prior is not None:
-            got = self._replan(candidates, ctx, prior)
+            got = self._replan(candidates, ctx, prior, volatile)
             if got is not None:
                 return got
         if parts is not None:
@@ -133,9 +140,9 @@ class Policy:
         survivors, rejected = _split(candidates, reasons)
         return Plan(self.select(survivors, ctx), rejected), reasons
 
-    def _replan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],
-                prior: "tuple[Sequence[Mapping[str, Any]], Sequence[Any]]") -> tuple[Plan, list] | None:
-        before, whys = prior
+    def _replan(self, candidates: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any], prior: tuple,
+                volatile: frozenset) -> tuple[Plan, list] | None:
+        before, whys, plan = prior
         n = len(candidates)
         if len(before) != n or len(whys) != n:
             return None
@@ -149,6 +156,19 @@ class Policy:
                 reasons[i] = keep(candidates[i], ctx)
         except Exception:
             return None
+        if plan is not None and volatile:
+            reads: Any = _SEEN  # not looked up yet
+            for i in changed:
+                why = reasons[i]
+                if why != whys[i] or not _alike(before[i], candidates[i], volatile):
+                    break
+                if why is None:  # a survivor: scored, ordered and transformed
+                    if reads is _SEEN:
+                        reads = _reads(self.scorer, self.selector, self.xform)
+                    if reads is None or not volatile.isdisjoint(reads):
+                        break
+            else:
+                return plan, reasons
         survivors, rejected = _split(candidates, reasons)
         return Plan(self.select(survivors, ctx), rejected), reasons
 
@@ -388,6 +408,9 @@ def _split(candidates: Sequence[Mapping[str, Any]], reasons: Sequence[Any]) -> t
     return survivors, rejected
 
 
+_TIER, _FAMILY, _PROVIDER = frozenset(("tier",)), frozenset(("model_family",)), frozenset(("provider_id",))
+_SERVED_BY, _CAPABILITIES = frozenset(("offer", "provider_id")), frozenset(("capabilities",))
+
 _SEEN: Any = object()  # a child seen in a plan over these inputs, not yet read over the whole list
 
 
@@ -408,6 +431,37 @@ class PlanParts(BoundedMemo):
 
     def __init__(self, list_length: int = 0) -> None:
         super().__init__(self.ENTRIES, max(self.WEIGHT, self.PER_LIST * list_length))
+
+
+_NOTHING: frozenset = frozenset()
+_ABSENT: Any = object()
+
+
+def _reads(*parts: Any) -> frozenset | None:
+    """The candidate keys ``parts`` (carriers, or sets of keys) read, together; None if any
+    part's are not known (a carrier without ``reads``: a host's custom transform, ``meets_req``)."""
+    out = _NOTHING
+    for part in parts:
+        keys = part if type(part) is frozenset else getattr(part, "reads", None)
+        if keys is None:
+            return None
+        out = out | keys
+    return out
+
+
+def _alike(a: Mapping[str, Any], b: Mapping[str, Any], volatile: frozenset) -> bool:
+    """Whether two candidates hold the same values (by type and ==) in every key but ``volatile``."""
+    for k, v in b.items():
+        if k not in volatile:
+            w = a.get(k, _ABSENT)
+            if w is not v and (type(w) is not type(v) or w != v):
+                return False
+    return all(k in b or k in volatile for k in a)
+
+
+def _reading(fn: Any, keys: frozenset | None) -> Any:
+    fn.reads = keys
+    return fn
 
 
 def _many(pred: Pred) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list]:
@@ -439,11 +493,11 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
     # ---- Pred ------------------------------------------------------------
     @op("top")
     def _top(a: list) -> Pred:
-        return lambda c, ctx: None
+        return _reading(lambda c, ctx: None, _NOTHING)
 
     @op("bot")
     def _bot(a: list) -> Pred:
-        return lambda c, ctx: "bot"
+        return _reading(lambda c, ctx: "bot", _NOTHING)
 
     @op("and")
     def _and(ps: list) -> Pred:
@@ -455,6 +509,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             return None
         qs = [_many(q) for q in ps]
         p.kids = tuple(ps)  # type: ignore[attr-defined]  (Policy._plan_parts reads each child alone)
+        p.reads = _reads(*ps)  # type: ignore[attr-defined]
 
         def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
             # each child sees only the candidates every earlier child passed, as in the walk
@@ -485,6 +540,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                     return None
             return "or"
         qs = [_many(q) for q in ps]
+        p.reads = _reads(*ps)  # type: ignore[attr-defined]
 
         def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
             out: list = ["or"] * len(cands)
@@ -511,6 +567,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         p: Any = lambda c, ctx: "not" if inner(c, ctx) is None else None  # noqa: E731
         inner_many = _many(inner)
         p.many = lambda cands, ctx: ["not" if why is None else None for why in inner_many(cands, ctx)]
+        p.reads = _reads(inner)
         return p
 
     @op("meets_req")
@@ -553,6 +610,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         observe_many = observe.many
         p.many = lambda cands, ctx: [None if v is not None and v is not False else reason
                                      for v in observe_many(cands, ctx)]
+        p.reads = observe.reads
         return p
 
     @op("cmp")
@@ -577,6 +635,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 return None if test(_number(observe(c, ctx), name), num) else reason
             p.many = many  # type: ignore[attr-defined]
             p.column, p.on_column = observe_many, on_column  # type: ignore[attr-defined]
+            p.reads = observe.reads  # type: ignore[attr-defined]
             return p
 
         def fast(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
@@ -589,12 +648,13 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             return None if test(v, num) else reason
         fast.many = many  # type: ignore[attr-defined]
         fast.column, fast.on_column = observe_many, on_column  # type: ignore[attr-defined]
+        fast.reads = observe.reads  # type: ignore[attr-defined]
         return fast
 
     @op("tier_eq")
     def _tier_eq(a: list) -> Pred:
         tier = a[0]
-        return lambda c, ctx: None if _or_default(c.get("tier"), "fallback") == tier else "tier"
+        return _reading(lambda c, ctx: None if _or_default(c.get("tier"), "fallback") == tier else "tier", _TIER)
 
     @op("min_tier")
     def _min_tier(a: list) -> Pred:
@@ -603,22 +663,22 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             tier = _or_default(c.get("tier"), "fallback")
             # a tier the order does not name ranks 0, whatever it is (a list or an object too)
             return None if (tier_rank.get(tier, 0) if type(tier) is str else 0) >= floor else "min_tier"
-        return p
+        return _reading(p, _TIER)
 
     @op("family_eq")
     def _family_eq(a: list) -> Pred:
         fam = a[0]
-        return lambda c, ctx: None if c.get("model_family") == fam else "model_family"
+        return _reading(lambda c, ctx: None if c.get("model_family") == fam else "model_family", _FAMILY)
 
     @op("provider_eq")
     def _provider_eq(a: list) -> Pred:
         pid = a[0]
-        return lambda c, ctx: None if c.get("provider_id") == pid else "provider_id"
+        return _reading(lambda c, ctx: None if c.get("provider_id") == pid else "provider_id", _PROVIDER)
 
     @op("served_by_eq")
     def _served_by_eq(a: list) -> Pred:
         route = a[0]
-        return lambda c, ctx: None if served_by(c) == route else "served_by"
+        return _reading(lambda c, ctx: None if served_by(c) == route else "served_by", _SERVED_BY)
 
     @op("has_cap")
     def _has_cap(a: list) -> Pred:
@@ -628,12 +688,12 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         def p(c: Mapping[str, Any], ctx: Mapping[str, Any]) -> str | None:
             caps = c.get("capabilities")
             return None if isinstance(caps, Mapping) and truthy(caps.get(cap)) else reason
-        return p
+        return _reading(p, _CAPABILITIES)
 
     # ---- Scorer ----------------------------------------------------------
     @op("zero")
     def _zero(a: list) -> Scorer:
-        return lambda pop, ctx: [0] * len(pop)
+        return _reading(lambda pop, ctx: [0] * len(pop), _NOTHING)
 
     @op("add")
     def _add(ss: list) -> Scorer:
@@ -646,14 +706,14 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 v = sub(pop, ctx)
                 out = [x + y if type(x) is float or type(y) is float else _plus(x, y) for x, y in zip(out, v)]
             return out
-        return s
+        return _reading(s, _reads(*ss))
 
     @op("scale")
     def _scale(a: list) -> Scorer:
         w, inner = a
         if type(w) is float:  # a double weight never meets the integer wrap
-            return lambda pop, ctx: [w * x for x in inner(pop, ctx)]
-        return lambda pop, ctx: [_mul(w, x) for x in inner(pop, ctx)]
+            return _reading(lambda pop, ctx: [w * x for x in inner(pop, ctx)], _reads(inner))
+        return _reading(lambda pop, ctx: [_mul(w, x) for x in inner(pop, ctx)], _reads(inner))
 
     @op("gate")
     def _gate(a: list) -> Scorer:
@@ -662,12 +722,13 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
             v = inner(pop, ctx)
             return [x if pred(c, ctx) is None else 0 for c, x in zip(pop, v)]
-        return s
+        return _reading(s, _reads(pred, inner))
 
     @op("neg")
     def _neg(a: list) -> Scorer:
         inner = a[0]
-        return lambda pop, ctx: [1 - x if type(x) is float else _minus(1, x) for x in inner(pop, ctx)]
+        return _reading(lambda pop, ctx: [1 - x if type(x) is float else _minus(1, x) for x in inner(pop, ctx)],
+                        _reads(inner))
 
     @op("normalize")
     def _normalize(a: list) -> Scorer:
@@ -696,12 +757,12 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                     d = (x - lo) / span if doubles and type(x) is float else _div(_minus(x, lo), span)
                     out.append(0 if d != d else d)
             return out
-        return s
+        return _reading(s, _reads(inner))
 
     @op("clamp")
     def _clamp_scorer(a: list) -> Scorer:
         lo, hi, inner = a
-        return lambda pop, ctx: [_clamp(x, lo, hi) for x in inner(pop, ctx)]
+        return _reading(lambda pop, ctx: [_clamp(x, lo, hi) for x in inner(pop, ctx)], _reads(inner))
 
     @op("field")
     def _field(a: list) -> Scorer:
@@ -709,7 +770,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
         observe = schema.observer(name)
         key = getattr(observe, "first_key", None)
         if key is None:
-            return lambda pop, ctx: [_number(observe(c, ctx), name) for c in pop]
+            return _reading(lambda pop, ctx: [_number(observe(c, ctx), name) for c in pop], observe.reads)
 
         def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
             out = [c.get(key) for c in pop]
@@ -718,21 +779,21 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 if t is not float and t is not int:
                     out[i] = _number(observe(pop[i], ctx), name)
             return out
-        return s
+        return _reading(s, observe.reads)
 
     @op("lit")
     def _lit(a: list) -> Scorer:
         n = a[0]
-        return lambda pop, ctx: [n] * len(pop)
+        return _reading(lambda pop, ctx: [n] * len(pop), _NOTHING)
 
     # ---- Selector --------------------------------------------------------
     @op("argmax")
     def _argmax(a: list) -> Callable:
-        return lambda scored, ctx: _by_score(scored)
+        return _reading(lambda scored, ctx: _by_score(scored), _NOTHING)
 
     @op("ordered")
     def _ordered(a: list) -> Callable:
-        return lambda scored, ctx: list(scored)
+        return _reading(lambda scored, ctx: list(scored), _NOTHING)
 
     @op("sample")
     def _sample(a: list) -> Callable:
@@ -764,7 +825,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                 out.append(pool.pop(pick))
                 weights.pop(pick)
             return out
-        return sel
+        return _reading(sel, _NOTHING)
 
     @op("chain")
     def _chain(a: list) -> Callable:
@@ -783,12 +844,12 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
                     out.append(Ranked(c, -p))
             # Two candidates of one provider/model tie; the reference's sort decides.
             return reference_sort(out, lambda x, y: x.score > y.score)
-        return sel
+        return _reading(sel, _PROVIDER | _FAMILY)
 
     @op("top_k")
     def _top_k(a: list) -> Callable:
         k, inner = int(a[0]), a[1]
-        return lambda scored, ctx: inner(scored, ctx)[:k]
+        return _reading(lambda scored, ctx: inner(scored, ctx)[:k], _reads(inner))
 
     @op("prefer")
     def _prefer(a: list) -> Callable:
@@ -799,12 +860,12 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             for r in inner(scored, ctx):
                 (first if pred(r.candidate, ctx) is None else rest).append(r)
             return first + rest
-        return sel
+        return _reading(sel, _reads(pred, inner))
 
     # ---- Xform -----------------------------------------------------------
     @op("id")
     def _id(a: list) -> Xform:
-        return lambda req, c, ctx: req
+        return _reading(lambda req, c, ctx: req, _NOTHING)
 
     @op("seq")
     def _seq(xs: list) -> Xform:
@@ -812,7 +873,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             for step in xs:
                 req = step(req, c, ctx)
             return req
-        return x
+        return _reading(x, _reads(*xs))
 
     def _setter(name: str, value: Any) -> Xform:
         def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
@@ -823,7 +884,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             else:
                 out[name] = v
             return out
-        return x
+        return _reading(x, _NOTHING)
 
     @op("set_param")
     def _set_param(a: list) -> Xform:
@@ -843,7 +904,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[name] = _clamp(v, lo, hi)
             return out
-        return x
+        return _reading(x, _NOTHING)
 
     @op("jitter")
     def _jitter(a: list) -> Xform:
@@ -862,7 +923,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             else:
                 out[name] = (rng() * 2 - 1) * amount
             return out
-        return x
+        return _reading(x, _NOTHING)
 
     def _directive(kind: str, recipe: Any) -> Xform:
         def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
@@ -876,7 +937,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
             filters[kind] = entry
             out["_filters"] = filters
             return out
-        return x
+        return _reading(x, _NOTHING)
 
     @op("filter_text")
     def _filter_text(a: list) -> Xform:
@@ -899,7 +960,7 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
 
         def x(req: Any, c: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
             return inner(req, c, ctx) if pred(c, ctx) is None else req
-        return x
+        return _reading(x, _reads(pred, inner))
 
     # ---- FailPlan --------------------------------------------------------
     @op("always")

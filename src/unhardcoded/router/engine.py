@@ -43,7 +43,7 @@ from ..memo import IdentityMemo, SecondSight
 from ..providers import WIRES
 from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
 from ..providers.transport import StreamResponse, Transport
-from ..runtime.state import RuntimeState, wall_ms
+from ..runtime.state import STAMPED, RuntimeState, wall_ms
 from .contract import Contract, RequestError, parse_contract
 from .decision import PolicyChoice, choose_policy, decide
 from .filters import apply_directives
@@ -196,6 +196,7 @@ _WIRE_PARTS = IdentityMemo(32)
 _POLICY_KEYS = IdentityMemo(128)
 _ANSWERED = IdentityMemo(1024)   # candidate -> who answered (candidates are shared, stamped pools renewed)
 _TERM_WIRE = IdentityMemo(64)
+_OBSERVED = frozenset(STAMPED)  # what a re-stamp may change in a candidate (Policy.plan_and_reasons' volatile)
 
 
 def _ranked_rows(ordered: Sequence[Ranked]) -> list[dict[str, Any]]:
@@ -416,6 +417,8 @@ class Router:
                 return hit[1]
         if key is None or pin is not None:
             plan = decide(choice.effective.policy, pool, ctx, pin)
+            if key is not None:
+                plan = self._same_decision(plan, key[1:])
         else:
             # what policies planned over this pool and context share (Policy.plan): per inputs
             parts = self._parts.get(key[1:])
@@ -425,11 +428,15 @@ class Router:
                 parts = self._parts[key[1:]] = PlanParts(len(pool))
             # and this policy's reasons over an earlier pool in the same context: a re-stamped
             # pool differs from it only where routes served since (RuntimeState.stamp)
+            # (a plan whose routes changed only in what the runtime observes, where the policy
+            # decides as before without reading it, is the plan before: see plan_and_reasons)
             again = (key[0], *key[2:])
-            plan, reasons = choice.effective.policy.plan_and_reasons(pool, ctx, parts, self._priors.find(again))
-            self._priors.put(again, (pool, reasons))
+            prior = self._priors.find(again)
+            plan, reasons = choice.effective.policy.plan_and_reasons(pool, ctx, parts, prior, _OBSERVED)
+            if prior is None or plan is not prior[2]:  # (the plan before was shared when it was made)
+                plan = self._same_decision(plan, key[1:])
+            self._priors.put(again, (pool, reasons, plan))
         if key is not None:
-            plan = self._same_decision(plan, key[1:])
             self._plans[key] = (pool, plan)
             if len(self._plans) > 512:
                 self._plans.popitem(last=False)

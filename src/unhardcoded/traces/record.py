@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
+from itertools import compress
 
 from typing import Any, Callable, Mapping, Sequence
 
@@ -131,12 +133,38 @@ def _policy_ident(c: Any) -> dict[str, Any]:
 def pool_delta(pool: Sequence[Mapping[str, Any]], catalog_candidates: Sequence[Mapping[str, Any]],
                pre_rejected: Sequence[Any]) -> dict[str, Any]:
     """How the decision's pool differs from the catalog snapshot: exclusions and observed stamps."""
-    stamps: dict[str, dict[str, Any]] = {}
-    for c in pool:
-        s = {k: c[k] for k in OBSERVED_FIELDS if k in c}
-        if s:
-            stamps[f"{c['provider_id']}|{c['model_family']}"] = s
+    stamps = {key: s for _, (key, s) in sorted(_stamped_at(pool).items())}
     return {"excluded": [[x.provider, x.model, x.reason] for x in pre_rejected], "stamps": stamps}
+
+
+def _stamp_of(c: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: c[k] for k in OBSERVED_FIELDS if k in c}
+
+
+_LAST_POOL: list[Any] = [None]  # (pool, {position: (route key, stamp)}) of the last pool_delta
+
+
+def _stamped_at(pool: Sequence[Mapping[str, Any]]) -> dict[int, tuple[str, dict[str, Any]]]:
+    """The pool's observed stamps by position. A re-stamped pool holds the last one's objects
+    but where routes served (RuntimeState.stamp): only those places are read again."""
+    n = len(pool)
+    last = _LAST_POOL[0]
+    if last is not None and len(last[0]) == n:
+        changed = list(compress(range(n), map(operator.is_not, last[0], pool)))
+        if 4 * len(changed) <= n:
+            at = dict(last[1])
+            for i in changed:
+                c = pool[i]
+                s = _stamp_of(c)
+                if s:
+                    at[i] = (f"{c['provider_id']}|{c['model_family']}", s)
+                else:
+                    at.pop(i, None)
+            _LAST_POOL[0] = (pool, at)
+            return at
+    at = {i: (f"{c['provider_id']}|{c['model_family']}", s) for i, c in enumerate(pool) if (s := _stamp_of(c))}
+    _LAST_POOL[0] = (pool, at)
+    return at
 
 
 # Plans and stamped pools are shared by many runs (the router memoises them): their part
@@ -271,15 +299,16 @@ _SHARED = IdentityMemo(32)   # plan -> {(choice, route naming, catalog) -> _Shar
 def _shared(prep: Any, catalog: Any) -> _Shared:
     by_route = _SHARED.get(prep.plan, lambda plan: {})
     c = prep.contract
-    key = (id(prep.choice), c.route, c.policy_name, c.flow_name, c.pin, id(catalog))
+    # (a plan may outlive its pool: Policy.plan_and_reasons' volatile keys; the record's inputs are the pool's)
+    key = (id(prep.choice), c.route, c.policy_name, c.flow_name, c.pin, id(catalog), id(prep.pool))
     hit = by_route.get(key)
-    if hit is None or hit[0] is not prep.choice or hit[1] is not catalog:
+    if hit is None or hit[0] is not prep.choice or hit[1] is not catalog or hit[3] is not prep.pool:
         # few: a plan is shared by the policies that decide alike (Router._same_decision), and a
         # backend that sends a new policy per request would keep one entry (its sections, its
         # policies) per request here; 64 held ~30 MB more under that load than 8
         if len(by_route) > 8:
             by_route.clear()
-        hit = by_route[key] = (prep.choice, catalog, _Shared(prep, catalog))
+        hit = by_route[key] = (prep.choice, catalog, _Shared(prep, catalog), prep.pool)
     return hit[2]
 
 
