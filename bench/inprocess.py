@@ -12,6 +12,11 @@ socket benchmarks measure: the server, the upstream client and the kernel.
 ``--new-policy`` moves the body's ``bench_intelligence`` threshold by n * 1e-9 for the n-th call, as
 ``BENCH_NEW_POLICY=1`` does in ``wrk_post.lua``: every call then brings a policy the router has not seen.
 
+``--light-traffic`` moves the router's clock past ``stamp_refresh_ms`` before every call, as when
+calls come seconds apart: each one finds the stamped pool expired, and the route that served the
+last call re-stamped with its new latency. ``--providers N`` serves a catalog of N × 5 candidates
+(default 40: the suite's 200).
+
 Prints the process CPU time per call (the event loop and the trace writer together), best of three
 loops of N calls.
 """
@@ -99,8 +104,17 @@ def bodies(body: bytes, new_policy: bool) -> Any:
         yield pre + b'["cmp","bench_intelligence","ge",%.12f]' % (0.3 + n * 1e-9) + post
 
 
-async def run(app: RSGIApp, body: bytes, calls: int, new_policy: bool = False) -> float:
-    sink = app.app.router.sink
+async def run(app: RSGIApp, body: bytes, calls: int, new_policy: bool = False, light: bool = False) -> float:
+    router = app.app.router
+    sink = router.sink
+    if light:  # every call past the stamp window (one clock for the router and its runtime state)
+        now = [router.clock()]
+        step = router.runtime.config.stamp_refresh_ms + 1
+
+        def clock() -> int:
+            now[0] += step
+            return now[0]
+        router.clock = router.runtime.clock = clock
     if hasattr(sink, "start"):
         sink.start()
     scope = Scope(body)
@@ -129,9 +143,11 @@ def main() -> None:
     ap.add_argument("--sink", choices=("sqlite", "memory"), default="sqlite")
     ap.add_argument("--profile", action="store_true", help="cProfile one run (times are then inflated)")
     ap.add_argument("--new-policy", action="store_true", help="a policy the router has not seen in every call")
+    ap.add_argument("--light-traffic", action="store_true", help="every call after the stamp window has passed")
+    ap.add_argument("--providers", type=int, default=40, help="providers in the catalog (5 candidates each)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="unhardcoded-inprocess-"))
-    files = workload.write(work, "http://127.0.0.1:9")
+    files = workload.write(work, "http://127.0.0.1:9", n_providers=a.providers)
     os.environ["BENCH_UPSTREAM_KEY"] = "sk-bench-upstream"
     settings = load_settings(None, catalog=str(files["catalog"]), data_dir=str(work / "data"))
     router = build_router(settings, sink=TraceSink() if a.sink == "memory" else None)
@@ -143,14 +159,15 @@ def main() -> None:
     if a.profile:
         prof = cProfile.Profile()
         prof.enable()
-        per_call = uvloop.run(run(app, body, a.calls, a.new_policy))
+        per_call = uvloop.run(run(app, body, a.calls, a.new_policy, a.light_traffic))
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
     else:
-        per_call = uvloop.run(run(app, body, a.calls, a.new_policy))
+        per_call = uvloop.run(run(app, body, a.calls, a.new_policy, a.light_traffic))
     kind = "a new policy" if a.new_policy else "the same policy"
-    print(f"{per_call * 1e6:.1f} us of process CPU per call ({kind} each call, {a.sink} trace sink,"
-          f" best of 3 x {a.calls} calls)")
+    light = ", each call after the stamp window" if a.light_traffic else ""
+    print(f"{per_call * 1e6:.1f} us of process CPU per call ({kind} each call{light}, {a.providers * 5} candidates,"
+          f" {a.sink} trace sink, best of 3 x {a.calls} calls)")
 
 
 if __name__ == "__main__":
