@@ -154,3 +154,38 @@ def test_the_trace_reads_a_restamped_pool_as_it_reads_a_new_one(served, every) -
         got = pool_delta(pool, base, [])["stamps"]
         want = _delta_by_definition(pool)
         assert got == want and list(got) == list(want)
+
+
+def _observed_by_definition(rt: RuntimeState, now: int) -> dict:
+    out = {}
+    for key, buckets in rt.routes.items():
+        live = [b for b in buckets if b.start_ms >= now - rt.config.window_ms]
+        n, ok = sum(b.n for b in live), sum(b.ok for b in live)
+        if not n:
+            continue
+        stats = {"success_rate": ok / n, "attempts": float(n)}
+        if ok:
+            stats["latency_ms"] = sum(b.latency_sum for b in live) / ok
+        tn = sum(b.tok_s_n for b in live)
+        if tn:
+            stats["tok_s"] = sum(b.tok_s_sum for b in live) / tn
+        out[key] = stats
+    return out
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["a|m", "b|m", "c|n"]), st.sampled_from(["ok", "fail", "none"]),
+                          st.floats(0, 900), st.integers(0, 50_000)), max_size=40))
+def test_observed_figures_are_remembered_only_while_they_hold(steps) -> None:
+    # observed() sums a route again only when it was observed since or a slice it counted left
+    # the window: at every step it must read as summing every route afresh does
+    clock = Clock()
+    rt = RuntimeState(RuntimeConfig(window_ms=120_000, buckets=4), clock=clock)
+    for key, what, ms, later in steps:
+        provider, family = key.split("|")
+        if what == "ok":
+            rt.record_success(provider, family, ms, ms / 10 or None)
+        elif what == "fail":
+            rt.record_failure(provider, family, "server_error", ms)
+        clock.now += later
+        assert rt.observed(clock.now) == _observed_by_definition(rt, clock.now)

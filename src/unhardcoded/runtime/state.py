@@ -93,6 +93,10 @@ class RuntimeState:
         self.version = 0  # bumps on every change
         self._stamped: tuple[Any, int, list[Mapping[str, Any]]] | None = None
         self._stamped_routes: frozenset[str] = frozenset()  # the routes the last stamp stamped
+        self._stamped_stats: dict[str, dict[str, float]] = {}  # and their figures (observed's dicts)
+        # per route: observations recorded (a version), and (version, computed at, valid through, figures)
+        self._versions: dict[str, int] = {}
+        self._stats: dict[str, tuple[int, int, int, dict[str, float] | None]] = {}
         self._at: tuple[Any, dict[str, list[int]]] | None = None  # (candidates, route -> positions)
         # the snapshot changes only when a breaker or a disable does, or one of them expires:
         # (epoch it was taken at, the first expiry after it, snapshot, hashable key)
@@ -147,27 +151,45 @@ class RuntimeState:
         return snap, key
 
     def observed(self, now_ms: int) -> dict[str, dict[str, float]]:
-        """Per route key ``provider|family``: success_rate, latency_ms, tok_s over the window."""
+        """Per route key ``provider|family``: success_rate, latency_ms, tok_s over the window.
+
+        A route's figures are summed again only when it was observed since, or a slice it
+        counted has left the window: else they are the same dict as last time (read-only)."""
         out: dict[str, dict[str, float]] = {}
-        horizon = now_ms - self.config.window_ms
+        window = self.config.window_ms
+        horizon = now_ms - window
+        known, versions = self._stats, self._versions
         for key, buckets in list(self.routes.items()):
+            version = versions.get(key, 0)
+            hit = known.get(key)
+            if hit is not None and hit[0] == version and hit[1] <= now_ms <= hit[2]:
+                if hit[3] is not None:
+                    out[key] = hit[3]
+                continue
             n = ok = tn = 0
             lat = ts = 0.0
+            first = None
             for b in list(buckets):
                 if b.start_ms < horizon:
                     continue
+                if first is None or b.start_ms < first:
+                    first = b.start_ms
                 n += b.n
                 ok += b.ok
                 lat += b.latency_sum
                 ts += b.tok_s_sum
                 tn += b.tok_s_n
+            # valid until the oldest slice counted leaves the window (later ones come with a new version)
+            through = 1 << 62 if first is None else first + window
             if not n:
+                known[key] = (version, now_ms, through, None)
                 continue
             stats: dict[str, float] = {"success_rate": ok / n, "attempts": float(n)}
             if ok:
                 stats["latency_ms"] = lat / ok
             if tn:
                 stats["tok_s"] = ts / tn
+            known[key] = (version, now_ms, through, stats)
             out[key] = stats
         return out
 
@@ -206,7 +228,10 @@ class RuntimeState:
                     if out[i] is not candidates[i]:
                         out[i] = candidates[i]
                         changed = True
+        last = self._stamped_stats if before is not None else {}  # (what the last stamp of this list used)
         for key, stats in observed.items():
+            if last.get(key) is stats:  # the same figures as at the last stamp: nothing to do
+                continue
             for i in at.get(key, ()):
                 c, was = candidates[i], out[i]
                 if was is not c and all(_same(was.get(k), stats[k] if k in stats else c.get(k)) for k in STAMPED):
@@ -218,6 +243,7 @@ class RuntimeState:
                 out[i] = stamped
                 changed = True
         self._stamped_routes = frozenset(observed)
+        self._stamped_stats = observed
         return before if before is not None and not changed else out
 
     def _positions(self, candidates: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
@@ -287,6 +313,8 @@ class RuntimeState:
             if tok_s is not None:
                 b.tok_s_sum += tok_s
                 b.tok_s_n += 1
+        # after the slice is written: a reading of the figures in between is stale by this version
+        self._versions[key] = self._versions.get(key, 0) + 1
 
     # ---- operator view -----------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -311,6 +339,8 @@ class RuntimeState:
                 self.breakers.clear()
                 self.disabled.clear()
                 self.routes.clear()
+                self._stats.clear()
+                self._stamped_stats = {}
             else:
                 for p in providers:
                     self.breakers.pop(p, None)
