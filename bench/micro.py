@@ -11,6 +11,9 @@ Per-call microseconds of each stage the router runs before it calls a provider:
   credentialed pool, runtime stamp, plan), with warm caches, with a success
   recorded in the runtime state before every call (as under live traffic:
   "live"), and with the compiler's caches and the router's plan memo cleared before every call;
+  and under light traffic ("restamped": every call after the stamp window, the route that served
+  before re-stamped with a new latency), for the benchmark policy and for one whose scorer also
+  reads the observed latency;
 
 over catalogs of 50, 200, 2,000 and 10,000 candidates, and for policies of
 about 5, 50 and 500 nodes (over 200 candidates).
@@ -99,7 +102,7 @@ def clear_caches(r: Router) -> None:
     r.compiler.clear()
     _STRETCHES.clear()
     _HEADS.clear()
-    for memo in ("_plans", "_routes", "_decisions", "_decided", "_parts"):
+    for memo in ("_plans", "_routes", "_decisions", "_decided", "_parts", "_priors"):
         held = getattr(r, memo, None)
         if held is not None:
             held.clear()
@@ -146,6 +149,36 @@ def new_policy_cost(r: Router, body: dict, budget: float) -> dict | None:
         tick[0] += 1
         r.prepare({**body, "policy_ir": with_threshold(body["policy_ir"], tick[0])})
     return bench(new_policy, budget)
+
+
+def latency_scored(term: list) -> list:
+    """``term`` (a full policy) whose scorer also prefers routes observed faster: a policy that
+    reads what the runtime stamps, so a re-stamp changes its scores."""
+    return [term[0], term[1], ["add", term[2], ["scale", 0.1, ["neg", ["normalize", ["field", "latency_ms"]]]]],
+            *term[3:]]
+
+
+def restamped_cost(r: Router, body: dict, budget: float) -> dict:
+    """Router.prepare under light traffic: every call comes after the stamp window has passed,
+    and the route that served the call before has a new mean latency (the pool is re-stamped
+    there, and only there)."""
+    wall = r.clock
+    now = [wall()]
+    step = r.runtime.config.stamp_refresh_ms + 1
+    r.clock = r.runtime.clock = lambda: now[0]
+    served = [r.prepare(body).plan.ordered[0].candidate]
+
+    def call() -> None:
+        c = served[0]
+        r.runtime.record_success(c["provider_id"], c["model_family"], 100.0 + (now[0] % 997) / 10, 50.0)
+        now[0] += step
+        p = r.prepare(body)
+        if p.plan.ordered:
+            served[0] = p.plan.ordered[0].candidate
+    try:
+        return bench(call, budget)
+    finally:
+        r.clock = r.runtime.clock = wall
 
 
 def stages(term: list, schema: Any, budget: float) -> dict[str, Any]:
@@ -221,12 +254,17 @@ def main() -> int:
             r.runtime.record_success(pid, fam, 1.0 + (tick[0] % 7), 50.0)
             r.prepare(body)
         row["prepare_live"] = bench(prepare_live, budget)
+        row["prepare_restamped"] = restamped_cost(r, body, budget)
+        row["prepare_restamped_latency_scored"] = restamped_cost(
+            r, {**body, "policy_ir": latency_scored(body["policy_ir"])}, budget)
         prof = workload.bodies()["router_profile"]
         row["prepare_cached_profile_default"] = bench(lambda: r.prepare(prof), budget)
         res["by_catalog"][str(n)] = row
         print(f"N={n:>6}: plan {row['plan']['median_us']:>9.1f} us  prepare cached {row['prepare_cached']['median_us']:>9.1f} us"
               f"  live {row['prepare_live']['median_us']:>9.1f} us  uncached {row['prepare_uncached']['median_us']:>9.1f} us"
-              f"  new policy {row['prepare_new_policy']['median_us']:>9.1f} us  profile {row['prepare_cached_profile_default']['median_us']:>9.1f} us",
+              f"  new policy {row['prepare_new_policy']['median_us']:>9.1f} us  profile {row['prepare_cached_profile_default']['median_us']:>9.1f} us"
+              f"  restamped {row['prepare_restamped']['median_us']:>9.1f} us"
+              f" (latency-scored {row['prepare_restamped_latency_scored']['median_us']:>9.1f} us)",
               file=sys.stderr)
         del r
         gc.collect()
