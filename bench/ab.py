@@ -37,6 +37,26 @@ def base_source(rev: str, into: Path) -> str:
     return commit
 
 
+def serve_builds(builds: dict[str, tuple[int, dict[str, str]]], catalog: Path, work: Path, logs: Path,
+                 procs: list[harness.Proc]) -> dict[str, harness.Proc]:
+    """Each build (name -> (port, extra environment)) served as the suite serves the router: one
+    core, ``SCHED_BATCH``, traces on in its own data directory, by the router environment's
+    interpreter; started in order, appended to ``procs`` (to stop), and answering when this returns."""
+    python = str(harness.VENVS / "router" / "bin" / "python")
+    servers: dict[str, harness.Proc] = {}
+    for name, (port, env) in builds.items():
+        (work / name / "data").mkdir(parents=True, exist_ok=True)
+        proc = harness.Proc(name, [python, "-c", "import sys; from unhardcoded.cli import main; sys.exit(main())",
+                                   "serve", "--catalog", str(catalog), "--port", str(port),
+                                   "--data-dir", str(work / name / "data")],
+                            core=harness.SUT_CORE, logdir=logs, sched="batch", cwd=work,
+                            env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream", **env})
+        procs.append(proc)
+        servers[name] = proc
+        harness.wait_http(port, "/healthz", proc=proc)
+    return servers
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="HEAD~1", help="the git revision to compare the working tree with")
@@ -53,24 +73,13 @@ def main() -> int:
     work, logs, files = harness.scratch("unhardcoded-ab-", P)
     commit = base_source(a.base, work / "base")
     body = files["body_router"]
-    python = str(harness.VENVS / "router" / "bin" / "python")
     builds = {"base": (P + 1, {"PYTHONPATH": str(work / "base" / "src")}), "tree": (P + 2, {})}
     procs: list[harness.Proc] = []
-    servers: dict[str, harness.Proc] = {}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {k: {b: [] for b in builds} for k in kinds}
     try:
         procs.append(harness.Proc("upstream", [str(harness.RPY), str(harness.BENCH / "upstream.py"), "--port", str(P)],
                                   core=harness.LOAD_CORE, logdir=logs))
-        for name, (port, env) in builds.items():
-            (work / name / "data").mkdir(parents=True, exist_ok=True)
-            proc = harness.Proc(name, [python, "-c", "import sys; from unhardcoded.cli import main; sys.exit(main())",
-                                       "serve", "--catalog", str(files["catalog"]), "--port", str(port),
-                                       "--data-dir", str(work / name / "data")],
-                                core=harness.SUT_CORE, logdir=logs, sched="batch", cwd=work,
-                                env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream", **env})
-            procs.append(proc)
-            servers[name] = proc
-            harness.wait_http(port, "/healthz", proc=proc)
+        servers = serve_builds(builds, files["catalog"], work, logs, procs)
         for name, (port, _env) in builds.items():
             harness.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, 64, 2)  # warm
         names = list(builds)

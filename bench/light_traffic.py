@@ -28,7 +28,7 @@ from typing import Any
 
 import harness
 import workload
-from ab import base_source
+from ab import base_source, serve_builds
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -56,15 +56,7 @@ def main() -> int:
     try:
         procs.append(harness.Proc("upstream", [str(harness.RPY), str(harness.BENCH / "upstream.py"), "--port", str(P)],
                                   core=harness.LOAD_CORE, logdir=logs))
-        for name, (port, env) in builds.items():
-            (work / name / "data").mkdir(parents=True, exist_ok=True)
-            proc = harness.Proc(name, [python, "-c", "import sys; from unhardcoded.cli import main; sys.exit(main())",
-                                       "serve", "--catalog", str(files["catalog"]), "--port", str(port),
-                                       "--data-dir", str(work / name / "data")],
-                                core=harness.SUT_CORE, logdir=logs, sched="batch", cwd=work,
-                                env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream", **env})
-            procs.append(proc)
-            harness.wait_http(port, "/healthz", proc=proc)
+        serve_builds(builds, files["catalog"], work, logs, procs)
         # the bare forwarder as the suite runs it (its fastest stack here): what any Python proxy adds
         fwd = harness.Proc("forwarder", [python, str(harness.BENCH / "forwarder.py"), "--server", "granian",
                                          "--client", "raw", "--port", str(P + 3), "--upstream", f"http://127.0.0.1:{P}"],

@@ -22,18 +22,26 @@ def fresh(router: Router, prep) -> bytes:
     return decision_bytes(decision_view(plan.ordered, plan.rejected))
 
 
+def keyed_router(doc: dict) -> tuple[list[int], RuntimeState, Router]:
+    """A router over ``doc`` holding every provider's key, with a settable clock."""
+    now = [1_700_000_000_000]
+    rt = RuntimeState(clock=lambda: now[0])
+    return now, rt, Router(build_catalog(doc), Settings(keys=Keys({f"{p.upper()}_KEY": "k" for p in PROVIDERS}, {})),
+                           runtime=rt, clock=rt.clock)
+
+
+def decides_as_fresh(router: Router, bodies_: list) -> None:
+    for body in bodies_:
+        prep = router.prepare(body)
+        assert decision_bytes(decision_view(prep.plan.ordered, prep.plan.rejected)) == fresh(router, prep)
+
+
 @settings(max_examples=150)
 @given(catalogs(), st.lists(bodies(), min_size=1, max_size=4), st.lists(st.sampled_from(PROVIDERS), max_size=3))
 def test_cached_plans_equal_fresh_ones_across_state_changes(doc, bodies_, breaking) -> None:
-    now = [1_700_000_000_000]
-    rt = RuntimeState(clock=lambda: now[0])
-    router = Router(build_catalog(doc), Settings(keys=Keys({f"{p.upper()}_KEY": "k" for p in PROVIDERS}, {})),
-                    runtime=rt, clock=rt.clock)
+    now, rt, router = keyed_router(doc)
     for step in range(len(breaking) + 1):
-        for body in bodies_ * 2:  # the second pass hits the cache
-            prep = router.prepare(body)
-            got = decision_bytes(decision_view(prep.plan.ordered, prep.plan.rejected))
-            assert got == fresh(router, prep)
+        decides_as_fresh(router, bodies_ * 2)  # the second pass hits the cache
         if step < len(breaking):
             rt.record_failure(breaking[step], "m1", "server_error", 10.0, open_breaker_ms=60_000)
             now[0] += 1
@@ -47,15 +55,9 @@ def test_plans_after_a_restamp_equal_fresh_ones(doc, bodies_, served) -> None:
     # light traffic: every call comes after the last stamp expired, and one route served in
     # between (succeeded or failed, with its own latency); the router re-plans from its last
     # reasons (Policy.plan_and_reasons' prior), which must decide as a plan made afresh
-    now = [1_700_000_000_000]
-    rt = RuntimeState(clock=lambda: now[0])
-    router = Router(build_catalog(doc), Settings(keys=Keys({f"{p.upper()}_KEY": "k" for p in PROVIDERS}, {})),
-                    runtime=rt, clock=rt.clock)
+    now, rt, router = keyed_router(doc)
     for step in range(len(served) + 1):
-        for body in bodies_:
-            prep = router.prepare(body)
-            got = decision_bytes(decision_view(prep.plan.ordered, prep.plan.rejected))
-            assert got == fresh(router, prep)
+        decides_as_fresh(router, bodies_)
         if step < len(served):
             provider, family, ok, ms = served[step]
             if ok:

@@ -146,7 +146,7 @@ class Policy:
         n = len(candidates)
         if len(before) != n or len(whys) != n:
             return None
-        changed = list(compress(range(n), map(operator.is_not, before, candidates)))
+        changed = changed_places(before, candidates)
         if 4 * len(changed) > n:  # reading the whole list at once costs less than asking each
             return None
         reasons = list(whys)
@@ -447,6 +447,11 @@ def _reads(*parts: Any) -> frozenset | None:
             return None
         out = out | keys
     return out
+
+
+def changed_places(before: Sequence[Any], after: Sequence[Any]) -> list[int]:
+    """Where two lists of the same length hold different objects (by identity, in one C pass)."""
+    return list(compress(range(len(after)), map(operator.is_not, before, after)))
 
 
 def _alike(a: Mapping[str, Any], b: Mapping[str, Any], volatile: frozenset) -> bool:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import operator
-from itertools import compress
 
 from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 
 from ..costs import usd_text
+from ..lang.interpreter import changed_places
 from ..lang.requirements import derive_needs
 from ..memo import IdentityMemo
 from ..runtime.state import STAMPED as OBSERVED_FIELDS
@@ -150,7 +149,7 @@ def _stamped_at(pool: Sequence[Mapping[str, Any]]) -> dict[int, tuple[str, dict[
     n = len(pool)
     last = _LAST_POOL[0]
     if last is not None and len(last[0]) == n:
-        changed = list(compress(range(n), map(operator.is_not, last[0], pool)))
+        changed = changed_places(last[0], pool)
         if 4 * len(changed) <= n:
             at = dict(last[1])
             for i in changed:
