@@ -233,6 +233,31 @@ async def test_replay_endpoint_and_against_current(stack) -> None:
     assert now["cost_after_usd"] is not None and now["cost_delta_usd"] is not None
 
 
+async def test_calls_apart_record_their_own_observations_and_replay_to_their_decision(stack) -> None:
+    # light traffic: each call comes after the stamp window, so the route that served the call
+    # before is re-stamped with its new latency; a policy that scores by price keeps its plan
+    # (it reads no observation), and each record must still carry the observations its call saw
+    price = ["policy", ["top"], ["neg", ["normalize", ["field", "price_in"]]], ["argmax"], ["id"],
+             ["always", {"action": "next_candidate"}]]
+    wait = stack.router.runtime.config.stamp_refresh_ms / 1000 + 0.02
+    ids, picks = [], []
+    for _ in range(3):
+        r = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": price})
+        ids.append(r.model_extra["x_router"]["trace_id"])
+        picks.append((r.model_extra["x_router"]["provider"], r.model_extra["x_router"]["model_family"]))
+        await asyncio.sleep(wait)
+    recs = [record(stack, t) for t in ids]
+    served = "|".join(picks[0])
+    stamps = [rec["inputs"]["pool"]["stamps"] for rec in recs]
+    assert served not in stamps[0]  # nothing observed before the first call
+    assert stamps[1][served]["success_rate"] == 1.0 and stamps[2][served]["success_rate"] == 1.0
+    assert stamps[1][served]["latency_ms"] != stamps[2][served]["latency_ms"]  # a mean of one, then of two
+    assert len({rec["decision"]["digest"] for rec in recs}) == 1 and len(set(picks)) == 1
+    for t in ids:
+        status, same = await stack.post("/x/replay", {"trace_id": t})
+        assert status == 200 and same["identical"] is True
+
+
 def test_retention_purges_old_records_in_batches(tmp_path) -> None:
     store = SQLiteStore(tmp_path / "t.sqlite3", retention_days=None)
     conn = sqlite3.connect(store.path)
