@@ -157,13 +157,13 @@ class Policy:
         except Exception:
             return None
         if plan is not None and volatile:
-            reads: Any = _SEEN  # not looked up yet
+            reads: Any = _ABSENT  # not looked up yet
             for i in changed:
                 why = reasons[i]
                 if why != whys[i] or not _alike(before[i], candidates[i], volatile):
                     break
                 if why is None:  # a survivor: scored, ordered and transformed
-                    if reads is _SEEN:
+                    if reads is _ABSENT:
                         reads = _reads(self.scorer, self.selector, self.xform)
                     if reads is None or not volatile.isdisjoint(reads):
                         break

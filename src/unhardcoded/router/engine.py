@@ -286,7 +286,7 @@ class Router:
         self._decisions: dict[tuple, Plan] = {}  # plans of the current pool by what they decide
         self._decided: dict[int, tuple[Plan, Plan]] = {}  # id(plan) -> (plan, the plan it decides as)
         self._parts: dict[tuple, PlanParts] = {}  # per inputs (plan key without the policy): what plans share
-        # plan key without the pool -> (pool, the filter's reasons over it): outlives a re-stamp
+        # plan key without the pool -> (pool, the filter's reasons over it, the plan): outlives a re-stamp
         self._priors: SecondSight = SecondSight(32, probation=8, lru=True)
         # kept for long only from a second sight on: most policies built per request never come back
         self._choices: SecondSight = SecondSight(1024)  # (sent identity, profile) -> PolicyChoice
