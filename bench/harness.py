@@ -55,12 +55,13 @@ AUTH = "sk-bench-0123456789abcdef0123456789abcdef"   # LiteLLM's master key; the
 
 MODES = {
     # durations in seconds
+    # (light_n: calls to each target one at a time, LIGHT_GAP_MS apart; a count, not seconds)
     "quick": dict(rounds=2, lat=3, rps=3, rps256=10, fallback=3, ttfb_n=60, steady=10, profile=10, warm=3,
-                  cand_rps=3, cand_lat=2, headroom=3),
+                  cand_rps=3, cand_lat=2, headroom=3, light_n=60),
     "smoke": dict(rounds=1, lat=1, rps=1, rps256=1, fallback=1, ttfb_n=10, steady=2, profile=3, warm=1,
-                  cand_rps=1, cand_lat=1, headroom=1),
+                  cand_rps=1, cand_lat=1, headroom=1, light_n=10),
     "full": dict(rounds=5, lat=10, rps=10, rps256=15, fallback=8, ttfb_n=300, steady=60, profile=30, warm=8,
-                 cand_rps=6, cand_lat=4, headroom=8),
+                 cand_rps=6, cand_lat=4, headroom=8, light_n=200),
 }
 FORWARDER_CANDIDATES = ["uvicorn:raw", "granian:raw", "aiohttp:raw", "socketify:raw",
                         "uvicorn:aiohttp", "granian:aiohttp", "aiohttp:aiohttp", "socketify:aiohttp"]
@@ -392,6 +393,38 @@ def ttfb(port: int, path: str, body: Path, n: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ targets
+LIGHT_GAP_MS = 150  # more than the router's stamp_refresh_ms: every call finds its stamped pool expired
+
+
+def spaced_calls(targets: dict[str, tuple[int, str, bytes]], calls: int, gap_ms: float, warm: int = 10) -> dict[str, list[float]]:
+    """Light traffic: one call to each target (name -> (port, path, body)) in turn, the order
+    rotated every pass, ``gap_ms`` between two calls to the same target, over one kept-alive
+    connection each; the time of each call in ms, the first ``warm`` passes not counted."""
+    import http.client
+    conns = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=60) for name, (port, _p, _b) in targets.items()}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {AUTH}"}
+    names = list(targets)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for i in range(calls + warm):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                _port, path, body = targets[name]
+                t0 = time.perf_counter()
+                conns[name].request("POST", path, body=body, headers=headers)
+                r = conns[name].getresponse()
+                r.read()
+                took = time.perf_counter() - t0
+                if r.status != 200:
+                    raise RuntimeError(f"{name} answered {r.status} under light traffic")
+                if i >= warm:
+                    out[name].append(took * 1000)
+                time.sleep(gap_ms / 1000 / len(names))
+    finally:
+        for c in conns.values():
+            c.close()
+    return out
+
+
 class Target:
     def __init__(self, name: str, port: int, body: Path, *, proc: Proc | None, fb_path: str | None = None,
                  fb_body: Path | None = None, stream_body: Path | None = None, path: str = "/v1/chat/completions") -> None:
@@ -660,6 +693,12 @@ def main() -> int:
                     + (f" ttfb p50={m['stream'].get('ttfb_us', {}).get('p50')}us" if "stream" in m else ""))
             rounds.append(rr)
         result["rounds"] = rounds
+
+        # ---------------------------------------------------------- 3b. light traffic
+        light = spaced_calls({t.name: (t.port, t.path, t.body.read_bytes()) for t in targets
+                              if t.name != "router_profile"}, cfg["light_n"], LIGHT_GAP_MS)
+        result["light"] = {"gap_ms": LIGHT_GAP_MS, "calls": cfg["light_n"], "ms": light}
+        log("light traffic p50 ms:", {n: round(statistics.median(v), 3) for n, v in light.items()})
 
         # ---------------------------------------------------------- 4. steady load, steady RSS
         result["steady"] = {}

@@ -19,10 +19,8 @@ writes ``results/light-traffic-<stamp>.json``.
 from __future__ import annotations
 
 import argparse
-import http.client
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +50,7 @@ def main() -> int:
     python = str(harness.VENVS / "router" / "bin" / "python")
     builds = {"base": (P + 1, {"PYTHONPATH": str(work / "base" / "src")}), "tree": (P + 2, {})}
     procs: list[harness.Proc] = []
-    times: dict[str, list[float]] = {"direct": [], "forwarder": [], **{b: [] for b in builds}}
+    times: dict[str, list[float]] = {}
     try:
         procs.append(harness.Proc("upstream", [str(harness.RPY), str(harness.BENCH / "upstream.py"), "--port", str(P)],
                                   core=harness.LOAD_CORE, logdir=logs))
@@ -64,27 +62,11 @@ def main() -> int:
         procs.append(fwd)
         harness.wait_http(P + 3, "/", proc=fwd)
         harness.wait_http(P, "/healthz")
-        ports = {"direct": P, "forwarder": P + 3, **{name: port for name, (port, _env) in builds.items()}}
-        conns = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30) for name, port in ports.items()}
-        headers = {"content-type": "application/json", "authorization": f"Bearer {harness.AUTH}"}
+        path = "/v1/chat/completions"
         direct_body = files["body_direct"].read_bytes()
-        names = list(ports)
-        for i in range(a.calls + 10):  # the first ten warm each target and are not counted
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                conn = conns[name]
-                t0 = time.perf_counter()
-                conn.request("POST", "/v1/chat/completions", body=body if name in builds else direct_body,
-                             headers=headers)
-                r = conn.getresponse()
-                r.read()
-                took = time.perf_counter() - t0
-                if r.status != 200:
-                    raise SystemExit(f"{name} answered {r.status}")
-                if i >= 10:
-                    times[name].append(took * 1000)
-                time.sleep(a.gap_ms / 1000 / len(names))
-        for conn in conns.values():
-            conn.close()
+        times = harness.spaced_calls({"direct": (P, path, direct_body), "forwarder": (P + 3, path, direct_body),
+                                      **{name: (port, path, body) for name, (port, _env) in builds.items()}},
+                                     a.calls, a.gap_ms)
     finally:
         for p in reversed(procs):
             p.stop()

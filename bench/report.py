@@ -139,6 +139,28 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
             num(steady.get("rps")) if steady else "–"]) + " |")
     L.append("")
 
+    # ---- light traffic (runs before this measure existed have none)
+    light = d.get("light")
+    light_added: dict[str, float] = {}
+    if light and light.get("ms", {}).get("direct"):
+        calls = light["ms"]
+        direct = statistics.median(calls["direct"])
+        L.append(f"**Light traffic** (one call to each target in turn, {light['gap_ms']} ms between two calls to the "
+                 f"same one, {light['calls']} each: every call finds the router's stamped pool expired; ms)")
+        L.append("")
+        L.append("| target | p50 | p90 | p99 | added p50 |")
+        L.append("|---|---:|---:|---:|---:|")
+        for t in targets:
+            xs = sorted(calls.get(t) or [])
+            if not xs:
+                continue
+            q = lambda f: xs[min(len(xs) - 1, int(f * len(xs)))]  # noqa: E731
+            if t != "direct":
+                light_added[t] = statistics.median(xs) - direct
+            L.append(f"| {NAMES[t]} | {statistics.median(xs):.2f} | {q(0.9):.2f} | {q(0.99):.2f} | "
+                     + ("–" if t == "direct" else f"{light_added[t]:.2f}") + " |")
+        L.append("")
+
     # ---- ratios
     if "router" in targets:
         L.append("**Ratios, same run** (router with policy_ir and traces on)")
@@ -163,6 +185,10 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
                  f"{ratio(fb_added.get('router'), fb_added.get('litellm'), '{:.3f}×')} | | |")
         L.append(f"| stream added TTFB | – | {ratio(ttfb_added.get('router'), ttfb_added.get('forwarder'))} | "
                  f"{ratio(ttfb_added.get('router'), ttfb_added.get('litellm'), '{:.3f}×')} | | |")
+        if "router" in light_added:
+            L.append(f"| light traffic added p50 | {light_added['router']:.2f} ms | "
+                     f"{ratio(light_added['router'], light_added.get('forwarder'))} | "
+                     f"{ratio(light_added['router'], light_added.get('litellm'), '{:.3f}×')} | | |")
         st = d.get("steady", {})
         rr = st.get("router", {}).get("rss_after_kb")
         L.append(f"| steady RSS | – | {ratio(rr, st.get('forwarder', {}).get('rss_after_kb'))} | "
