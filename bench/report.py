@@ -273,15 +273,16 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
     if micro:
         L.append("**Decision-path micro-benchmarks** (µs per call, median of 5 timed loops, one core, GC on)")
         L.append("")
-        L.append("| candidates | survivors | `Policy.plan` | `Router.prepare` cached | prepare, live runtime | prepare, a new threshold | `Router.prepare` uncached | prepare `profile:default` |")
-        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| candidates | survivors | `Policy.plan` | `Router.prepare` cached | prepare, live runtime | prepare, a new threshold | `Router.prepare` uncached | prepare `profile:default` | prepare, restamped | restamped, latency-scored |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
         def us(row: dict, key: str) -> str:  # absent in runs before the measure existed
             return f"{(row.get(key) or {}).get('median_us', float('nan')):,.1f}"
         for n, row in micro["by_catalog"].items():
             L.append(f"| {int(n):,} | {row['survivors']:,} | {us(row, 'plan')} | {us(row, 'prepare_cached')} | "
                      f"{us(row, 'prepare_live')} | {us(row, 'prepare_new_policy')} | {us(row, 'prepare_uncached')} | "
-                     f"{us(row, 'prepare_cached_profile_default')} |")
+                     f"{us(row, 'prepare_cached_profile_default')} | {us(row, 'prepare_restamped')} | "
+                     f"{us(row, 'prepare_restamped_latency_scored')} |")
         L.append("")
         st = micro["by_catalog"].get("200", {}).get("stages")
         if st:
