@@ -454,13 +454,16 @@ def changed_places(before: Sequence[Any], after: Sequence[Any]) -> list[int]:
     return list(compress(range(len(after)), map(operator.is_not, before, after)))
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """The same object, or of the same type and equal (so 1 is not 1.0, nor True 1)."""
+    return a is b or (type(a) is type(b) and a == b)
+
+
 def _alike(a: Mapping[str, Any], b: Mapping[str, Any], volatile: frozenset) -> bool:
-    """Whether two candidates hold the same values (by type and ==) in every key but ``volatile``."""
+    """Whether two candidates hold the same values (``same_value``) in every key but ``volatile``."""
     for k, v in b.items():
-        if k not in volatile:
-            w = a.get(k, _ABSENT)
-            if w is not v and (type(w) is not type(v) or w != v):
-                return False
+        if k not in volatile and not same_value(a.get(k, _ABSENT), v):
+            return False
     return all(k in b or k in volatile for k in a)
 
 

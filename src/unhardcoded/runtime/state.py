@@ -30,15 +30,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..lang.interpreter import same_value
 from ..providers.base import CLIENT_FAULT_KINDS
 
 
 # the observed fields a stamp writes onto a candidate (what ``observed`` measures, but attempts)
 STAMPED = ("success_rate", "latency_ms", "tok_s")
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a == b and type(a) is type(b)
 
 
 def wall_ms() -> int:
@@ -92,8 +89,7 @@ class RuntimeState:
         self.credits: dict[str, float] = {}
         self.version = 0  # bumps on every change
         self._stamped: tuple[Any, int, list[Mapping[str, Any]]] | None = None
-        self._stamped_routes: frozenset[str] = frozenset()  # the routes the last stamp stamped
-        self._stamped_stats: dict[str, dict[str, float]] = {}  # and their figures (observed's dicts)
+        self._stamped_stats: dict[str, dict[str, float]] = {}  # the routes the last stamp stamped, their figures
         # per route: observations recorded (a version), and (version, computed at, valid through, figures)
         self._versions: dict[str, int] = {}
         self._stats: dict[str, tuple[int, int, int, dict[str, float] | None]] = {}
@@ -223,7 +219,7 @@ class RuntimeState:
         at = self._positions(candidates)
         changed = False
         if before is not None:  # routes stamped last time and no longer observed: back to the catalog's
-            for key in self._stamped_routes - observed.keys():
+            for key in self._stamped_stats.keys() - observed.keys():
                 for i in at.get(key, ()):
                     if out[i] is not candidates[i]:
                         out[i] = candidates[i]
@@ -234,7 +230,7 @@ class RuntimeState:
                 continue
             for i in at.get(key, ()):
                 c, was = candidates[i], out[i]
-                if was is not c and all(_same(was.get(k), stats[k] if k in stats else c.get(k)) for k in STAMPED):
+                if was is not c and all(same_value(was.get(k), stats[k] if k in stats else c.get(k)) for k in STAMPED):
                     continue  # stamped as it would be now
                 stamped = dict(c)
                 for k in STAMPED:
@@ -242,7 +238,6 @@ class RuntimeState:
                         stamped[k] = stats[k]
                 out[i] = stamped
                 changed = True
-        self._stamped_routes = frozenset(observed)
         self._stamped_stats = observed
         return before if before is not None and not changed else out
 
