@@ -169,6 +169,9 @@ def hand_picked() -> list[dict]:
                                                                 "then_action": "abort"}],
                                         "rate_limit", {"open_breaker_ms": 30000, "action": "next_candidate"}]))
     v.append(v_encoding("enc-recipe-empty-record", ["filter_text", ["NFKC", {}, {"b": 1, "a": 2}]]))
+    # an empty object stands for the empty list, as in the reference (one Lua table)
+    v.append(v_encoding("enc-recipe-empty-object", ["filter_text", {}]))
+    v.append(v_encoding("enc-chain-empty-object", ["chain", {}]))
     v.append(v_encoding("enc-chain", ["chain", [{"provider": "p2", "model": "m1"},
                                                 {"provider_id": "p1", "model_family": "m1"}]]))
     v.append(v_encoding("enc-scalar-kinds", ["seq", ["set_param", "t", True], ["set_param", "s", "x"],
@@ -254,6 +257,7 @@ def hand_picked() -> list[dict]:
     v.append(v_policy("policy-top-k-prefer", pol(["top"], ["field", "context"],
                                                  ["top_k", 3, ["prefer", ["has_cap", "supports_tools"], ["argmax"]]]),
                       POP, CTX))
+    v.append(v_policy("policy-chain-empty-object", pol(["top"], ["zero"], ["chain", {}]), POP, CTX))
     v.append(v_policy("policy-empty-pool", pol(["bot"], ["field", "context"]), POP, CTX))
 
     # xforms
@@ -268,6 +272,7 @@ def hand_picked() -> list[dict]:
     v.append(v_xform("xform-jitter-no-seed", ["jitter", "top_p", 0.1], req, POP[0], CTX_NOSEED))
     v.append(v_xform("xform-filters", ["seq", ["filter_text", ["NFKC"]], ["filter_image", [{"q": 80}]],
                                        ["filter_text", ["Lower"]]], req, POP[0], {**CTX, "seed": 2 ** 32}))
+    v.append(v_xform("xform-filter-empty-object", ["filter_image", {}], req, POP[0], CTX))
     v.append(v_xform("xform-when", ["seq", ["when", ["tier_eq", "partner"], ["set_param", "a", 1]],
                                     ["when", ["tier_eq", "fallback"], ["set_param", "b", 2]]], req, POP[0], CTX))
 
@@ -297,6 +302,8 @@ def hand_picked() -> list[dict]:
         ("reject-action-knob", ["always", {"action": "abort", "note": "x"}]),
         ("reject-chain-extra-key", ["chain", [{"provider": "a", "model": "b", "x": "y"}]]),
         ("reject-recipe", ["filter_text", [["nested"]]]),
+        ("reject-recipe-object", ["filter_text", {"NFKC": 1}]),
+        ("reject-chain-object", ["chain", {"provider": "p1", "model": "m1"}]),
         ("reject-null-param", ["set_param", "x", None]),
         ("reject-custom-unregistered", ["custom", "redact_pii"]),
         ("reject-empty-and", ["and"]),

@@ -592,3 +592,30 @@ def test_a_predicate_too_deep_only_under_the_profile_and_envelope_is_refused_at_
     for p in err.parts[1:]:
         node = node[p]
     assert node[0] == "not" and "profile" in err.message and "envelope" in err.message
+
+
+# --------------------------------------------------------------------------
+# an empty object where a Recipe or Chain belongs (the reference's one Lua table)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("term, normal", [
+    (["filter_text", {}], ["filter_text", []]),
+    (["filter_image", {}], ["filter_image", []]),
+    (["chain", {}], ["chain", []]),
+    (["when", ["top"], ["filter_text", {}]], ["when", ["top"], ["filter_text", []]]),
+])
+def test_empty_object_is_the_empty_list(term, normal) -> None:
+    from unhardcoded.lang import normalize_and_encode
+    check(term)
+    assert Compiler().compile(term).term == normal  # the compiler's memoised pass too
+    nf, encoding = normalize_and_encode(term)
+    assert nf == normal  # ({} != [] in Python: the list is really there)
+    assert encoding == normalize_and_encode(normal)[1]
+
+
+@pytest.mark.parametrize("term, code", [
+    (["filter_text", {"NFKC": 1}], "bad_recipe"), (["filter_image", {"q": 80}], "bad_recipe"),
+    (["chain", {"provider": "p", "model": "m"}], "bad_chain"),
+])
+def test_a_non_empty_object_is_still_refused(term, code) -> None:
+    assert_refused(term, code, "$[1]")

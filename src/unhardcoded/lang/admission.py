@@ -102,7 +102,17 @@ def _check_action(v: Any, path: list[PathPart]) -> None:
                         path + [key])
 
 
+def _empty_record(v: Any) -> bool:
+    """``{}``: the reference reads a Recipe or Chain into a Lua table, where an empty object and an
+    empty list are one value, so it admits ``{}`` as the empty list; so do we (the normal form
+    makes it ``[]``). A non-empty object is still refused: the reference admits one only because a
+    table cannot tell it from a list, and then encodes and forwards it as a record."""
+    return type(v) is dict and not v
+
+
 def _check_recipe(v: Any, path: list[PathPart]) -> None:
+    if _empty_record(v):
+        return
     if not isinstance(v, list):
         raise _fail("bad_recipe", "a Recipe is a list of directive names or flat {name: number} records", path)
     for i, step in enumerate(v):
@@ -116,6 +126,8 @@ def _check_recipe(v: Any, path: list[PathPart]) -> None:
 
 
 def _check_chain(v: Any, path: list[PathPart]) -> None:
+    if _empty_record(v):
+        return
     if not isinstance(v, list):
         raise _fail("bad_chain", "a Chain is a list of {\"provider\": ..., \"model\": ...} records", path)
     for i, e in enumerate(v):

@@ -27,6 +27,10 @@ from .encoding import encode_body, encode_param
 from .signature import OPERATIONAL_SORTS, OPS, VERSION
 
 
+# parameter sorts that are lists; admission lets ``{}`` stand for the empty one (as the reference does)
+_LISTS = frozenset(("Recipe", "Chain"))
+
+
 class _Normalizer:
     """One normalisation pass; remembers the encoding of every term it built."""
 
@@ -95,7 +99,12 @@ class _Normalizer:
             return self.variadic(t)
         out: list = [op.name]
         for i, s in enumerate(op.ins, start=1):
-            out.append(self.norm(t[i]) if s in OPERATIONAL_SORTS else t[i])
+            if s in OPERATIONAL_SORTS:
+                out.append(self.norm(t[i]))
+            elif s in _LISTS and type(t[i]) is dict:  # ``{}``, admitted as the empty list
+                out.append([])
+            else:
+                out.append(t[i])
         name = op.name
         if name == "not":
             p = out[1]
