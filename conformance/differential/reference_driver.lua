@@ -52,10 +52,25 @@ end
 
 local f = assert(io.open(arg[2])); local doc = json.decode(f:read("a")); f:close()
 local out = assert(io.open(arg[3], "w"))
+local flowlib = require("llm_policy.flow")
 for _, v in ipairs(doc) do
   local r = {}
-  local sort, err = T.check(v.term)
-  if sort == nil then
+  local sort, err
+  if v.flow ~= nil then
+    local ok, ferr = flowlib.check(v.flow)
+    if not ok then r.refused = tostring(ferr) else
+      local nf = flowlib.normalize(v.flow)
+      r.sort = "Flow"
+      r.encoding = flowlib.encode(nf)
+      r.fingerprint = flowlib.fingerprint(nf)
+    end
+    sort = "skip"
+  else
+    sort, err = T.check(v.term)
+  end
+  if sort == "skip" then
+    -- a flow: done above
+  elseif sort == nil then
     r.refused = tostring(err)
   else
     r.sort = sort

@@ -1,6 +1,6 @@
 """Random terms through our core and through the Lua reference; every disagreement printed.
 
-    python conformance/differential/run.py --reference DIR [--seed N] [--cases N] [--big] [--odd]
+    python conformance/differential/run.py --reference DIR [--seed N] [--cases N] [--big] [--odd] [--flows]
 
 ``DIR`` is a checkout of genlayerlabs/llm-policy (its ``llm_policy/`` and ``tests/unit/_json.lua``
 are read from there; nothing of it is in this repository), and ``lua5.4`` must be on the path.
@@ -13,7 +13,9 @@ Both sides report the refusal, or the sort, encoding, fingerprint and what the t
 Pred's verdict and reason per candidate; a Policy's order, scores (integer and double kept
 apart), rejections, its transform of a request and its FailPlan's classifications; an Xform's
 request per candidate; a FailPlan's classifications. A runtime fault counts as a result
-(``{"error": true}``) on either side.
+(``{"error": true}``) on either side. ``--flows`` draws sigma-flow/v1 flows instead (random
+labels, repeated node contents that tie in the canonical relabelling, a few faults) and
+compares admission, encoding and fingerprint.
 
 Known disagreements are counted apart, not printed (``docs/spec/sigma-pol.md`` section 9):
 ``prefer`` (the reference host's selector, not in the reference interpreter), ``custom`` with an
@@ -39,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 
 from unhardcoded.lang import (  # noqa: E402
-    ACTIONS, CORE_FIELDS, LangError, check, classify, default_algebra, default_schema, evaluate, lane_fingerprint,
+    ACTIONS, CORE_FIELDS, LangError, admit_flow, check, classify, default_algebra, default_schema, evaluate, lane_fingerprint,
     normalize_and_encode,
 )
 from unhardcoded.lang.signature import OPERATIONAL_SORTS, OPS, REFERENCE_CORE_OPS, RELATIONS  # noqa: E402
@@ -54,9 +56,9 @@ MALFORMED = 0.04  # share of parameters drawn from outside their sort
 class Draw:
     """The case generator (one seeded stream)."""
 
-    def __init__(self, seed: int, big: bool, odd: bool) -> None:
+    def __init__(self, seed: int, big: bool, odd: bool, flows: bool = False) -> None:
         self.r = random.Random(seed)
-        self.big, self.odd = big, odd
+        self.big, self.odd, self.flows = big, odd, flows
 
     def num(self) -> Any:
         r = self.r
@@ -221,8 +223,64 @@ class Draw:
         return {"request": request, "state": state, "now_ms": r.choice([0, 1000, 1796165306131]),
                 "seed": r.choice([42, 1, 0, 2**31, 7])}
 
+    def flow(self) -> dict[str, Any]:
+        """A flow of 1-7 llm nodes between its input and output, labelled at random, with
+        repeated contents (equal nodes tie in the canonical relabelling) and a few faults."""
+        r = self.r
+        labels = r.sample(["a", "b", "c", "d", "e", "in", "out", "x1", "n0", "n1", "n3", "n10", "zz", "Z", "é",
+                           "node 1"], 9)
+        source, sink, llms = labels[0], labels[1], labels[2:2 + r.randint(1, 7)]
+        policies = [["policy", ["top"], ["zero"], ["argmax"], ["id"], ["always", {"action": "next_candidate"}]],
+                    ["policy", ["cmp", "price_in", "le", 5], ["neg", ["normalize", ["field", "price_in"]]], ["argmax"],
+                     ["id"], ["always", {"action": "next_candidate"}]]]
+        drawn = self.term("Policy")
+        try:
+            check(drawn)
+            policies.append(drawn)
+        except LangError:
+            pass
+        nodes: dict[str, Any] = {source: {"kind": "input"}}
+        if r.random() < 0.2:
+            nodes[source]["inputs"] = []
+        done = [source]
+        for nid in llms:
+            k = min(len(done), r.choice([1, 1, 1, 2, 2, 3]))
+            ins = r.sample(done, k) if r.random() < 0.9 else [r.choice(done)] * 2
+            node: dict[str, Any] = {"kind": "llm", "inputs": ins, "system": r.choice(["s", "t", "s\n\"x\"", ""]),
+                                    "policy": r.choice(policies)}
+            if r.random() < 0.3:
+                node["template"] = r.choice(["$1 and $2", "", "$1", "\t$3"])
+            nodes[nid] = node
+            done.append(nid)
+        for i, nid in enumerate(llms[:-1]):  # every llm node feeds a later one: none is off the path
+            if not any(nid in nodes[later]["inputs"] for later in llms[i + 1:]):
+                nodes[r.choice(llms[i + 1:])]["inputs"].append(nid)
+        nodes[sink] = {"kind": "output", "inputs": [llms[-1] if r.random() < 0.95 else source]}
+        if r.random() < 0.15:  # a fault: a cycle, an orphan, a missing system, a second output...
+            victim = r.choice(llms)
+            fault = r.choice(["cycle", "orphan", "system", "output", "unknown", "kind", "template", "policy"])
+            if fault == "cycle":
+                nodes[victim]["inputs"] = nodes[victim]["inputs"] + [llms[-1]]
+            elif fault == "orphan":
+                nodes["orphan"] = {"kind": "llm", "inputs": [source], "system": "s", "policy": policies[0]}
+            elif fault == "system":
+                nodes[victim]["system"] = r.choice([None, 3, ["s"]])
+            elif fault == "output":
+                nodes["out2"] = {"kind": "output", "inputs": [victim]}
+            elif fault == "unknown":
+                nodes[victim]["inputs"] = nodes[victim]["inputs"] + ["nowhere"]
+            elif fault == "kind":
+                nodes[victim]["kind"] = r.choice(["tool", None, "LLM"])
+            elif fault == "template":
+                nodes[victim]["template"] = r.choice([1, None, ["$1"]])
+            else:
+                nodes[victim]["policy"] = r.choice([["top"], ["policy", ["top"]], "argmax"])
+        return {"flow": ["flow", nodes]}
+
     def case(self) -> dict[str, Any]:
         r = self.r
+        if self.flows:
+            return self.flow()
         sort = r.choice(["Policy"] * 6 + ["Pred"] * 2 + ["Xform", "FailPlan"])
         request = {"model": "m", "temperature": r.choice([0.7, 1, 2, "hot", 0]), "max_tokens": r.choice([100, 4000, 1.5])}
         if r.random() < 0.3:
@@ -260,6 +318,12 @@ def _run(f: Any, *args: Any) -> tuple[bool, Any]:
 
 def ours(v: dict[str, Any]) -> dict[str, Any]:
     schema = default_schema()
+    if "flow" in v:
+        try:
+            nf = admit_flow(v["flow"], schema)
+        except LangError as exc:
+            return {"refused": str(exc)}
+        return {"sort": "Flow", "encoding": nf.encoding, "fingerprint": nf.fingerprint}
     try:
         sort = check(v["term"], schema)
     except LangError as exc:
@@ -318,9 +382,10 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=2000)
     ap.add_argument("--big", action="store_true", help="populations of 8-40 candidates")
     ap.add_argument("--odd", action="store_true", help="candidate values of the wrong type (see the docstring)")
+    ap.add_argument("--flows", action="store_true", help="sigma-flow/v1 flows instead of terms")
     ap.add_argument("--show", type=int, default=5, help="disagreements to print in full")
     a = ap.parse_args()
-    draw = Draw(a.seed, a.big, a.odd)
+    draw = Draw(a.seed, a.big, a.odd, a.flows)
     cases = [draw.case() for _ in range(a.cases)]
     with tempfile.TemporaryDirectory(prefix="unhardcoded-differential-") as tmp:
         src, out = Path(tmp, "cases.json"), Path(tmp, "reference.jsonl")
@@ -342,13 +407,13 @@ def main() -> int:
         if mine == t:
             tally[o["sort"]] = tally.get(o["sort"], 0) + 1
             continue
-        why = known(v["term"])
+        why = known(v.get("term", v.get("flow")))
         if why is not None:
             tally[f"known: {why}"] = tally.get(f"known: {why}", 0) + 1
             continue
         differ += 1
         if differ <= a.show:
-            print(f"=== case {i}: {json.dumps(v['term'])}")
+            print(f"=== case {i}: {json.dumps(v.get('term', v.get('flow')))}")
             for k in sorted(set(mine) | set(t)):
                 if mine.get(k) != t.get(k):
                     print(f"  {k}\n    ours:      {json.dumps(mine.get(k))[:800]}\n    reference: {json.dumps(t.get(k))[:800]}")
