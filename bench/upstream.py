@@ -5,7 +5,9 @@ bottleneck (``bench/run.sh`` measures it alone first to show its headroom).
 
 * ``POST .../chat/completions``             -> 200, a fixed chat.completion (JSON, content-length)
 * the same with ``"stream": true`` in the body -> 200, SSE (chunked): a first content chunk at once,
-  then after ``--stream-gap-ms`` (default 10 ms) the rest, a usage chunk and ``[DONE]``
+  then after ``--stream-gap-ms`` (default 10 ms) the rest, a usage chunk and ``[DONE]``; with
+  ``--stream-chunks N`` the rest is N content chunks instead, each written ``--stream-chunk-gap-ms``
+  after the one before (a long answer, token by token), then the finish, usage and ``[DONE]``
 * any path containing ``/429/``, or a body whose model starts with ``rl-`` -> 429 rate_limit_exceeded
 * ``GET /stats``                             -> JSON counters (per kind), for checking the fallback path
 * ``GET /healthz``                           -> 200
@@ -71,23 +73,25 @@ def _done_chunk() -> bytes:
     return f"{len(data):x}".encode() + b"\r\n" + data + b"\r\n" + b"0\r\n\r\n"
 
 
-STREAM_TAIL = (b"".join(_chunk(_delta(w)) for w in (" from", " the", " mock", " upstream."))
-               + _chunk(_delta(None, "stop"))
-               + _chunk({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
-                         "model": "bench-model", "choices": [],
-                         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}})
-               + _done_chunk())
+STREAM_END = (_chunk(_delta(None, "stop"))
+              + _chunk({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+                        "model": "bench-model", "choices": [],
+                        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}})
+              + _done_chunk())
+STREAM_TAIL = b"".join(_chunk(_delta(w)) for w in (" from", " the", " mock", " upstream.")) + STREAM_END
+TOKEN = _chunk(_delta(" token"))  # one chunk of a long stream
 
 STATS = {"ok": 0, "rate_limited": 0, "stream": 0, "other": 0}
 
 
 class Upstream(asyncio.Protocol):
-    __slots__ = ("transport", "buf", "gap", "busy", "pending")
+    __slots__ = ("transport", "buf", "gap", "busy", "pending", "chunks", "chunk_gap", "left")
 
-    def __init__(self, gap: float) -> None:
+    def __init__(self, gap: float, chunks: int = 0, chunk_gap: float = 0.0) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.gap = gap
+        self.chunks, self.chunk_gap, self.left = chunks, chunk_gap, 0
         self.busy = False          # a stream is in flight: later pipelined requests wait
         self.pending: list[bytes] = []
 
@@ -132,7 +136,11 @@ class Upstream(asyncio.Protocol):
                     self.transport.write(STREAM_HEAD)  # type: ignore[union-attr]
                     self.busy = True
                     self.buf = buf
-                    asyncio.get_running_loop().call_later(self.gap, self._finish_stream)
+                    if self.chunks:
+                        self.left = self.chunks
+                        asyncio.get_running_loop().call_later(self.chunk_gap, self._next_chunk)
+                    else:
+                        asyncio.get_running_loop().call_later(self.gap, self._finish_stream)
                     return
                 else:
                     STATS["ok"] += 1
@@ -148,21 +156,32 @@ class Upstream(asyncio.Protocol):
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
 
-    def _finish_stream(self) -> None:
+    def _finish_stream(self, tail: bytes = STREAM_TAIL) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(STREAM_TAIL)
+        self.transport.write(tail)
         self.busy = False
         if self.buf:
             self._drain()
+
+    def _next_chunk(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.left -= 1
+        if self.left <= 0:
+            self._finish_stream(TOKEN + STREAM_END)
+            return
+        self.transport.write(TOKEN)
+        asyncio.get_running_loop().call_later(self.chunk_gap, self._next_chunk)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
 
-async def main(host: str, port: int, gap_ms: float) -> None:
+async def main(host: str, port: int, gap_ms: float, chunks: int = 0, chunk_gap_ms: float = 1.0) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Upstream(gap_ms / 1000.0), host, port, backlog=4096, reuse_address=True)
+    server = await loop.create_server(lambda: Upstream(gap_ms / 1000.0, chunks, chunk_gap_ms / 1000.0), host, port,
+                                      backlog=4096, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -176,10 +195,12 @@ if __name__ == "__main__":
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=18000)
     ap.add_argument("--stream-gap-ms", type=float, default=10.0)
+    ap.add_argument("--stream-chunks", type=int, default=0, help="content chunks of a long stream (0: the short one)")
+    ap.add_argument("--stream-chunk-gap-ms", type=float, default=1.0, help="time between two chunks of a long stream")
     a = ap.parse_args()
     try:
         import uvloop
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(main(a.host, a.port, a.stream_gap_ms))
+    asyncio.run(main(a.host, a.port, a.stream_gap_ms, a.stream_chunks, a.stream_chunk_gap_ms))
