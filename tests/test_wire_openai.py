@@ -378,3 +378,68 @@ async def test_unknown_model_is_model_unavailable(upstream):
     t = target_for(upstream, model="gpt-nonexistent")
     ex = await exchange(WIRE.build(BODY, t, False))
     assert WIRE.error(ex.status, ex.headers, ex.body).kind == "model_unavailable"
+
+
+# ---- the SSE framing and event payloads, fast paths against their definitions ------------------
+
+def _events_by_definition(stream: bytes) -> list[tuple[str, str]]:
+    """WHATWG framing over the whole stream at once: CRLF and CR are line ends like LF."""
+    text = stream.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out, event, data = [], "", []
+    for line in lines[:-1]:  # the last piece has no line end yet
+        if line == "":
+            if data:
+                out.append((event or "message", "\n".join(data)))
+            event, data = "", []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+    return out
+
+
+_SSE_PIECES = st.sampled_from([b"data: ", b"data:", b"event: ", b"x", b"{\"a\":1}", b"\n", b"\n\n", b":c\n",
+                               b"\r\n", b"\r", "\u00e9".encode(), b"[DONE]", b" "])
+
+
+@given(st.lists(_SSE_PIECES, max_size=40), st.lists(st.integers(0, 400), max_size=8), st.booleans())
+def test_sse_parser_equals_the_definition_however_split(pieces, cuts, lf_only) -> None:
+    stream = b"".join(pieces)
+    if lf_only:
+        stream = stream.replace(b"\r", b"")
+    stream += b"\n\n"  # ends with a complete event boundary
+    bounds = sorted({min(c, len(stream)) for c in cuts})
+    p = SSEParser()
+    got = []
+    prev = 0
+    for b in [*bounds, len(stream)]:
+        got += [(e.event, e.data) for e in p.feed(stream[prev:b])]
+        prev = b
+    if stream.endswith(b"\r"):  # a CR at the very end waits for a possible LF
+        got += [(e.event, e.data) for e in p.close()]
+    assert got == _events_by_definition(stream)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False) | st.text(),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4),
+                    max_leaves=20))
+def test_event_json_reads_what_the_standard_library_reads(value) -> None:
+    import json
+
+    from unhardcoded.providers.base import event_json
+    text = json.dumps(value)
+    assert event_json(text) == json.loads(text)
+
+
+def test_event_json_refuses_what_the_standard_library_refuses() -> None:
+    from unhardcoded.providers.base import event_json
+    assert event_json('{"n": 18446744073709551616}') == {"n": 2.0**64}  # past 64 bits: a double, as json_body
+    assert event_json('[NaN]')[0] != event_json('[NaN]')[0]  # the standard library's NaN, as before
+    assert event_json('[1e400, "\\ud800"]') == [float("inf"), "\ud800"]
+    for bad in ("{", "[1,]", "x", "[" * 100_000):
+        with pytest.raises(ValueError):
+            event_json(bad)

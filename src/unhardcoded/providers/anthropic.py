@@ -23,7 +23,7 @@ import re
 from typing import Any, Mapping
 
 from .base import (
-    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, chat_chunk, content_text, error_text, json_body,
+    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, event_json, chat_chunk, content_text, error_text, json_body,
     parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block, dump_body,
 )
 
@@ -413,7 +413,7 @@ class AnthropicStream(SSEDecoder):
             if self._done:
                 continue
             try:
-                data = json.loads(ev.data)
+                data = event_json(ev.data)
             except ValueError:
                 raise ProviderError("bad_response", scrub(f"anthropic: undecodable event: {ev.data[:120]}",
                                                           self._key)) from None

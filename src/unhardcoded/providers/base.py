@@ -270,6 +270,21 @@ def dump_body(doc: Any) -> bytes:
         return json.dumps(doc, ensure_ascii=False).encode()
 
 
+def event_json(data: str) -> Any:
+    """A stream event's JSON payload: orjson where it reads it (~0.6 µs for a chunk against ~2 µs),
+    else the standard library (NaN, a number past the doubles, a lone surrogate escape), whose
+    ValueError says it is not JSON. Like :func:`json_body` for a whole answer, an integer wider
+    than 64 bits is read as a double."""
+    try:
+        return orjson.loads(data)
+    except ValueError:
+        pass
+    try:
+        return json.loads(data)
+    except RecursionError:  # nesting deeper than the interpreter's stack: as undecodable as any
+        raise ValueError("JSON nested too deeply") from None
+
+
 def json_body(body: bytes, what: str) -> Any:
     """Decode a 2xx body; anything that is not JSON is a ``bad_response``."""
     try:
@@ -366,6 +381,14 @@ class SSEParser:
             self._fresh = False
             self._buf = self._buf.removeprefix(b"\xef\xbb\xbf")
         out: list[SSEEvent] = []
+        if b"\r" not in self._buf:  # LF line ends only (what providers send): split at once
+            lines = self._buf.split(b"\n")
+            self._buf = lines.pop()
+            for line in lines:
+                ev = self._line(line.decode("utf-8", "replace"))
+                if ev is not None:
+                    out.append(ev)
+            return out
         while True:
             lf, cr = self._buf.find(b"\n"), self._buf.find(b"\r")
             if lf < 0 and cr < 0:

@@ -30,7 +30,7 @@ import re
 from typing import Any, Mapping
 
 from .base import (
-    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, chat_chunk, content_text, error_text, json_body,
+    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, event_json, chat_chunk, content_text, error_text, json_body,
     parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block, dump_body,
 )
 
@@ -513,7 +513,7 @@ class GeminiStream(SSEDecoder):
         out: list[dict[str, Any]] = []
         for ev in events:
             try:
-                doc = json.loads(ev.data)
+                doc = event_json(ev.data)
             except ValueError:
                 raise ProviderError("bad_response", scrub(f"gemini: undecodable event: {ev.data[:120]}",
                                                           self._key)) from None

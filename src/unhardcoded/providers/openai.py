@@ -12,7 +12,7 @@ import json
 from typing import Any, Mapping
 
 from .base import (
-    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, error_text, json_body, retry_after, scrub,
+    HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, event_json, error_text, json_body, retry_after, scrub,
     status_kind, usage_block, dump_body, target_headers,
 )
 
@@ -182,7 +182,7 @@ class OpenAIStream(SSEDecoder):
                 self._done = True
                 continue
             try:
-                chunk = json.loads(data)
+                chunk = event_json(data)
             except ValueError:
                 raise ProviderError("bad_response", scrub(f"openai: undecodable stream event: {data[:120]}",
                                                           self._key)) from None
