@@ -15,7 +15,9 @@ Phases:
    the fastest of which becomes the "forwarder" target;
 2. all targets up; idle RSS; warm-up;
 3. rounds: in each, every target in turn (rotated order) gets latency at c=1, RPS at
-   c=16/64/256, the fallback path at c=1 and streaming time-to-first-byte;
+   c=16/64/256, the fallback path at c=1 and streaming time-to-first-byte; then light traffic
+   (one call at a time, ``LIGHT_GAP_MS`` apart) and long streams (``LONG_CONNS`` streamed answers
+   of ``workload.LONG_STREAM_CHUNKS`` chunks open at once: CPU per chunk relayed);
 4. steady load at c=64 per system under test (60 s in --full), then its steady RSS;
 5. a py-spy profile of the router under load.
 
@@ -55,13 +57,14 @@ AUTH = "sk-bench-0123456789abcdef0123456789abcdef"   # LiteLLM's master key; the
 
 MODES = {
     # durations in seconds
-    # (light_n: calls to each target one at a time, LIGHT_GAP_MS apart; a count, not seconds)
+    # (light_n: calls to each target one at a time, LIGHT_GAP_MS apart; a count, not seconds;
+    # long_s: seconds of LONG_CONNS long streams open against each target)
     "quick": dict(rounds=2, lat=3, rps=3, rps256=10, fallback=3, ttfb_n=60, steady=10, profile=10, warm=3,
-                  cand_rps=3, cand_lat=2, headroom=3, light_n=60),
+                  cand_rps=3, cand_lat=2, headroom=3, light_n=60, long_s=5),
     "smoke": dict(rounds=1, lat=1, rps=1, rps256=1, fallback=1, ttfb_n=10, steady=2, profile=3, warm=1,
-                  cand_rps=1, cand_lat=1, headroom=1, light_n=10),
+                  cand_rps=1, cand_lat=1, headroom=1, light_n=10, long_s=2),
     "full": dict(rounds=5, lat=10, rps=10, rps256=15, fallback=8, ttfb_n=300, steady=60, profile=30, warm=8,
-                 cand_rps=6, cand_lat=4, headroom=8, light_n=200),
+                 cand_rps=6, cand_lat=4, headroom=8, light_n=200, long_s=10),
 }
 FORWARDER_CANDIDATES = ["uvicorn:raw", "granian:raw", "aiohttp:raw", "socketify:raw",
                         "uvicorn:aiohttp", "granian:aiohttp", "aiohttp:aiohttp", "socketify:aiohttp"]
@@ -425,11 +428,15 @@ def spaced_calls(targets: dict[str, tuple[int, str, bytes]], calls: int, gap_ms:
     return out
 
 
+LONG_CONNS = 16  # long streams open at once (each workload.LONG_STREAM_CHUNKS chunks, 1 ms apart)
+
+
 class Target:
     def __init__(self, name: str, port: int, body: Path, *, proc: Proc | None, fb_path: str | None = None,
-                 fb_body: Path | None = None, stream_body: Path | None = None, path: str = "/v1/chat/completions") -> None:
+                 fb_body: Path | None = None, stream_body: Path | None = None, long_body: Path | None = None,
+                 path: str = "/v1/chat/completions") -> None:
         self.name, self.port, self.body, self.proc, self.path = name, port, body, proc, path
-        self.fb_path, self.fb_body, self.stream_body = fb_path, fb_body, stream_body
+        self.fb_path, self.fb_body, self.stream_body, self.long_body = fb_path, fb_body, stream_body, long_body
 
     def url(self, path: str | None = None) -> str:
         return f"http://127.0.0.1:{self.port}{path or self.path}"
@@ -637,21 +644,25 @@ def main() -> int:
 
         targets = [
             Target("direct", ports["upstream"], body_direct, proc=None, fb_path="/429/v1/chat/completions",
-                   fb_body=body_direct, stream_body=files["body_direct_stream"]),
+                   fb_body=body_direct, stream_body=files["body_direct_stream"],
+                   long_body=files["body_direct_long_stream"]),
             Target("forwarder", ports["forwarder"], body_direct, proc=fwd, fb_path="/fallback/v1/chat/completions",
-                   fb_body=body_direct, stream_body=files["body_direct_stream"]),
+                   fb_body=body_direct, stream_body=files["body_direct_stream"],
+                   long_body=files["body_direct_long_stream"]),
             Target("router", ports["router"], files["body_router"], proc=rt, fb_body=files["body_router_fallback"],
-                   stream_body=files["body_router_stream"]),
+                   stream_body=files["body_router_stream"], long_body=files["body_router_long_stream"]),
             Target("router_profile", ports["router"], files["body_router_profile"], proc=rt),
         ]
         if ll is not None:
             targets.append(Target("litellm", ports["litellm"], files["body_litellm"], proc=ll,
-                                  fb_body=files["body_litellm_fallback"], stream_body=files["body_litellm_stream"]))
+                                  fb_body=files["body_litellm_fallback"], stream_body=files["body_litellm_stream"],
+                                  long_body=files["body_litellm_long_stream"]))
         suts = {t.name: t for t in targets if t.proc is not None and t.name != "router_profile"}
 
         # sanity: every target answers 200 with its body, fallback and stream bodies
         for t in targets:
-            for path, body in ((t.path, t.body), (t.fb_path or t.path, t.fb_body), (t.path, t.stream_body)):
+            for path, body in ((t.path, t.body), (t.fb_path or t.path, t.fb_body), (t.path, t.stream_body),
+                               (t.path, t.long_body)):
                 if body is None or (t.name == "direct" and path.startswith("/429/")):
                     continue
                 status, text = post(t.port, path, body)
@@ -699,6 +710,24 @@ def main() -> int:
                               if t.name != "router_profile"}, cfg["light_n"], LIGHT_GAP_MS)
         result["light"] = {"gap_ms": LIGHT_GAP_MS, "calls": cfg["light_n"], "ms": light}
         log("light traffic p50 ms:", {n: round(statistics.median(v), 3) for n, v in light.items()})
+
+        # ---------------------------------------------------------- 3c. long streams
+        # a streamed answer of LONG_STREAM_CHUNKS chunks, each its own write: CPU per chunk relayed
+        result["long_stream"] = {"chunks": workload.LONG_STREAM_CHUNKS, "conns": LONG_CONNS,
+                                 "seconds": cfg["long_s"], "targets": {}}
+        for t in targets:
+            if t.long_body is None:
+                continue
+            before = thread_ticks(t.proc.pid) if t.proc is not None else None
+            r = wrk(t.url(), t.long_body, LONG_CONNS, cfg["long_s"])
+            entry = {"streams_per_s": r["rps"], "streams": r["requests"], "p50_us": r["latency_us"]["p50"],
+                     "failed": r["failed"] + r["non2xx"]}
+            if t.proc is not None and before is not None:
+                threads = per_thread_us(before, thread_ticks(t.proc.pid), r["requests"])
+                entry["cpu_us_per_stream"] = round(sum(x["us_per_request"] for x in threads), 1)
+                entry["cpu_us_per_chunk"] = round(entry["cpu_us_per_stream"] / workload.LONG_STREAM_CHUNKS, 2)
+            result["long_stream"]["targets"][t.name] = entry
+            log("long streams", t.name, entry)
 
         # ---------------------------------------------------------- 4. steady load, steady RSS
         result["steady"] = {}

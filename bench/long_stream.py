@@ -2,9 +2,9 @@
 
 The suite's stream is six chunks, and it measures the time to the first byte. A chat answer is
 hundreds of chunks, each in its own write, and a gateway relays every one: its cost per chunk,
-not per call, is what a streaming service pays. Here the mock upstream answers every streamed
-request with ``--chunks`` content chunks, one every ``--gap-ms`` (then the finish, usage and
-``[DONE]``), and wrk keeps ``--conns`` such streams open against each target in turn (one core
+not per call, is what a streaming service pays. Here every streamed request asks for
+``max_tokens = --chunks``, which the mock upstream answers with that many content chunks, one every
+``--gap-ms`` (then the finish, usage and ``[DONE]``), and wrk keeps ``--conns`` such streams open against each target in turn (one core
 for the system under test, ``SCHED_BATCH``, as in the suite): the bare forwarder (granian, raw
 client), the router as shipped (``unhardcoded serve``, traces on), LiteLLM if asked for
 (``--litellm``, from its environment), and with ``--base REV`` the router of that git revision
@@ -20,6 +20,7 @@ median time to the last byte; writes ``results/long-stream-<stamp>.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from typing import Any
@@ -30,7 +31,7 @@ from ab import base_source, serve_builds
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--chunks", type=int, default=200, help="content chunks per streamed answer")
+    ap.add_argument("--chunks", type=int, default=200, help="content chunks per streamed answer (at least 64)")
     ap.add_argument("--gap-ms", type=float, default=1.0, help="time between two chunks")
     ap.add_argument("--conns", type=int, default=16, help="streams open at once")
     ap.add_argument("--seconds", type=int, default=8)
@@ -42,32 +43,40 @@ def main() -> int:
     P = a.port_base
     work, logs, files = harness.scratch("unhardcoded-stream-", P)
     python = str(harness.VENVS / "router" / "bin" / "python")
+    if a.chunks < 64:
+        ap.error("--chunks: the mock upstream streams a long answer for max_tokens of 64 or more")
+    bodies = {}
+    for name in ("direct", "router", "litellm"):
+        doc = json.loads(files[f"body_{name}_long_stream"].read_text())
+        doc["max_tokens"] = a.chunks
+        bodies[name] = work / f"long_{name}.json"
+        bodies[name].write_text(json.dumps(doc, separators=(",", ":")))
     procs: list[harness.Proc] = []
     targets: dict[str, tuple[int, Any, harness.Proc]] = {}
     out: dict[str, Any] = {"config": vars(a) | {"sut_core": harness.SUT_CORE, "load_core": harness.LOAD_CORE},
                            "machine": harness.machine_info(), "runs": {}}
     try:
         procs.append(harness.Proc("upstream", [str(harness.RPY), str(harness.BENCH / "upstream.py"), "--port", str(P),
-                                               "--stream-chunks", str(a.chunks), "--stream-chunk-gap-ms", str(a.gap_ms)],
+                                               "--stream-chunk-gap-ms", str(a.gap_ms)],
                                   core=harness.LOAD_CORE, logdir=logs))
         harness.wait_http(P, "/healthz", proc=procs[-1])
         fwd = harness.Proc("forwarder", [python, str(harness.BENCH / "forwarder.py"), "--server", "granian",
                                          "--client", "raw", "--port", str(P + 1), "--upstream", f"http://127.0.0.1:{P}"],
                            core=harness.SUT_CORE, logdir=logs, sched="batch")
         procs.append(fwd)
-        targets["forwarder"] = (P + 1, files["body_direct_stream"], fwd)
+        targets["forwarder"] = (P + 1, bodies["direct"], fwd)
         rt = harness.Proc("router", [str(harness.VENVS / "router" / "bin" / "unhardcoded"), "serve", "--catalog",
                                      str(files["catalog"]), "--port", str(P + 2), "--data-dir", str(work / "router-data")],
                           core=harness.SUT_CORE, env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream",
                                                       "UNHARDCODED_CPU_SCHEDULING": "batch"},
                           cwd=work, logdir=logs, sched="batch")
         procs.append(rt)
-        targets["router"] = (P + 2, files["body_router_stream"], rt)
+        targets["router"] = (P + 2, bodies["router"], rt)
         if a.base:
             out["base_commit"] = base_source(a.base, work / "base")
             base = serve_builds({"base": (P + 4, {"PYTHONPATH": str(work / "base" / "src")})}, files["catalog"], work,
                                 logs, procs)["base"]
-            targets[f"router@{a.base}"] = (P + 4, files["body_router_stream"], base)
+            targets[f"router@{a.base}"] = (P + 4, bodies["router"], base)
         if a.litellm:
             ll = harness.Proc("litellm", [str(harness.LITELLM_BIN), "--config", str(files["litellm"]), "--port",
                                           str(P + 3), "--num_workers", "1"], core=harness.SUT_CORE, cwd=work, logdir=logs,
@@ -75,12 +84,14 @@ def main() -> int:
                                    "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"},
                               sched="batch")
             procs.append(ll)
-            targets["litellm"] = (P + 3, files["body_litellm_stream"], ll)
+            targets["litellm"] = (P + 3, bodies["litellm"], ll)
         for name, (port, body, proc) in targets.items():
             harness.wait_http(port, "/health/liveliness" if name == "litellm" else "/healthz", proc=proc)
             status, text = harness.post(port, "/v1/chat/completions", body)
-            if status != 200 or text.count(b"data: ") < a.chunks:
-                raise RuntimeError(f"{name} streamed {status} with {text.count(b'data: ')} events")
+            events = text.count(b"data: ")
+            if status != 200 or b"[DONE]" not in text or text.count(b" token") < a.chunks:
+                raise RuntimeError(f"{name} streamed {status}: {events} events, {text.count(b' token')} tokens")
+            out.setdefault("events_per_stream", {})[name] = events  # LiteLLM merges chunks
             harness.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, a.conns, 2)  # warm
             out["runs"][name] = []
         names = list(targets)

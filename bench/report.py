@@ -161,6 +161,27 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
                      + ("–" if t == "direct" else f"{light_added[t]:.2f}") + " |")
         L.append("")
 
+    # ---- long streams (runs before this measure existed have none)
+    long = d.get("long_stream")
+    per_chunk: dict[str, float] = {}
+    if long and long.get("targets"):
+        L.append(f"**Long streams** ({long['conns']} streamed answers open at once, {long['chunks']} chunks each, one "
+                 f"every ~1 ms from the upstream, {long['seconds']} s per target; CPU of all the target's threads)")
+        L.append("")
+        L.append("| target | streams/s | p50 per stream (ms) | CPU per stream (ms) | CPU per chunk (µs) | failed |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for t in targets:
+            e = long["targets"].get(t)
+            if e is None:
+                continue
+            cpu = e.get("cpu_us_per_stream")
+            if e.get("cpu_us_per_chunk") is not None:
+                per_chunk[t] = e["cpu_us_per_chunk"]
+            L.append(f"| {NAMES[t]} | {e['streams_per_s']:.1f} | {e['p50_us'] / 1000:.1f} | "
+                     + ("–" if cpu is None else f"{cpu / 1000:.2f}") + " | "
+                     + ("–" if t not in per_chunk else f"{per_chunk[t]:.1f}") + f" | {e['failed']} |")
+        L.append("")
+
     # ---- ratios
     if "router" in targets:
         L.append("**Ratios, same run** (router with policy_ir and traces on)")
@@ -189,6 +210,10 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
             L.append(f"| light traffic added p50 | {light_added['router']:.2f} ms | "
                      f"{ratio(light_added['router'], light_added.get('forwarder'))} | "
                      f"{ratio(light_added['router'], light_added.get('litellm'), '{:.3f}×')} | | |")
+        if "router" in per_chunk:
+            L.append(f"| long streams, CPU per chunk | {per_chunk['router']:.1f} µs | "
+                     f"{ratio(per_chunk['router'], per_chunk.get('forwarder'))} | "
+                     f"{ratio(per_chunk['router'], per_chunk.get('litellm'), '{:.3f}×')} | | |")
         st = d.get("steady", {})
         rr = st.get("router", {}).get("rss_after_kb")
         L.append(f"| steady RSS | – | {ratio(rr, st.get('forwarder', {}).get('rss_after_kb'))} | "

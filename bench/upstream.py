@@ -6,8 +6,8 @@ bottleneck (``bench/run.sh`` measures it alone first to show its headroom).
 * ``POST .../chat/completions``             -> 200, a fixed chat.completion (JSON, content-length)
 * the same with ``"stream": true`` in the body -> 200, SSE (chunked): a first content chunk at once,
   then after ``--stream-gap-ms`` (default 10 ms) the rest, a usage chunk and ``[DONE]``; with
-  ``--stream-chunks N`` the rest is N content chunks instead, each written ``--stream-chunk-gap-ms``
-  after the one before (a long answer, token by token), then the finish, usage and ``[DONE]``
+  ``"max_tokens": N`` for N of at least 64, a long answer instead: N content chunks, each written
+  ``--stream-chunk-gap-ms`` (default 1 ms) after the one before, then the finish, usage and ``[DONE]``
 * any path containing ``/429/``, or a body whose model starts with ``rl-`` -> 429 rate_limit_exceeded
 * ``GET /stats``                             -> JSON counters (per kind), for checking the fallback path
 * ``GET /healthz``                           -> 200
@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
+import re
 import signal
 
 COMPLETION = json.dumps({
@@ -79,7 +81,14 @@ STREAM_END = (_chunk(_delta(None, "stop"))
                         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}})
               + _done_chunk())
 STREAM_TAIL = b"".join(_chunk(_delta(w)) for w in (" from", " the", " mock", " upstream.")) + STREAM_END
-TOKEN = _chunk(_delta(" token"))  # one chunk of a long stream
+@functools.lru_cache(maxsize=None)
+def _token(i: int) -> bytes:
+    """The i-th chunk of a long stream. Each differs: LiteLLM ends a stream that repeats one
+    chunk a hundred times (its guard against a looping model)."""
+    return _chunk(_delta(f" token{i}"))
+
+LONG_STREAM_MIN = 64  # max_tokens from which a streamed answer is long (the suite's bodies ask for 16)
+_MAX_TOKENS = re.compile(rb'"max_tokens":\s*(\d+)')
 
 STATS = {"ok": 0, "rate_limited": 0, "stream": 0, "other": 0}
 
@@ -87,11 +96,11 @@ STATS = {"ok": 0, "rate_limited": 0, "stream": 0, "other": 0}
 class Upstream(asyncio.Protocol):
     __slots__ = ("transport", "buf", "gap", "busy", "pending", "chunks", "chunk_gap", "left")
 
-    def __init__(self, gap: float, chunks: int = 0, chunk_gap: float = 0.0) -> None:
+    def __init__(self, gap: float, chunk_gap: float = 0.001) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.gap = gap
-        self.chunks, self.chunk_gap, self.left = chunks, chunk_gap, 0
+        self.chunks, self.chunk_gap, self.left = 0, chunk_gap, 0
         self.busy = False          # a stream is in flight: later pipelined requests wait
         self.pending: list[bytes] = []
 
@@ -136,8 +145,10 @@ class Upstream(asyncio.Protocol):
                     self.transport.write(STREAM_HEAD)  # type: ignore[union-attr]
                     self.busy = True
                     self.buf = buf
-                    if self.chunks:
-                        self.left = self.chunks
+                    m = _MAX_TOKENS.search(body)
+                    n = int(m.group(1)) if m else 0
+                    if n >= LONG_STREAM_MIN:
+                        self.chunks = self.left = n
                         asyncio.get_running_loop().call_later(self.chunk_gap, self._next_chunk)
                     else:
                         asyncio.get_running_loop().call_later(self.gap, self._finish_stream)
@@ -169,18 +180,18 @@ class Upstream(asyncio.Protocol):
             return
         self.left -= 1
         if self.left <= 0:
-            self._finish_stream(TOKEN + STREAM_END)
+            self._finish_stream(_token(self.chunks) + STREAM_END)
             return
-        self.transport.write(TOKEN)
+        self.transport.write(_token(self.chunks - self.left))
         asyncio.get_running_loop().call_later(self.chunk_gap, self._next_chunk)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
 
-async def main(host: str, port: int, gap_ms: float, chunks: int = 0, chunk_gap_ms: float = 1.0) -> None:
+async def main(host: str, port: int, gap_ms: float, chunk_gap_ms: float = 1.0) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Upstream(gap_ms / 1000.0, chunks, chunk_gap_ms / 1000.0), host, port,
+    server = await loop.create_server(lambda: Upstream(gap_ms / 1000.0, chunk_gap_ms / 1000.0), host, port,
                                       backlog=4096, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -195,7 +206,6 @@ if __name__ == "__main__":
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=18000)
     ap.add_argument("--stream-gap-ms", type=float, default=10.0)
-    ap.add_argument("--stream-chunks", type=int, default=0, help="content chunks of a long stream (0: the short one)")
     ap.add_argument("--stream-chunk-gap-ms", type=float, default=1.0, help="time between two chunks of a long stream")
     a = ap.parse_args()
     try:
@@ -203,4 +213,4 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(main(a.host, a.port, a.stream_gap_ms, a.stream_chunks, a.stream_chunk_gap_ms))
+    asyncio.run(main(a.host, a.port, a.stream_gap_ms, a.stream_chunk_gap_ms))

@@ -141,9 +141,13 @@ def to_toml(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+LONG_STREAM_CHUNKS = 200  # content chunks of a long streamed answer (upstream.py: max_tokens >= 64)
+
+
 def bodies(n_providers: int = 40) -> dict[str, dict[str, Any]]:
     rl = f"p{n_providers - 1:02d}"
     base = {"messages": MESSAGES, "max_tokens": 16}
+    long = {"messages": MESSAGES, "max_tokens": LONG_STREAM_CHUNKS}
     return {
         # the direct call and the bare forwarder get what the upstream needs
         "direct": {"model": "bench-model", **base},
@@ -157,6 +161,10 @@ def bodies(n_providers: int = 40) -> dict[str, dict[str, Any]]:
         "litellm": {"model": "bench-model", **base},
         "litellm_fallback": {"model": "rl-bench-model", **base},
         "litellm_stream": {"model": "bench-model", **base, "stream": True},
+        # a long streamed answer: the mock upstream sends max_tokens chunks (LONG_STREAM_CHUNKS)
+        "direct_long_stream": {"model": "bench-model", **long, "stream": True},
+        "router_long_stream": {"model": "", **long, "policy_ir": MAIN_POLICY, "stream": True},
+        "litellm_long_stream": {"model": "bench-model", **long, "stream": True},
     }
 
 
