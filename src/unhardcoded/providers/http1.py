@@ -70,6 +70,9 @@ def _watch_stall(parts: _Parts, stall_s: float, loop: asyncio.AbstractEventLoop,
     """The stall timer of a stream: one per stall period, not one per part. It fails the reader's
     wait once it has lasted ``stall_s`` with nothing arriving, and otherwise looks again when the
     current wait (or a wait starting now) would have lasted that long."""
+    if parts.ended:  # the body is over: nothing left to stall (the reader takes what is there)
+        timers[0] = None
+        return
     w = parts.waiter
     left = stall_s
     if w is not None and not w.done():
