@@ -13,8 +13,8 @@ too (as ``ab.py`` serves it), to compare a change.
     bench/.venvs/router/bin/python bench/long_stream.py [--chunks 200] [--gap-ms 1] [--conns 16] [--seconds 8]
         [--rounds 2] [--litellm] [--base REV]
 
-Prints per target the streams per second, CPU per stream and per chunk (all threads), and the
-median time to the last byte; writes ``results/long-stream-<stamp>.json``.
+Prints per target the streams per second, CPU per stream and per chunk (all threads), the
+median time to the last byte and the peak RSS with the streams open; writes ``results/long-stream-<stamp>.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 from typing import Any
 
 import harness
@@ -99,12 +100,24 @@ def main() -> int:
             for name in (names if r % 2 == 0 else names[::-1]):
                 port, body, proc = targets[name]
                 before = harness.thread_ticks(proc.pid)
-                res = harness.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, a.conns, a.seconds)
+                peak, stop = [0], threading.Event()
+
+                def sample(pid: int = proc.pid) -> None:  # the RSS with the streams open, sampled
+                    while not stop.wait(0.25):
+                        peak[0] = max(peak[0], harness.rss_kb(pid))
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                try:
+                    res = harness.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, a.conns, a.seconds)
+                finally:
+                    stop.set()
+                    sampler.join()
+                res["rss_peak_mb"] = round(peak[0] / 1024, 1)
                 threads = harness.per_thread_us(before, harness.thread_ticks(proc.pid), res["requests"])
                 res["cpu_us_per_stream"] = round(sum(t["us_per_request"] for t in threads), 1)
                 res["cpu_us_per_chunk"] = round(res["cpu_us_per_stream"] / a.chunks, 2)
                 out["runs"][name].append(res)
-                harness.log(name, res["rps"], "streams/s", res["cpu_us_per_stream"], "us/stream",
+                harness.log(name, res["rps"], "streams/s", res["rss_peak_mb"], "MB peak", res["cpu_us_per_stream"], "us/stream",
                             res["cpu_us_per_chunk"], "us/chunk, p50", res["latency_us"]["p50"] / 1000, "ms; failed",
                             res["failed"], "non2xx", res["non2xx"])
     finally:
@@ -116,13 +129,15 @@ def main() -> int:
                          "cpu_us_per_stream": statistics.median(x["cpu_us_per_stream"] for x in runs),
                          "cpu_us_per_chunk": statistics.median(x["cpu_us_per_chunk"] for x in runs),
                          "p50_ms": statistics.median(x["latency_us"]["p50"] for x in runs) / 1000,
+                         "rss_peak_mb": max(x["rss_peak_mb"] for x in runs),
                          "failed": sum(x["failed"] + x["non2xx"] for x in runs)}
     out["summary"] = summary
     harness.write_results("long-stream", out)
     print(f"{a.chunks} chunks every {a.gap_ms} ms, {a.conns} streams open, {a.rounds} rounds x {a.seconds} s:")
     for name, s in summary.items():
         print(f"  {name:14s} {s['streams_per_s']:8.1f} streams/s  {s['cpu_us_per_stream']:9.1f} us/stream  "
-              f"{s['cpu_us_per_chunk']:6.2f} us/chunk  p50 {s['p50_ms']:.1f} ms  failed {s['failed']}")
+              f"{s['cpu_us_per_chunk']:6.2f} us/chunk  p50 {s['p50_ms']:.1f} ms  RSS peak {s['rss_peak_mb']:.0f} MB"
+              f"  failed {s['failed']}")
     return 0
 
 
