@@ -380,30 +380,37 @@ class SSEParser:
                 return []
             self._fresh = False
             self._buf = self._buf.removeprefix(b"\xef\xbb\xbf")
-        out: list[SSEEvent] = []
         if b"\r" not in self._buf:  # LF line ends only (what providers send): split at once
             lines = self._buf.split(b"\n")
             self._buf = lines.pop()
-            for line in lines:
-                ev = self._line(line.decode("utf-8", "replace"))
-                if ev is not None:
-                    out.append(ev)
-            return out
-        while True:
-            lf, cr = self._buf.find(b"\n"), self._buf.find(b"\r")
-            if lf < 0 and cr < 0:
-                return out
-            cut = lf if cr < 0 else cr if lf < 0 else min(lf, cr)
-            if self._buf[cut] == 13:
-                if cut + 1 == len(self._buf):
-                    return out  # a CR at the end: wait to see whether LF follows
-                step = 2 if self._buf[cut + 1] == 10 else 1
-            else:
-                step = 1
-            line, self._buf = self._buf[:cut], self._buf[cut + step:]
+        else:
+            lines = self._take_lines()
+        out: list[SSEEvent] = []
+        for line in lines:
             ev = self._line(line.decode("utf-8", "replace"))
             if ev is not None:
                 out.append(ev)
+        return out
+
+    def _take_lines(self) -> list[bytes]:
+        """The complete lines at the buffer's start, ended by LF, CRLF or CR; the rest stays."""
+        lines: list[bytes] = []
+        buf = self._buf
+        while True:
+            lf, cr = buf.find(b"\n"), buf.find(b"\r")
+            if lf < 0 and cr < 0:
+                break
+            cut = lf if cr < 0 else cr if lf < 0 else min(lf, cr)
+            if buf[cut] == 13:
+                if cut + 1 == len(buf):
+                    break  # a CR at the end: wait to see whether LF follows
+                step = 2 if buf[cut + 1] == 10 else 1
+            else:
+                step = 1
+            lines.append(buf[:cut])
+            buf = buf[cut + step:]
+        self._buf = buf
+        return lines
 
     def close(self) -> list[SSEEvent]:
         """Flush: a last line without its terminator, and an event without its blank line."""
