@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -131,63 +132,67 @@ async def test_streaming_yields_chunks_as_they_arrive(server) -> None:
     c.close()
 
 
-async def test_a_stalled_stream_times_out(server) -> None:
-    async def stall(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(5)
-    server.script.append(stall)
+_CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def _streamed(server, script):  # noqa: ANN001, ANN202
+    """A streamed answer from ``script`` (what the scripted server writes), closed after."""
+    server.script.append(script)
     c = Client()
     s = await c.stream("POST", server.url, {}, b"x")
-    with pytest.raises(HTTPError) as e:
-        async for _ in s.chunks(0.2):
-            pass
+    try:
+        yield s
+    finally:
+        s.close()
+        c.close()
+
+
+async def test_a_stalled_stream_times_out(server) -> None:
+    async def stall(writer: asyncio.StreamWriter) -> None:
+        writer.write(_CHUNKED)
+        await writer.drain()
+        await asyncio.sleep(5)
+    async with _streamed(server, stall) as s:
+        with pytest.raises(HTTPError) as e:
+            async for _ in s.chunks(0.2):
+                pass
     assert e.value.kind == "timeout"
-    s.close()
-    c.close()
 
 
 async def test_the_stall_timeout_counts_from_the_last_part(server) -> None:
     # the stream's one stall timer must measure each wait, not the stream: parts 0.1 s apart for
     # ~1 s under a 0.3 s stall bound pass; then nothing comes, and the wait fails after ~0.3 s
     async def trickle(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(_CHUNKED)
         for _ in range(10):
             await writer.drain()
             await asyncio.sleep(0.1)
             writer.write(b"8\r\ndata: x\n\r\n")
         await writer.drain()
         await asyncio.sleep(5)
-    server.script.append(trickle)
-    c = Client()
-    s = await c.stream("POST", server.url, {}, b"x")
     got, t_last = 0, 0.0
-    with pytest.raises(HTTPError) as e:
-        async for _ in s.chunks(0.3):
-            got += 1
-            t_last = time.monotonic()
+    async with _streamed(server, trickle) as s:
+        with pytest.raises(HTTPError) as e:
+            async for _ in s.chunks(0.3):
+                got += 1
+                t_last = time.monotonic()
     assert e.value.kind == "timeout" and got == 10
     assert 0.25 < time.monotonic() - t_last < 1.5
-    s.close()
-    c.close()
 
 
 async def test_a_stream_cut_after_some_parts_gives_them_then_fails(server) -> None:
     async def cut(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n8\r\ndata: 1\n\r\n8\r\ndata: 2\n\r\n")
+        writer.write(_CHUNKED + b"8\r\ndata: 1\n\r\n8\r\ndata: 2\n\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.close()
-    server.script.append(cut)
-    c = Client()
-    s = await c.stream("POST", server.url, {}, b"x")
     got = []
-    with pytest.raises(HTTPError) as e:
-        async for part in s.chunks(5):
-            got.append(part)
+    async with _streamed(server, cut) as s:
+        with pytest.raises(HTTPError) as e:
+            async for part in s.chunks(5):
+                got.append(part)
     assert b"".join(got) == b"data: 1\ndata: 2\n" and e.value.kind == "network_error"
-    s.close()
-    c.close()
 
 
 async def test_connection_refused_is_a_network_error() -> None:
