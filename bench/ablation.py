@@ -1,6 +1,6 @@
 """What each stage of a routed call costs under load: the router with one stage taken out at a time.
 
-    bench/.venvs/router/bin/python bench/ablation.py [--rounds 4] [--seconds 4] [--variants a,b,...]
+    bench/.venvs/router/bin/python bench/ablation.py [--rounds 4] [--seconds 4] [--variants a,b,...] [--conns 64]
 
 A diagnosis, not a product and not a target of the rounds. Each variant is ``unhardcoded serve``
 (granian embedded, the native RSGI chat endpoint, SQLite traces, ``SCHED_BATCH``) with one stage
@@ -22,6 +22,9 @@ Stages (what replaces them):
 * ``x_router``: a fixed ``x_router`` of the same size instead of the run's;
 * ``trace_write``: trace rows built as usual but never written (the writer thread commits nothing);
 * ``trace``: no trace record (nothing built, nothing written).
+
+``--conns 1`` loads one call at a time instead and adds the latency percentiles to the table: what
+each stage does to the tail at concurrency 1.
 
 Writes ``results/ablation-<stamp>.json`` and prints a Markdown table.
 """
@@ -124,6 +127,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--port-base", type=int, default=18300)
+    ap.add_argument("--conns", type=int, default=64, help="wrk connections (concurrency)")
     ap.add_argument("--variants", default=",".join((*STAGES, "all")),
                     help="comma-separated stages to take out one at a time ('all': every stage at once)")
     ap.add_argument("--serve-variant", help=argparse.SUPPRESS)
@@ -159,15 +163,18 @@ def main() -> int:
                                       env={"BENCH_UPSTREAM_KEY": "sk-bench-upstream"}))
         for p in procs[1:]:
             harness.wait_http(ports[p.name], "/healthz", proc=p)
-        runs = harness.c64_rounds({p.name: (ports[p.name], p.pid) for p in procs[1:]}, body, a.rounds, a.seconds)
+        runs = harness.c64_rounds({p.name: (ports[p.name], p.pid) for p in procs[1:]}, body, a.rounds, a.seconds,
+                                  conns=a.conns)
     finally:
         for p in reversed(procs):
             p.stop()
     full_cpu = statistics.median(r["cpu_us"] for r in runs["router"])
-    out: dict[str, Any] = {"rounds": a.rounds, "seconds": a.seconds, "machine": harness.machine_info(),
-                           "variants": {}}
-    print("| taken out | RPS c=64 (median) | CPU µs per call (median) | the stage costs (µs per call) |")
-    print("|---|---:|---:|---:|")
+    out: dict[str, Any] = {"rounds": a.rounds, "seconds": a.seconds, "conns": a.conns,
+                           "machine": harness.machine_info(), "variants": {}}
+    tails = a.conns == 1  # one call at a time: what matters is the latency, not the rate
+    print(f"| taken out | RPS c={a.conns} (median) | CPU µs per call (median) | the stage costs (µs per call) |"
+          + (" p50 / p99 / p99.9 (ms, median) |" if tails else ""))
+    print("|---|---:|---:|---:|" + ("---:|" if tails else ""))
     for v, rs in runs.items():
         rps = statistics.median(r["rps"] for r in rs)
         cpu = statistics.median(r["cpu_us"] for r in rs)
@@ -175,7 +182,11 @@ def main() -> int:
         out["variants"][v] = {"rps": rps, "cpu_us": cpu, "stage_us": round(full_cpu - cpu, 1), "runs": rs}
         name = "nothing (the router)" if v == "router" else ("every stage above" if v == "all" else f"`{v}`")
         cost = "–" if v == "router" else f"{full_cpu - cpu:.1f}"
-        print(f"| {name} | {rps:,.0f} | {cpu:.1f} | {cost} |" + (f" ({bad} failed or non-2xx)" if bad else ""))
+        lat = ""
+        if tails:
+            lat = " / ".join(f"{statistics.median(r['latency_us'][q] for r in rs) / 1000:.2f}"
+                             for q in ("p50", "p99", "p99.9")) + " |"
+        print(f"| {name} | {rps:,.0f} | {cpu:.1f} | {cost} |{lat}" + (f" ({bad} failed or non-2xx)" if bad else ""))
     harness.write_results("ablation", out)
     return 0
 

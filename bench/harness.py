@@ -323,10 +323,11 @@ def scratch(prefix: str, upstream_port: int) -> tuple[Path, Path, dict[str, Path
     return work, logs, workload.write(work / "workload", f"http://127.0.0.1:{upstream_port}")
 
 
-def c64_rounds(targets: dict[str, tuple[int, int]], body: Path, rounds: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
-    """wrk at c=64 on each target (name -> (port, pid)) in interleaved rounds, the order rotated
-    each round; every run carries its CPU time per request by thread (``threads``) and in all
-    (``cpu_us``)."""
+def c64_rounds(targets: dict[str, tuple[int, int]], body: Path, rounds: int, seconds: float,
+               conns: int = 64) -> dict[str, list[dict[str, Any]]]:
+    """wrk at c=64 (or ``conns``) on each target (name -> (port, pid)) in interleaved rounds, the
+    order rotated each round; every run carries its CPU time per request by thread (``threads``)
+    and in all (``cpu_us``)."""
     names = list(targets)
     for port, _pid in targets.values():
         wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, 64, 2)  # warm
@@ -335,7 +336,7 @@ def c64_rounds(targets: dict[str, tuple[int, int]], body: Path, rounds: int, sec
         for name in names[r % len(names):] + names[:r % len(names)]:
             port, pid = targets[name]
             before = thread_ticks(pid)
-            res = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, 64, seconds)
+            res = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, conns, seconds)
             res["threads"] = per_thread_us(before, thread_ticks(pid), res["requests"])
             res["cpu_us"] = round(sum(t["us_per_request"] for t in res["threads"]), 1)
             runs[name].append(res)
