@@ -139,10 +139,11 @@ def test_the_verbs_refuse_with_code_and_path_never_a_traceback(tmp_path) -> None
 @pytest.mark.parametrize("setting, want", [("batch", "SCHED_BATCH"), ("normal", "SCHED_OTHER")])
 def test_serve_runs_every_thread_under_its_cpu_scheduling(tmp_path, setting, want) -> None:
     """`unhardcoded serve` puts itself and every thread it starts (the server's runtime, the
-    trace writer) under the configured policy; `normal` leaves the default."""
+    trace writer) under the configured policy; `normal` leaves the default. (The trace writer's
+    own setting, SCHED_IDLE by default, is `normal` here: tests/test_traces.py has its own.)"""
     import urllib.request
     port = _free_port()
-    env = {**os.environ, "UNHARDCODED_CPU_SCHEDULING": setting}
+    env = {**os.environ, "UNHARDCODED_CPU_SCHEDULING": setting, "UNHARDCODED_TRACE_WRITER_SCHEDULING": "normal"}
     proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port),
                              "--data-dir", str(tmp_path / "data")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

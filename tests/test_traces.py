@@ -625,3 +625,143 @@ def test_a_batch_is_inserted_in_chunks_that_offer_the_core_back(tmp_path, monkey
             {_NOW_MS + i for i in range(50)}
     finally:
         store.close()
+
+
+# ---- the writer's share of the core (traces/writer_priority.py) -----------------------------
+
+_LINUX_IDLE = hasattr(os, "SCHED_IDLE") and hasattr(os, "sched_setscheduler")
+
+
+def _policy_of(tid: int) -> int:
+    return os.sched_getscheduler(tid)
+
+
+def _in_thread(fn):
+    """Run ``fn`` in a new thread (scheduling policies are per thread) and return its result."""
+    import threading
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join(10)
+    return out[0]
+
+
+@pytest.mark.skipif(not _LINUX_IDLE, reason="Linux scheduling policies")
+def test_the_writer_priority_idles_is_boosted_and_rests_again() -> None:
+    from unhardcoded.traces.writer_priority import WriterPriority, can_leave_idle
+    if not can_leave_idle():
+        pytest.skip("needs CAP_SYS_NICE or RLIMIT_NICE 20")
+    import threading
+
+    p = WriterPriority("idle")
+    seen: dict = {}
+    boosted, rested = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        home = os.sched_getscheduler(0)
+        seen["start"] = p.start()
+        seen["idle"] = os.sched_getscheduler(0)
+        boosted.wait(5)                      # the loop side raises this thread by its id
+        seen["boosted"] = os.sched_getscheduler(0)
+        p.rest()
+        seen["rested"] = os.sched_getscheduler(0)
+        seen["home"] = home
+        rested.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    for _ in range(500):
+        if "idle" in seen:
+            break
+        time.sleep(0.01)
+    p.boost()
+    assert p.policy == "boosted" and p.boosts == 1
+    boosted.set()
+    assert rested.wait(5)
+    t.join(5)
+    assert seen["start"] == "idle" and seen["idle"] == os.SCHED_IDLE
+    assert seen["boosted"] == seen["home"] != os.SCHED_IDLE   # back to what the server gave it
+    assert seen["rested"] == os.SCHED_IDLE and p.policy == "idle"
+
+
+def test_the_writer_priority_keeps_the_servers_policy_when_it_could_not_come_back(monkeypatch) -> None:
+    from unhardcoded.traces import writer_priority as wp
+
+    monkeypatch.setattr(wp, "can_leave_idle", lambda: False)
+
+    def start():
+        before = os.sched_getscheduler(0) if _LINUX_IDLE else None
+        p = wp.WriterPriority("idle")
+        got = p.start()
+        p.boost()
+        p.rest()
+        return got, p.policy, before, os.sched_getscheduler(0) if _LINUX_IDLE else None
+
+    got, policy, before, after = _in_thread(start)
+    assert got == policy == ("normal (unprivileged)" if _LINUX_IDLE else "normal (unsupported)")
+    assert before == after  # never put under SCHED_IDLE: nothing could raise it again
+    assert _in_thread(lambda: wp.WriterPriority("normal").start()) == "normal"
+    with pytest.raises(ValueError):
+        wp.WriterPriority("batch")
+
+
+def test_a_full_batch_is_sealed_as_one_transaction_and_raises_the_writer(tmp_path, monkeypatch) -> None:
+    """Built records go into batches of batch_max runs; the writer commits each sealed batch as
+    its own transaction (a waiting submit goes on after the first), and a sealed batch boosts an
+    idle writer."""
+    from unhardcoded.traces import sqlite as store_mod
+
+    committed: list[int] = []
+    real = store_mod.SQLiteStore._commit
+
+    def spy(self, conn, batch):
+        committed.append(len(batch.rows))
+        real(self, conn, batch)
+
+    monkeypatch.setattr(store_mod.SQLiteStore, "_commit", spy)
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=60_000, batch_max=5)
+    boosts: list[int] = []
+    monkeypatch.setattr(store.priority, "boost", lambda: boosts.append(len(store._sealed)))
+    try:
+        store._writer = None  # not started: records are built, nothing is committed
+        store.start = lambda: None  # type: ignore[method-assign]
+        for i in range(12):
+            store.submit_record(_bare_record(i))
+        assert [b.items for b in store._sealed] == [5, 5] and store._batch.items == 2
+        assert boosts == [1, 2]  # once per sealed batch, when it was sealed
+        del store.start
+        store.start()
+        assert store.flush(5)
+        assert committed[:3] == [5, 5, 2] and store.written == 12 and store.count() == 12
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not _LINUX_IDLE, reason="Linux scheduling policies")
+def test_a_started_store_writer_runs_idle_and_commits(tmp_path) -> None:
+    from unhardcoded.traces.writer_priority import can_leave_idle
+
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20)
+    try:
+        store.submit_record(_bare_record(1))
+        assert store.flush(5) and store.written == 1
+        tid = store._writer.native_id
+        idle = can_leave_idle()
+        want = os.SCHED_IDLE if idle else os.sched_getscheduler(0)
+        policy = "idle" if idle else "normal (unprivileged)"
+
+        def settled() -> bool:  # the writer rests (again) once it has caught up
+            for _ in range(200):
+                if _policy_of(tid) == want and store.priority.policy == policy:
+                    return True
+                time.sleep(0.01)
+            return False
+
+        assert settled()
+        boosts = store.priority.boosts
+        store.submit_record(_bare_record(2))
+        assert store.flush(5) and store.written == 2  # a flush raises an idle writer ...
+        assert store.priority.boosts == boosts + (1 if idle else 0)
+        assert settled()                               # ... which rests again
+    finally:
+        store.close()

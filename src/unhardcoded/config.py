@@ -23,6 +23,9 @@ file; they are held in :class:`Keys` and never printed.
     data_dir = ".unhardcoded"
     capture_content = false
     retention_days = 30
+    writer_scheduling = "idle" # Linux: the trace writer under SCHED_IDLE (out of the calls' way,
+                               # raised while it is a batch behind) or "normal" (as the server's
+                               # threads); traces/writer_priority.py (UNHARDCODED_TRACE_WRITER_SCHEDULING too)
 
     [keys]
     OPENAI_API_KEY = "sk-..."
@@ -89,6 +92,7 @@ class Settings:
     capture_content: bool = False
     retention_days: int = 30
     trace_store: str = "sqlite"
+    trace_writer_scheduling: str = "idle"
     flows_dir: str | None = None
     keys: Keys = field(default_factory=Keys)
 
@@ -101,13 +105,15 @@ class Settings:
 
 
 CPU_SCHEDULING = ("batch", "normal")
+WRITER_SCHEDULING = ("idle", "normal")
 
 _SECTIONS: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int,
                "shutdown_grace_s": int, "cpu_scheduling": str},
     "router": {"catalog": str, "request_deadline_ms": int, "attempt_timeout_ms": int,
                "first_token_timeout_ms": int, "flows_dir": str},
-    "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str},
+    "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str,
+               "writer_scheduling": str},
     "keys": {},
 }
 
@@ -171,6 +177,11 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     s.capture_content = traces.get("capture_content", env.get("UNHARDCODED_CAPTURE_CONTENT", "") in ("1", "true"))
     s.retention_days = traces.get("retention_days", s.retention_days)
     s.trace_store = traces.get("store", s.trace_store)
+    s.trace_writer_scheduling = traces.get("writer_scheduling",
+                                           env.get("UNHARDCODED_TRACE_WRITER_SCHEDULING", s.trace_writer_scheduling))
+    if s.trace_writer_scheduling not in WRITER_SCHEDULING:
+        raise ConfigError("bad_value", f"traces.writer_scheduling is one of {', '.join(WRITER_SCHEDULING)}",
+                          ["traces", "writer_scheduling"])
     s.keys = Keys(doc.get("keys", {}), env)
     for k, v in overrides.items():
         if v is not None:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .record import COLUMNS, build_record, canonical, dump_record, stored_form, summary_row
+from .writer_priority import WriterPriority
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -159,7 +160,8 @@ class SQLiteStore:
     name = "sqlite"
 
     def __init__(self, path: str | Path, *, capture_content: bool = False, retention_days: int | None = 30,
-                 flush_ms: int = 100, batch_max: int = 512, max_pending: int = 2048) -> None:
+                 flush_ms: int = 100, batch_max: int = 512, max_pending: int = 2048,
+                 writer_scheduling: str = "idle") -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -168,11 +170,13 @@ class SQLiteStore:
         self.flush_ms = flush_ms
         self.batch_max = batch_max
         self.max_pending = max_pending
+        self.priority = WriterPriority(writer_scheduling)  # the writer thread's share of the core
         self._pending = 0
         self._room = threading.Condition()
         self._inbox: "deque[Any]" = deque()       # submitted, not built yet
         self._build_lock = threading.Lock()      # one builder at a time; guards _batch
-        self._batch = _Batch()                   # built, not committed yet
+        self._batch = _Batch()                   # built, not committed yet: the open batch
+        self._sealed: "deque[_Batch]" = deque()  # full batches (batch_max runs each) before it
         self._build_scheduled = False
         self._wake = threading.Event()           # the writer has something to commit
         self._urgent = threading.Event()         # ... and should not wait for the interval
@@ -235,18 +239,25 @@ class SQLiteStore:
         inbox = self._inbox
         if not inbox:
             return
+        sealed = False
         with self._build_lock:
             batch = self._batch
-            was_empty = batch.items == 0
+            was_empty = batch.items == 0 and not self._sealed
             while True:
                 try:
                     item = inbox.popleft()
                 except IndexError:
                     break
                 self._take(batch, item)
-            if batch.items >= self.batch_max:
-                self._urgent.set()
-        if was_empty:
+                if batch.items >= self.batch_max:  # a transaction's worth: the writer commits it as one
+                    self._sealed.append(batch)
+                    batch = self._batch = _Batch()
+                    sealed = True
+            if sealed:
+                self.priority.boost()  # a batch behind: the writer needs the core now
+        if sealed:
+            self._urgent.set()
+        if was_empty or sealed:
             self._wake.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -257,6 +268,7 @@ class SQLiteStore:
         done = threading.Event()
         with self._build_lock:
             self._batch.barriers.append(done)
+            self.priority.boost()  # someone waits for it
         self._urgent.set()
         self._wake.set()
         return done.wait(timeout)
@@ -264,6 +276,8 @@ class SQLiteStore:
     def close(self) -> None:
         if self._writer is not None and self._writer.is_alive():
             self._build()
+            with self._build_lock:
+                self.priority.boost()
             self._stopping = True
             self._urgent.set()
             self._wake.set()
@@ -273,6 +287,7 @@ class SQLiteStore:
 
     def _run(self) -> None:
         _name_os_thread("trace-writer")  # so top -H and the benchmarks can tell it from the rest
+        self.priority.start()
         conn = _connect(self.path)
         try:
             while True:
@@ -286,8 +301,14 @@ class SQLiteStore:
                 if stop:
                     self._build()
                 with self._build_lock:
-                    batch, self._batch = self._batch, _Batch()
-                self._commit(conn, batch)
+                    batches = [*self._sealed, self._batch]
+                    self._sealed.clear()
+                    self._batch = _Batch()
+                for batch in batches:  # one transaction each; its runs settle (and a waiting submit goes on) after it
+                    self._commit(conn, batch)
+                with self._build_lock:
+                    if not self._sealed:
+                        self.priority.rest()  # caught up
                 if stop:
                     return
                 self._maybe_purge(conn)
