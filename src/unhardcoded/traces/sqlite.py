@@ -6,8 +6,10 @@ the records are built by one callback scheduled with ``call_soon``, so it runs
 after the step that finished the run (and handed its response to the server);
 the runs that finished in the same turn of the loop are built together. One
 writer thread only commits: it sleeps until there is something to write, then
-commits everything built during the next ``flush_ms`` (default 100 ms) in one
-transaction, or sooner when ``batch_max`` records are waiting. Building in the
+commits everything built during the next ``flush_ms`` (default 100 ms), or sooner
+once ``batch_max`` records are waiting, one transaction per ``batch_max`` records.
+It runs under SCHED_IDLE where it can be raised again, and is raised while a full
+batch waits (``writer_priority.py``). Building in the
 loop rather than in the writer keeps the two threads from trading the
 interpreter lock per record (each hand-over cost more than the record, and a
 record built in the thread could hold the lock for a whole switch interval
