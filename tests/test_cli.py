@@ -163,6 +163,42 @@ def test_serve_runs_every_thread_under_its_cpu_scheduling(tmp_path, setting, wan
         proc.wait(timeout=30)
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_serve_runs_its_trace_writer_idle_by_default(tmp_path) -> None:
+    """The trace writer gives way to the threads that serve calls (SCHED_IDLE) where it can be
+    raised again; every other thread keeps the server's policy."""
+    import urllib.request
+
+    from unhardcoded.traces.writer_priority import can_leave_idle
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")}
+    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port),
+                             "--data-dir", str(tmp_path / "data")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        by_name: dict[str, set[int]] = {}
+        for _ in range(100):  # the writer names itself once it runs
+            by_name = {}
+            for t in os.listdir(f"/proc/{proc.pid}/task"):
+                with open(f"/proc/{proc.pid}/task/{t}/comm") as f:
+                    by_name.setdefault(f.read().strip(), set()).add(os.sched_getscheduler(int(t)))
+            if "trace-writer" in by_name:
+                break
+            time.sleep(0.02)
+        writer = by_name.pop("trace-writer")
+        assert writer == {os.SCHED_IDLE if can_leave_idle() else os.SCHED_BATCH}
+        assert set().union(*by_name.values()) == {os.SCHED_BATCH}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as s:

@@ -19,7 +19,8 @@ Outside an event loop (tools, tests, other threads) ``submit`` builds at once.
 Durability, stated precisely: SQLite in WAL mode with ``synchronous=NORMAL``
 keeps every committed transaction through a process crash (``kill -9``); what a
 crash can lose is what was submitted and not yet committed — in steady state
-the runs of the last flush interval, and never more than ``max_pending``
+the runs of the last flush interval (while the calls keep the core busy and an
+idle writer waits for it, up to ``batch_max``), and never more than ``max_pending``
 (default 2048) runs: when the writer falls that far behind, ``submit`` waits
 for it (backpressure) rather than let the exposure grow. A transaction commits
 whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
