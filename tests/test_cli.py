@@ -141,19 +141,9 @@ def test_serve_runs_every_thread_under_its_cpu_scheduling(tmp_path, setting, wan
     """`unhardcoded serve` puts itself and every thread it starts (the server's runtime, the
     trace writer) under the configured policy; `normal` leaves the default. (The trace writer's
     own setting, SCHED_IDLE by default, is `normal` here: tests/test_traces.py has its own.)"""
-    import urllib.request
-    port = _free_port()
     env = {**os.environ, "UNHARDCODED_CPU_SCHEDULING": setting, "UNHARDCODED_TRACE_WRITER_SCHEDULING": "normal"}
-    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = _serve_until_healthy(tmp_path, env)
     try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
         tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
         assert len(tids) >= 2  # the event loop and the server's runtime thread at least
         policies = {os.sched_getscheduler(t) for t in tids}
@@ -167,21 +157,9 @@ def test_serve_runs_every_thread_under_its_cpu_scheduling(tmp_path, setting, wan
 def test_serve_runs_its_trace_writer_idle_by_default(tmp_path) -> None:
     """The trace writer gives way to the threads that serve calls (SCHED_IDLE) where it can be
     raised again; every other thread keeps the server's policy."""
-    import urllib.request
-
     from unhardcoded.traces.writer_priority import can_leave_idle
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")}
-    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = _serve_until_healthy(tmp_path, {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")})
     try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
         by_name: dict[str, set[int]] = {}
         for _ in range(100):  # the writer names itself once it runs
             by_name = {}
@@ -197,6 +175,22 @@ def test_serve_runs_its_trace_writer_idle_by_default(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _serve_until_healthy(tmp_path, env: dict[str, str]) -> subprocess.Popen:
+    """`unhardcoded serve` on a free port with ``env``, once it answers /healthz."""
+    import urllib.request
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port),
+                             "--data-dir", str(tmp_path / "data")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.05)
+    return proc
 
 
 def _free_port() -> int:
