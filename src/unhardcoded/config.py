@@ -105,7 +105,7 @@ class Settings:
 
 
 CPU_SCHEDULING = ("batch", "normal")
-WRITER_SCHEDULING = ("idle", "normal")
+WRITER_SCHEDULING = ("idle", "normal")  # traces/writer_priority.py reads its modes from here
 
 _SECTIONS: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int,

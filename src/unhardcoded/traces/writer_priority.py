@@ -22,9 +22,9 @@ import logging
 import os
 import threading
 
-log = logging.getLogger("unhardcoded.traces")
+from ..config import WRITER_SCHEDULING as MODES  # one list: what the config accepts is what runs
 
-MODES = ("idle", "normal")
+log = logging.getLogger("unhardcoded.traces")
 
 _IDLE = getattr(os, "SCHED_IDLE", None)
 _CAP_SYS_NICE = 23
