@@ -189,7 +189,14 @@ def _serve_until_healthy(tmp_path, env: dict[str, str]) -> subprocess.Popen:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
                 break
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError("unhardcoded serve did not answer /healthz within 15 s")
+    if proc.poll() is not None:
+        raise AssertionError(f"unhardcoded serve exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
     return proc
 
 
