@@ -737,6 +737,48 @@ def test_a_full_batch_is_sealed_as_one_transaction_and_raises_the_writer(tmp_pat
         store.close()
 
 
+async def test_a_batch_not_committed_in_ten_intervals_raises_an_idle_writer(tmp_path, monkeypatch) -> None:
+    """Other work on the core can starve a SCHED_IDLE writer (measured: four busy processes on
+    its core held one record 2.6 s); a batch still not committed ten flush intervals after its
+    first record raises the writer, once, from the event loop, which keeps the server's policy."""
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20)  # overdue after 0.2 s
+    boosts: list[float] = []
+    monkeypatch.setattr(store.priority, "policy", "idle")
+    monkeypatch.setattr(store.priority, "boost", lambda: boosts.append(time.monotonic()))
+    store.start = lambda: None  # type: ignore[method-assign]  (a writer that never gets the core)
+    try:
+        t0 = time.monotonic()
+        store.submit_record(_bare_record(1))
+        store.submit_record(_bare_record(2))  # the same open batch: one timer for it
+        await asyncio.sleep(0.1)
+        assert boosts == [] and store._batch.items == 2
+        await asyncio.sleep(0.25)
+        assert len(boosts) == 1 and boosts[0] - t0 >= 0.2
+        assert store._urgent.is_set() and store._wake.is_set()
+        del store.start
+        store.start()
+        assert store.flush(5) and store.count() == 2  # the records were held, not lost
+    finally:
+        store.close()
+
+
+def test_an_overdue_check_on_a_committed_batch_does_nothing(tmp_path, monkeypatch) -> None:
+    from unhardcoded.traces import sqlite as store_mod
+
+    store = SQLiteStore(tmp_path / "t.sqlite3")
+    boosts: list[int] = []
+    monkeypatch.setattr(store.priority, "boost", lambda: boosts.append(1))
+    try:
+        batch = store_mod._Batch()
+        store._settle(batch)
+        store._overdue(batch.settled)
+        assert boosts == []
+        store._overdue(store_mod._Batch().settled)
+        assert boosts == [1]
+    finally:
+        store.close()
+
+
 @pytest.mark.skipif(not _LINUX_IDLE, reason="Linux scheduling policies")
 def test_a_started_store_writer_runs_idle_and_commits(tmp_path) -> None:
     from unhardcoded.traces.writer_priority import can_leave_idle

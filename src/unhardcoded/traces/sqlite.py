@@ -9,7 +9,8 @@ writer thread only commits: it sleeps until there is something to write, then
 commits everything built during the next ``flush_ms`` (default 100 ms), or sooner
 once ``batch_max`` records are waiting, one transaction per ``batch_max`` records.
 It runs under SCHED_IDLE where it can be raised again, and is raised while a full
-batch waits (``writer_priority.py``). Building in the
+batch waits, or when a batch is still not committed ``10 * flush_ms`` after its
+first record (other work kept the core busy; ``writer_priority.py``). Building in the
 loop rather than in the writer keeps the two threads from trading the
 interpreter lock per record (each hand-over cost more than the record, and a
 record built in the thread could hold the lock for a whole switch interval
@@ -19,8 +20,9 @@ Outside an event loop (tools, tests, other threads) ``submit`` builds at once.
 Durability, stated precisely: SQLite in WAL mode with ``synchronous=NORMAL``
 keeps every committed transaction through a process crash (``kill -9``); what a
 crash can lose is what was submitted and not yet committed — in steady state
-the runs of the last flush interval (while the calls keep the core busy and an
-idle writer waits for it, up to ``batch_max``), and never more than ``max_pending``
+the runs of the last flush interval (while other work keeps the core busy and an
+idle writer waits for it, up to ``batch_max`` runs or ``10 * flush_ms``, whichever
+comes first), and never more than ``max_pending``
 (default 2048) runs: when the writer falls that far behind, ``submit`` waits
 for it (backpressure) rather than let the exposure grow. A transaction commits
 whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
@@ -115,10 +117,17 @@ _TOUCH_AHEAD_MS = 60_000
 _yield_cpu = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
+class _Settled:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+
 class _Batch:
     """One transaction's worth: rows built so far and what they refer to."""
 
-    __slots__ = ("rows", "catalogs", "used_catalogs", "sections", "barriers", "items")
+    __slots__ = ("rows", "catalogs", "used_catalogs", "sections", "barriers", "items", "settled")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -127,6 +136,7 @@ class _Batch:
         self.sections: dict[str, str] = {}
         self.barriers: list[Any] = []
         self.items = 0
+        self.settled = _Settled()  # set once committed (or given up on); all a timer keeps of it
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -171,6 +181,7 @@ class SQLiteStore:
         self.capture_content = capture_content
         self.retention_days = retention_days
         self.flush_ms = flush_ms
+        self.overdue_s = 10 * flush_ms / 1000.0  # a batch still not committed then raises an idle writer
         self.batch_max = batch_max
         self.max_pending = max_pending
         self.priority = WriterPriority(writer_scheduling)  # the writer thread's share of the core
@@ -245,7 +256,8 @@ class SQLiteStore:
         sealed = False
         with self._build_lock:
             batch = self._batch
-            was_empty = batch.items == 0 and not self._sealed
+            opened = batch.items == 0
+            was_empty = opened and not self._sealed
             while True:
                 try:
                     item = inbox.popleft()
@@ -258,10 +270,27 @@ class SQLiteStore:
                     sealed = True
             if sealed:
                 self.priority.boost()  # a batch behind: the writer needs the core now
+            fresh = batch.items > 0 and (opened or sealed)  # the open batch got its first runs here
         if sealed:
             self._urgent.set()
         if was_empty or sealed:
             self._wake.set()
+        if fresh and self.priority.mode == "idle" and not self.priority.policy.startswith("normal"):
+            try:  # the loop runs at the server's policy: it can tell when the idle writer is starved
+                asyncio.get_running_loop().call_later(self.overdue_s, self._overdue, batch.settled)
+            except RuntimeError:  # outside a loop: the caller's own flush() raises the writer
+                pass
+
+    def _overdue(self, settled: "_Settled") -> None:
+        """A batch opened ``overdue_s`` ago is not committed yet: other work has kept the core
+        from the idle writer. Raise it until it has caught up, so what a crash could lose stays
+        bounded in time as well as in runs. (The timer keeps only the batch's flag, not its rows.)"""
+        with self._build_lock:
+            if settled.done:
+                return
+            self.priority.boost()
+        self._urgent.set()
+        self._wake.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything submitted so far is committed."""
@@ -414,6 +443,7 @@ class SQLiteStore:
 
     def _settle(self, batch: "_Batch") -> None:
         """A batch is done with (committed or not): its runs no longer pending, its flushes released."""
+        batch.settled.done = True
         if batch.items:
             with self._room:
                 self._pending = max(0, self._pending - batch.items)
