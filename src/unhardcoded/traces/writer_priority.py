@@ -10,7 +10,9 @@ p99 0.73 ms without the writer's commits, 1.9 ms with them (docs/performance.md)
 So the writer runs under Linux's SCHED_IDLE: any other thread of the router that wakes up takes
 the core from it at once, and it commits in the time the router leaves. Under load that leaves
 too little, so when the writer falls a whole batch behind (``boost``, called where a batch
-fills) it runs under the policy the server gave its threads until it has caught up (``rest``).
+fills), or other processes on the core have kept a batch from being committed for ten flush
+intervals (the store's overdue timer), it runs under the policy the server gave its threads
+until it has caught up (``rest``).
 Leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of 20: without either, a writer that
 could not be raised again would fall behind until ``max_pending`` stopped the calls, so it keeps
 the server's policy from the start and reports ``normal (unprivileged)``.
