@@ -1,16 +1,24 @@
 """How long a record waits to be committed when other processes keep the trace writer's core busy.
 
-The trace writer runs under SCHED_IDLE (``traces/writer_priority.py``), so busy processes on
-its core take the core from it as the router's own threads do. This pins itself and
+A trace writer under SCHED_IDLE (``[traces] writer_scheduling = "idle"``,
+``traces/writer_priority.py``) gives way to busy processes on its core as it does to the
+router's own threads. This pins itself and
 ``--hogs`` busy-looping processes (normal priority) to core 0, hands a record to the SQLite
 store from an event loop every ``--gap-ms`` (as a service under light traffic would), and
 measures each record's time from ``submit`` to committed. ``--base REV`` measures that git
 revision's store too, in its own process, in the same run.
 
+A second table (``--lag-hogs``) asks the other side of the trade: while records stream in
+(five every 2 ms), how late does the event loop wake from a 2 ms sleep, with the writer idle and
+with it normal? An idle writer that holds the interpreter lock when a busy process takes the
+core from it keeps the loop waiting until it gets the core back.
+
     bench/.venvs/router/bin/python bench/starved_writer.py [--hogs 0,1,4] [--records 40] [--gap-ms 50] [--base REV]
+        [--lag-hogs 0,2] [--lag-seconds 8]
 
 Prints, per build and number of hogs, the p50 and the largest wait and how often the writer
-was raised; writes ``results/starved-writer-<stamp>.json``. Run as root (or with
+was raised, then the loop's lateness (p50, p99, p99.9, largest) per writer scheduling and
+number of hogs; writes ``results/starved-writer-<stamp>.json``. Run as root (or with
 CAP_SYS_NICE), as the suite does: otherwise the writer never runs idle.
 """
 
@@ -39,7 +47,7 @@ def _record(i: int, now_ms: int) -> dict[str, Any]:
 async def _measure(path: str, records: int, gap_s: float) -> dict[str, Any]:
     from unhardcoded.traces.sqlite import SQLiteStore
 
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, writer_scheduling="idle")
     store.start()
     now_ms = int(time.time() * 1000)
     sent: list[float] = []
@@ -66,6 +74,33 @@ async def _measure(path: str, records: int, gap_s: float) -> dict[str, Any]:
     return out
 
 
+async def _lag(path: str, scheduling: str, seconds: float) -> dict[str, Any]:
+    from unhardcoded.traces.sqlite import SQLiteStore
+
+    store = SQLiteStore(path, writer_scheduling=scheduling)
+    store.start()
+    now_ms = int(time.time() * 1000)
+    late: list[float] = []
+    i = 0
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        for _ in range(5):
+            rec = _record(i, now_ms)
+            rec["path"] = [{"event": "attempted", "note": "x" * 50}] * 20  # about a routed call's size
+            store.submit_record(rec)
+            i += 1
+        t0 = time.monotonic()
+        await asyncio.sleep(0.002)
+        late.append((time.monotonic() - t0 - 0.002) * 1000)
+    late.sort()
+    out = {"records": i, "writer": store.priority.policy, "boosts": store.priority.boosts,
+           "late_ms": {q: round(late[min(len(late) - 1, int(len(late) * f))], 2)
+                       for q, f in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999))},
+           "late_max_ms": round(late[-1], 2)}
+    store.close()
+    return out
+
+
 def _child(a: argparse.Namespace) -> int:
     os.sched_setaffinity(0, {0})
     hogs = [subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
@@ -73,7 +108,10 @@ def _child(a: argparse.Namespace) -> int:
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory(prefix="unhardcoded-starved-") as d:
-            res = asyncio.run(_measure(str(Path(d) / "traces.sqlite3"), a.records, a.gap_ms / 1000.0))
+            if a.child_lag:
+                res = asyncio.run(_lag(str(Path(d) / "traces.sqlite3"), a.child_lag, a.lag_seconds))
+            else:
+                res = asyncio.run(_measure(str(Path(d) / "traces.sqlite3"), a.records, a.gap_ms / 1000.0))
     finally:
         for h in hogs:
             h.kill()
@@ -88,7 +126,10 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=40)
     ap.add_argument("--gap-ms", type=float, default=50)
     ap.add_argument("--base", default=None, help="a git revision to measure beside the working tree")
+    ap.add_argument("--lag-hogs", default="0,2", help="numbers of busy processes for the loop-lateness table ('' skips it)")
+    ap.add_argument("--lag-seconds", type=float, default=8)
     ap.add_argument("--child-hogs", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-lag", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child_hogs is not None:
         return _child(a)
@@ -113,6 +154,21 @@ def main() -> int:
             p50 = w[len(w) // 2] if w else float("nan")
             print(f"| {name} | {hogs} | {res['committed']}/{res['records']} | {p50:.0f} | {max(w, default=float('nan')):.0f} "
                   f"| {res['boosts']} |", flush=True)
+    lag_hogs = [int(h) for h in a.lag_hogs.split(",") if h]
+    if lag_hogs:
+        out["lag_seconds"], out["lag"] = a.lag_seconds, []
+        print("\n| writer | busy processes on the core | records | loop late p50 / p99 / p99.9 (ms) | largest (ms) |")
+        print("|---|---:|---:|---:|---:|")
+    for hogs in lag_hogs:
+        for scheduling in ("idle", "normal"):
+            proc = subprocess.run([sys.executable, __file__, "--child-hogs", str(hogs), "--child-lag", scheduling,
+                                   "--lag-seconds", str(a.lag_seconds)], capture_output=True, text=True, check=True)
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            res.update(scheduling=scheduling, hogs=hogs)
+            out["lag"].append(res)
+            q = res["late_ms"]
+            print(f"| {scheduling} ({res['writer']}) | {hogs} | {res['records']:,} | {q['p50']} / {q['p99']} / {q['p99.9']} "
+                  f"| {res['late_max_ms']} |", flush=True)
     harness.write_results("starved-writer", out)
     return 0
 

@@ -154,11 +154,16 @@ def test_serve_runs_every_thread_under_its_cpu_scheduling(tmp_path, setting, wan
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-def test_serve_runs_its_trace_writer_idle_by_default(tmp_path) -> None:
-    """The trace writer gives way to the threads that serve calls (SCHED_IDLE) where it can be
-    raised again; every other thread keeps the server's policy."""
+@pytest.mark.parametrize("setting", [None, "idle"])
+def test_serve_runs_its_trace_writer_as_its_threads_unless_asked_for_idle(tmp_path, setting) -> None:
+    """By default the trace writer keeps the server's policy; asked for `idle`, it gives way to
+    the threads that serve calls (SCHED_IDLE) where it can be raised again. Every other thread
+    keeps the server's policy either way."""
     from unhardcoded.traces.writer_priority import can_leave_idle
-    proc = _serve_until_healthy(tmp_path, {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")}
+    if setting is not None:
+        env["UNHARDCODED_TRACE_WRITER_SCHEDULING"] = setting
+    proc = _serve_until_healthy(tmp_path, env)
     try:
         by_name: dict[str, set[int]] = {}
         for _ in range(100):  # the writer names itself once it runs
@@ -170,7 +175,7 @@ def test_serve_runs_its_trace_writer_idle_by_default(tmp_path) -> None:
                 break
             time.sleep(0.02)
         writer = by_name.pop("trace-writer")
-        assert writer == {os.SCHED_IDLE if can_leave_idle() else os.SCHED_BATCH}
+        assert writer == {os.SCHED_IDLE if setting == "idle" and can_leave_idle() else os.SCHED_BATCH}
         assert set().union(*by_name.values()) == {os.SCHED_BATCH}
     finally:
         proc.terminate()

@@ -741,7 +741,7 @@ async def test_a_batch_not_committed_in_ten_intervals_raises_an_idle_writer(tmp_
     """Other work on the core can starve a SCHED_IDLE writer (measured: four busy processes on
     its core held one record 2.6 s); a batch still not committed ten flush intervals after its
     first record raises the writer, once, from the event loop, which keeps the server's policy."""
-    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20)  # overdue after 0.2 s
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20, writer_scheduling="idle")  # overdue after 0.2 s
     boosts: list[float] = []
     monkeypatch.setattr(store.priority, "policy", "idle")
     monkeypatch.setattr(store.priority, "boost", lambda: boosts.append(time.monotonic()))
@@ -783,7 +783,7 @@ def test_an_overdue_check_on_a_committed_batch_does_nothing(tmp_path, monkeypatc
 def test_a_started_store_writer_runs_idle_and_commits(tmp_path) -> None:
     from unhardcoded.traces.writer_priority import can_leave_idle
 
-    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20)
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20, writer_scheduling="idle")
     try:
         store.submit_record(_bare_record(1))
         assert store.flush(5) and store.written == 1
