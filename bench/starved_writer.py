@@ -14,7 +14,12 @@ with it normal? An idle writer that holds the interpreter lock when a busy proce
 core from it keeps the loop waiting until it gets the core back.
 
     bench/.venvs/router/bin/python bench/starved_writer.py [--hogs 0,1,4] [--records 40] [--gap-ms 50] [--base REV]
-        [--lag-hogs 0,2] [--lag-seconds 8]
+        [--lag-hogs 0,2] [--lag-seconds 8] [--served-conns 1,4,16,64] [--served-hogs 2]
+
+A third table (``--served-conns``) asks it of the router itself: ``unhardcoded serve`` twice
+(the writer idle, the writer normal), both on core 0 with ``--served-hogs`` busy processes, wrk
+on core 1 at each concurrency, 3 interleaved rounds of 6 s; RPS, p50, p99, p99.9 and the largest
+latency of each round.
 
 Prints, per build and number of hogs, the p50 and the largest wait and how often the writer
 was raised, then the loop's lateness (p50, p99, p99.9, largest) per writer scheduling and
@@ -120,6 +125,46 @@ def _child(a: argparse.Namespace) -> int:
     return 0
 
 
+def _served(conns: list[int], nhogs: int) -> list[dict[str, Any]]:
+    from ab import serve_builds
+
+    port = 18800
+    work, logs, files = harness.scratch("unhardcoded-starved-served-", port)
+    builds = {"idle": (port + 1, {"UNHARDCODED_TRACE_WRITER_SCHEDULING": "idle"}),
+              "normal": (port + 2, {"UNHARDCODED_TRACE_WRITER_SCHEDULING": "normal"})}
+    procs: list[harness.Proc] = []
+    hogs: list[subprocess.Popen] = []
+    runs: list[dict[str, Any]] = []
+    body = files["body_router"]
+    try:
+        procs.append(harness.Proc("upstream", [str(harness.RPY), str(harness.BENCH / "upstream.py"), "--port", str(port)],
+                                  core=harness.LOAD_CORE, logdir=logs))
+        serve_builds(builds, files["catalog"], work, logs, procs)
+        for p, _env in builds.values():
+            harness.wrk(f"http://127.0.0.1:{p}/v1/chat/completions", body, 16, 2)  # warm
+        hogs = [subprocess.Popen(["taskset", "-c", harness.SUT_CORE, sys.executable, "-c", "while True: pass"])
+                for _ in range(nhogs)]
+        print(f"\n| writer | c | RPS | p50 (ms) | p99 (ms) | p99.9 (ms) | largest (ms) |  ({nhogs} busy processes on the router's core; 3 rounds each)")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for c in conns:
+            by: dict[str, list[dict[str, Any]]] = {n: [] for n in builds}
+            for r in range(3):
+                for name in (list(builds) if r % 2 == 0 else list(builds)[::-1]):
+                    res = harness.wrk(f"http://127.0.0.1:{builds[name][0]}/v1/chat/completions", body, c, 6)
+                    by[name].append(res)
+            for name, rs in by.items():
+                runs.append({"writer": name, "conns": c, "rounds": rs})
+                fmt = lambda k: " / ".join(f"{x['latency_us'][k] / 1000:.1f}" for x in rs)  # noqa: E731
+                print(f"| {name} | {c} | {' / '.join(str(round(x['rps'])) for x in rs)} | {fmt('p50')} | {fmt('p99')} "
+                      f"| {fmt('p99.9')} | {fmt('max')} |", flush=True)
+    finally:
+        for h in hogs:
+            h.kill()
+        for p in procs[::-1]:
+            p.stop()
+    return runs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hogs", default="0,1,4", help="numbers of busy processes on the writer's core")
@@ -128,6 +173,8 @@ def main() -> int:
     ap.add_argument("--base", default=None, help="a git revision to measure beside the working tree")
     ap.add_argument("--lag-hogs", default="0,2", help="numbers of busy processes for the loop-lateness table ('' skips it)")
     ap.add_argument("--lag-seconds", type=float, default=8)
+    ap.add_argument("--served-conns", default="1,4,16,64", help="concurrencies for the served table ('' skips it)")
+    ap.add_argument("--served-hogs", type=int, default=2)
     ap.add_argument("--child-hogs", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-lag", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -169,6 +216,9 @@ def main() -> int:
             q = res["late_ms"]
             print(f"| {scheduling} ({res['writer']}) | {hogs} | {res['records']:,} | {q['p50']} / {q['p99']} / {q['p99.9']} "
                   f"| {res['late_max_ms']} |", flush=True)
+    conns = [int(c) for c in a.served_conns.split(",") if c]
+    if conns:
+        out["served_hogs"], out["served"] = a.served_hogs, _served(conns, a.served_hogs)
     harness.write_results("starved-writer", out)
     return 0
 

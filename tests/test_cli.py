@@ -154,10 +154,10 @@ def test_serve_runs_every_thread_under_its_cpu_scheduling(tmp_path, setting, wan
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-@pytest.mark.parametrize("setting", [None, "idle"])
-def test_serve_runs_its_trace_writer_as_its_threads_unless_asked_for_idle(tmp_path, setting) -> None:
-    """By default the trace writer keeps the server's policy; asked for `idle`, it gives way to
-    the threads that serve calls (SCHED_IDLE) where it can be raised again. Every other thread
+@pytest.mark.parametrize("setting", [None, "normal"])
+def test_serve_runs_its_trace_writer_idle_by_default(tmp_path, setting) -> None:
+    """By default the trace writer gives way to the threads that serve calls (SCHED_IDLE) where
+    it can be raised again; asked for `normal`, it keeps the server's policy. Every other thread
     keeps the server's policy either way."""
     from unhardcoded.traces.writer_priority import can_leave_idle
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")}
@@ -175,7 +175,7 @@ def test_serve_runs_its_trace_writer_as_its_threads_unless_asked_for_idle(tmp_pa
                 break
             time.sleep(0.02)
         writer = by_name.pop("trace-writer")
-        assert writer == {os.SCHED_IDLE if setting == "idle" and can_leave_idle() else os.SCHED_BATCH}
+        assert writer == {os.SCHED_IDLE if setting is None and can_leave_idle() else os.SCHED_BATCH}
         assert set().union(*by_name.values()) == {os.SCHED_BATCH}
     finally:
         proc.terminate()

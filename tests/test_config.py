@@ -36,11 +36,11 @@ def test_a_bad_setting_is_refused_with_its_path(tmp_path, text: str, code: str, 
     assert err.value.code == code and path in err.value.path
 
 
-def test_trace_writer_scheduling_defaults_to_normal_and_is_checked(tmp_path) -> None:
-    assert load_settings(None, environ={}).trace_writer_scheduling == "normal"
-    env = {"UNHARDCODED_TRACE_WRITER_SCHEDULING": "idle"}
-    assert load_settings(None, environ=env).trace_writer_scheduling == "idle"
-    assert settings_from(tmp_path, '[traces]\nwriter_scheduling = "idle"\n').trace_writer_scheduling == "idle"
+def test_trace_writer_scheduling_defaults_to_idle_and_is_checked(tmp_path) -> None:
+    assert load_settings(None, environ={}).trace_writer_scheduling == "idle"
+    env = {"UNHARDCODED_TRACE_WRITER_SCHEDULING": "normal"}
+    assert load_settings(None, environ=env).trace_writer_scheduling == "normal"
+    assert settings_from(tmp_path, '[traces]\nwriter_scheduling = "normal"\n').trace_writer_scheduling == "normal"
     with pytest.raises(ConfigError) as err:
         settings_from(tmp_path, '[traces]\nwriter_scheduling = "batch"\n')
     assert err.value.code == "bad_value" and err.value.path == "$.traces.writer_scheduling"

@@ -783,7 +783,7 @@ def test_an_overdue_check_on_a_committed_batch_does_nothing(tmp_path, monkeypatc
 def test_a_started_store_writer_runs_idle_and_commits(tmp_path) -> None:
     from unhardcoded.traces.writer_priority import can_leave_idle
 
-    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20, writer_scheduling="idle")
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=20)
     try:
         store.submit_record(_bare_record(1))
         assert store.flush(5) and store.written == 1

@@ -23,9 +23,9 @@ file; they are held in :class:`Keys` and never printed.
     data_dir = ".unhardcoded"
     capture_content = false
     retention_days = 30
-    writer_scheduling = "normal" # as the server's threads; or "idle" (Linux, a router with a core
-                               # of its own): SCHED_IDLE, out of the calls' way, raised while it is
-                               # behind; traces/writer_priority.py (UNHARDCODED_TRACE_WRITER_SCHEDULING too)
+    writer_scheduling = "idle" # Linux: the trace writer under SCHED_IDLE (out of the calls' way,
+                               # raised while it is a batch behind) or "normal" (as the server's
+                               # threads); traces/writer_priority.py (UNHARDCODED_TRACE_WRITER_SCHEDULING too)
 
     [keys]
     OPENAI_API_KEY = "sk-..."
@@ -92,7 +92,7 @@ class Settings:
     capture_content: bool = False
     retention_days: int = 30
     trace_store: str = "sqlite"
-    trace_writer_scheduling: str = "normal"
+    trace_writer_scheduling: str = "idle"
     flows_dir: str | None = None
     keys: Keys = field(default_factory=Keys)
 

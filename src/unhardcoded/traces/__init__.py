@@ -22,7 +22,7 @@ from .sqlite import SQLiteStore
 def open_store(settings: Any) -> SQLiteStore:
     path = Path(settings.data_dir) / "traces.sqlite3"
     return SQLiteStore(path, capture_content=settings.capture_content, retention_days=settings.retention_days,
-                       writer_scheduling=getattr(settings, "trace_writer_scheduling", "normal"))
+                       writer_scheduling=getattr(settings, "trace_writer_scheduling", "idle"))
 
 
 __all__ = ["SCHEMA", "SQLiteStore", "build_record", "open_store"]

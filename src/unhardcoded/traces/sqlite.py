@@ -8,10 +8,9 @@ the runs that finished in the same turn of the loop are built together. One
 writer thread only commits: it sleeps until there is something to write, then
 commits everything built during the next ``flush_ms`` (default 100 ms), or sooner
 once ``batch_max`` records are waiting, one transaction per ``batch_max`` records.
-With ``writer_scheduling="idle"`` it runs under SCHED_IDLE where it can be raised
-again, and is raised while a full batch waits, or when a batch is still not
-committed ``10 * flush_ms`` after its first record (other work kept the core
-busy; ``writer_priority.py``); by default it runs as the server's threads do. Building in the
+It runs under SCHED_IDLE where it can be raised again, and is raised while a full
+batch waits, or when a batch is still not committed ``10 * flush_ms`` after its
+first record (other work kept the core busy; ``writer_priority.py``). Building in the
 loop rather than in the writer keeps the two threads from trading the
 interpreter lock per record (each hand-over cost more than the record, and a
 record built in the thread could hold the lock for a whole switch interval
@@ -21,9 +20,9 @@ Outside an event loop (tools, tests, other threads) ``submit`` builds at once.
 Durability, stated precisely: SQLite in WAL mode with ``synchronous=NORMAL``
 keeps every committed transaction through a process crash (``kill -9``); what a
 crash can lose is what was submitted and not yet committed — in steady state
-the runs of the last flush interval (with an idle writer, while other work keeps
-the core busy, up to ``batch_max`` runs or ``10 * flush_ms``, whichever comes
-first), and never more than ``max_pending``
+the runs of the last flush interval (while other work keeps the core busy and an
+idle writer waits for it, up to ``batch_max`` runs or ``10 * flush_ms``, whichever
+comes first), and never more than ``max_pending``
 (default 2048) runs: when the writer falls that far behind, ``submit`` waits
 for it (backpressure) rather than let the exposure grow. A transaction commits
 whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
@@ -175,7 +174,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path, *, capture_content: bool = False, retention_days: int | None = 30,
                  flush_ms: int = 100, batch_max: int = 512, max_pending: int = 2048,
-                 writer_scheduling: str = "normal") -> None:
+                 writer_scheduling: str = "idle") -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)

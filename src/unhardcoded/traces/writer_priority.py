@@ -1,5 +1,4 @@
-"""The trace writer's share of the core: as the server's threads, or (asked for) out of the
-calls' way unless it falls behind.
+"""The trace writer's share of the core: out of the calls' way, unless it falls behind.
 
 A store's writer thread commits in the background; a call never waits for it. On a core it
 shares with the event loop it still can delay calls: the loop and the server's thread run under
@@ -8,8 +7,8 @@ upstream's answer has arrived) does not preempt the thread running, so an answer
 writer finished its slice. Measured on one core at concurrency 1 (``bench/ablation.py --conns 1``):
 p99 0.73 ms without the writer's commits, 1.9 ms with them (docs/performance.md).
 
-Mode ``idle`` runs the writer under Linux's SCHED_IDLE: any other thread of the router that
-wakes up takes the core from it at once, and it commits in the time the router leaves. Under load that leaves
+So the writer runs under Linux's SCHED_IDLE: any other thread of the router that wakes up takes
+the core from it at once, and it commits in the time the router leaves. Under load that leaves
 too little, so when the writer falls a whole batch behind (``boost``, called where a batch
 fills), or other processes on the core have kept a batch from being committed for ten flush
 intervals (the store's overdue timer), it runs under the policy the server gave its threads
@@ -18,11 +17,13 @@ Leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of 20: without either, a
 could not be raised again would fall behind until ``max_pending`` stopped the calls, so it keeps
 the server's policy from the start and reports ``normal (unprivileged)``.
 
-The default is ``normal`` (the server's policy from the start): SCHED_IDLE gives way to every
-other process on the core too, and an idle writer that holds the interpreter lock when one takes
-the core keeps the event loop waiting until it gets the core back (two busy processes on the
-core: the loop woke up to 321 ms late, against 17 ms with the writer normal;
-``bench/starved_writer.py``). ``idle`` is for a router with a core of its own.
+The cost: SCHED_IDLE gives way to every other process on the core too, and an idle writer that
+holds the interpreter lock when one takes the core keeps the event loop waiting until it gets
+the core back. ``bench/starved_writer.py`` provokes it (the store alone, a loop that mostly
+sleeps, two busy processes on the core): the loop woke up to 321 ms late, against 17 ms with the
+writer ``normal``. Served, with the same two processes on the router's core, it did not show
+(c=1 to c=64: the idle writer's tail as low or lower, docs/performance.md). Where other busy
+work shares the router's core, ``normal`` rules it out.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class WriterPriority:
     """The scheduling of one writer thread. ``start`` runs in the writer; ``boost`` and ``rest``
     under the store's build lock (so the two never race)."""
 
-    def __init__(self, mode: str = "normal") -> None:
+    def __init__(self, mode: str = "idle") -> None:
         if mode not in MODES:
             raise ValueError(f"writer scheduling is one of {', '.join(MODES)}")
         self.mode = mode
