@@ -43,6 +43,11 @@ from typing import Any
 import harness
 
 
+def _busy(n: int, core: str) -> list[subprocess.Popen]:
+    """``n`` busy-looping processes at the normal policy, pinned to ``core``."""
+    return [subprocess.Popen(["taskset", "-c", core, sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
 def _record(i: int, now_ms: int) -> dict[str, Any]:
     return {"schema": "unhardcoded.trace/v1", "trace_id": f"tr_{now_ms:012x}{i:020x}", "kind": "chat",
             "started_at_ms": now_ms + i, "status": "ok", "path": [], "answer": None, "usage": {}, "cost": {},
@@ -108,8 +113,7 @@ async def _lag(path: str, scheduling: str, seconds: float) -> dict[str, Any]:
 
 def _child(a: argparse.Namespace) -> int:
     os.sched_setaffinity(0, {0})
-    hogs = [subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
-            for _ in range(a.child_hogs)]
+    hogs = _busy(a.child_hogs, "0")
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory(prefix="unhardcoded-starved-") as d:
@@ -139,20 +143,13 @@ def _served(conns: list[int], nhogs: int) -> list[dict[str, Any]]:
     try:
         procs.append(harness.Proc("upstream", [str(harness.RPY), str(harness.BENCH / "upstream.py"), "--port", str(port)],
                                   core=harness.LOAD_CORE, logdir=logs))
-        serve_builds(builds, files["catalog"], work, logs, procs)
-        for p, _env in builds.values():
-            harness.wrk(f"http://127.0.0.1:{p}/v1/chat/completions", body, 16, 2)  # warm
-        hogs = [subprocess.Popen(["taskset", "-c", harness.SUT_CORE, sys.executable, "-c", "while True: pass"])
-                for _ in range(nhogs)]
+        servers = serve_builds(builds, files["catalog"], work, logs, procs)
+        targets = {name: (builds[name][0], servers[name].pid) for name in builds}
+        hogs = _busy(nhogs, harness.SUT_CORE)
         print(f"\n| writer | c | RPS | p50 (ms) | p99 (ms) | p99.9 (ms) | largest (ms) |  ({nhogs} busy processes on the router's core; 3 rounds each)")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for c in conns:
-            by: dict[str, list[dict[str, Any]]] = {n: [] for n in builds}
-            for r in range(3):
-                for name in (list(builds) if r % 2 == 0 else list(builds)[::-1]):
-                    res = harness.wrk(f"http://127.0.0.1:{builds[name][0]}/v1/chat/completions", body, c, 6)
-                    by[name].append(res)
-            for name, rs in by.items():
+            for name, rs in harness.c64_rounds(targets, body, 3, 6, conns=c).items():
                 runs.append({"writer": name, "conns": c, "rounds": rs})
                 fmt = lambda k: " / ".join(f"{x['latency_us'][k] / 1000:.1f}" for x in rs)  # noqa: E731
                 print(f"| {name} | {c} | {' / '.join(str(round(x['rps'])) for x in rs)} | {fmt('p50')} | {fmt('p99')} "
@@ -160,6 +157,7 @@ def _served(conns: list[int], nhogs: int) -> list[dict[str, Any]]:
     finally:
         for h in hogs:
             h.kill()
+            h.wait()
         for p in procs[::-1]:
             p.stop()
     return runs
