@@ -275,7 +275,7 @@ class SQLiteStore:
             self._urgent.set()
         if was_empty or sealed:
             self._wake.set()
-        if fresh and self.priority.mode == "idle" and not self.priority.policy.startswith("normal"):
+        if fresh and self.priority.may_idle:
             try:  # the loop runs at the server's policy: it can tell when the idle writer is starved
                 asyncio.get_running_loop().call_later(self.overdue_s, self._overdue, batch.settled)
             except RuntimeError:  # outside a loop: the caller's own flush() raises the writer

@@ -95,6 +95,11 @@ class WriterPriority:
             log.info("trace writer: SCHED_IDLE not used, %s", self.policy)
         return self.policy
 
+    @property
+    def may_idle(self) -> bool:
+        """Whether the writer runs, or is about to run, under SCHED_IDLE (so boosts may matter)."""
+        return self.mode == "idle" and not self.policy.startswith("normal")
+
     def boost(self) -> None:
         """The writer is a batch behind: give it the server's policy until it catches up."""
         if self.policy != "idle" or self._tid is None or self._home is None:
