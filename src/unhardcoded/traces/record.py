@@ -253,7 +253,8 @@ COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "rou
 class _Shared:
     """One plan's and route's part of every record made from it."""
 
-    __slots__ = ("head", "_head_inline", "_around", "inputs_tail", "tail", "sections", "row_route", "row_catalog")
+    __slots__ = ("head", "_head_inline", "_around", "inputs_tail", "tail", "sections", "row_route", "row_catalog",
+                 "uses", "_apart")
 
     def __init__(self, prep: Any, catalog: Any) -> None:
         c, choice, ctx = prep.contract, prep.choice, prep.ctx
@@ -279,6 +280,26 @@ class _Shared:
         self.tail = b',"decision":' + orjson.dumps({"digest": decision[0], "stored_apart": True})
         self.row_route = (c.route, choice.profile, c.policy_name, choice.effective.identity)
         self.row_catalog = catalog.digest
+        self.uses = 0
+        self._apart: tuple[bytes, tuple] | None = None
+
+    def apart(self) -> tuple[bytes, tuple]:
+        """(the record's reference, its sections) with the whole shared part stored apart.
+
+        The part (route, policy, catalog, the inputs but ``now_ms``, decision; the policy and the
+        decision by their digests) is a ``shared`` section of its own: its text is its JSON, its
+        digest the SHA-256 of that text. A record then carries ``"shared":{digest, stored_apart}``
+        where ``route`` was and ``"inputs":{"now_ms": ...}`` alone; reading it back puts the part
+        in its place (``inflate_shared``). Made on a plan's second record: most first sights
+        (a policy built per request, a pool re-stamped between two calls) are never seen again."""
+        if self._apart is None:
+            route_policy, catalog = self._around
+            text = (b"{" + route_policy + orjson.dumps({"digest": self.sections[0][0], "stored_apart": True})
+                    + catalog + b',"inputs":{' + self.inputs_tail[1:] + self.tail + b"}")
+            dg = hashlib.sha256(text).hexdigest()
+            ref = b'"shared":' + orjson.dumps({"digest": dg, "stored_apart": True}) + b',"inputs":{"now_ms":'
+            self._apart = (ref, ((dg, text.decode("utf-8")), *self.sections))
+        return self._apart
 
 
     def head_inline(self) -> bytes:
@@ -314,7 +335,8 @@ def _shared(prep: Any, catalog: Any) -> _Shared:
 def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
                 policy_inline: Callable[[str], bool] | None = None) -> tuple[tuple, bytes, tuple]:
     """A routed call's (summary row in ``COLUMNS`` order, stored record text, sections): the
-    record with its policy and decision sections apart, as (digest, text) pairs.
+    record with its policy and decision sections apart, as (digest, text) pairs; from its plan's
+    second record on, with the whole shared part apart too (``_Shared.apart``).
 
     ``policy_inline(digest)`` true keeps the policy section in the record itself (it is then
     not among the sections): what a store does for a policy it has not seen yet, since most of
@@ -322,8 +344,9 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
     random place (its digest) that an inline copy does not."""
     prep = run.prepared
     sh = _shared(prep, catalog)
+    sh.uses += 1
     head, sections = sh.head, sh.sections
-    if policy_inline is not None and policy_inline(sections[0][0]):
+    if sh.uses == 1 and policy_inline is not None and policy_inline(sections[0][0]):
         head, sections = sh.head_inline(), sections[1:]
     own = {"schema": SCHEMA, "trace_id": run.trace_id, "kind": "chat", "started_at_ms": prep.started_ms,
            "finished_at_ms": run.finished_ms, "status": run.status, "stream": run.stream}
@@ -343,15 +366,35 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
         after["filters"] = run.filters
     if capture_content and (run.request_messages is not None or run.response_content is not None):
         after["content"] = {"messages": run.request_messages, "response": run.response_content}
-    text = b"".join((orjson.dumps(own)[:-1], b",", head, b',"inputs":{"now_ms":',
-                     str(prep.ctx.get("now_ms")).encode() if prep.ctx.get("now_ms") is not None else b"null",
-                     sh.inputs_tail, sh.tail, b",", orjson.dumps(after)[1:]))
+    now_ms = prep.ctx.get("now_ms")
+    now = b"null" if now_ms is None else str(now_ms).encode()
+    if sh.uses > 1:  # the plan's second record on: its shared part is a section (written once)
+        ref, sections = sh.apart()
+        text = b"".join((orjson.dumps(own)[:-1], b",", ref, now, b"},", orjson.dumps(after)[1:]))
+    else:
+        text = b"".join((orjson.dumps(own)[:-1], b",", head, b',"inputs":{"now_ms":', now,
+                         sh.inputs_tail, sh.tail, b",", orjson.dumps(after)[1:]))
     a = run.answered_by or {}
     row = (run.trace_id, prep.started_ms or 0, run.finished_ms, run.status, "chat", *sh.row_route,
            a.get("provider_id"), a.get("model_family"), a.get("served_model_id"), usage.prompt_tokens,
            usage.completion_tokens, usage.cached_tokens, cost_usd, cost.basis, latency["total_ms"],
            latency["ttft_ms"], sh.row_catalog)
     return row, text, sections
+
+
+def inflate_shared(rec: dict[str, Any], section: Mapping[str, Any]) -> dict[str, Any]:
+    """A record stored with its shared part apart (``_Shared.apart``), with the part put back in
+    its place: the keys in the order the whole record has them."""
+    out: dict[str, Any] = {}
+    for k, v in rec.items():
+        if k == "shared":
+            out["route"], out["policy"], out["catalog"] = section["route"], section["policy"], section["catalog"]
+        elif k == "inputs":
+            out["inputs"] = {**v, **section["inputs"]}
+            out["decision"] = section["decision"]
+        else:
+            out[k] = v
+    return out
 
 
 def summary_row(rec: Mapping[str, Any]) -> dict[str, Any]:

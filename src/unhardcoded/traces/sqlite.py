@@ -55,7 +55,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Mapping
 
-from .record import COLUMNS, build_record, canonical, dump_record, stored_form, summary_row
+from .record import COLUMNS, build_record, canonical, dump_record, inflate_shared, stored_form, summary_row
 from .writer_priority import WriterPriority
 
 _SCHEMA = """
@@ -480,6 +480,11 @@ class SQLiteStore:
         return out
 
     def _inflate(self, conn: sqlite3.Connection, rec: dict[str, Any]) -> dict[str, Any]:
+        d = rec.get("shared")
+        if isinstance(d, dict) and d.get("stored_apart"):  # first the plan's part, which names the others
+            row = conn.execute("SELECT section FROM sections WHERE digest = ?", (d["digest"],)).fetchone()
+            if row is not None:
+                rec = inflate_shared(rec, json.loads(row[0]))
         for key in self._APART:
             d = rec.get(key)
             if isinstance(d, dict) and d.get("stored_apart"):
@@ -488,7 +493,7 @@ class SQLiteStore:
                     rec[key] = json.loads(row[0])
         for n in (rec.get("flow") or {}).get("nodes") or []:
             if isinstance(n.get("record"), dict):
-                self._inflate(conn, n["record"])
+                n["record"] = self._inflate(conn, n["record"])
         return rec
 
     def _maybe_purge(self, conn: sqlite3.Connection) -> None:
