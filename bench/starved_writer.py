@@ -163,15 +163,26 @@ def _served(conns: list[int], nhogs: int) -> list[dict[str, Any]]:
     return runs
 
 
+def counts(text: str) -> list[int]:
+    """A comma-separated list of counts ('' for none), for argparse: a bad one is a usage error."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if any(x < 0 for x in out):
+        raise argparse.ArgumentTypeError(f"a count cannot be negative: {text!r}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hogs", default="0,1,4", help="numbers of busy processes on the writer's core")
+    ap.add_argument("--hogs", type=counts, default="0,1,4", help="numbers of busy processes on the writer's core")
     ap.add_argument("--records", type=int, default=40)
     ap.add_argument("--gap-ms", type=float, default=50)
     ap.add_argument("--base", default=None, help="a git revision to measure beside the working tree")
-    ap.add_argument("--lag-hogs", default="0,2", help="numbers of busy processes for the loop-lateness table ('' skips it)")
+    ap.add_argument("--lag-hogs", type=counts, default="0,2", help="numbers of busy processes for the loop-lateness table ('' skips it)")
     ap.add_argument("--lag-seconds", type=float, default=8)
-    ap.add_argument("--served-conns", default="1,4,16,64", help="concurrencies for the served table ('' skips it)")
+    ap.add_argument("--served-conns", type=counts, default="1,4,16,64", help="concurrencies for the served table ('' skips it)")
     ap.add_argument("--served-hogs", type=int, default=2)
     ap.add_argument("--child-hogs", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-lag", default=None, help=argparse.SUPPRESS)
@@ -187,7 +198,7 @@ def main() -> int:
         builds["base"] = {"PYTHONPATH": str(work / "src")}
     print("| build | busy processes on the core | committed | p50 wait (ms) | largest wait (ms) | writer raised |")
     print("|---|---:|---:|---:|---:|---:|")
-    for hogs in [int(h) for h in a.hogs.split(",") if h]:
+    for hogs in a.hogs:
         for name, env in builds.items():
             proc = subprocess.run([sys.executable, __file__, "--child-hogs", str(hogs), "--records", str(a.records),
                                    "--gap-ms", str(a.gap_ms)], env={**os.environ, **env},
@@ -199,7 +210,7 @@ def main() -> int:
             p50 = w[len(w) // 2] if w else float("nan")
             print(f"| {name} | {hogs} | {res['committed']}/{res['records']} | {p50:.0f} | {max(w, default=float('nan')):.0f} "
                   f"| {res['boosts']} |", flush=True)
-    lag_hogs = [int(h) for h in a.lag_hogs.split(",") if h]
+    lag_hogs = a.lag_hogs
     if lag_hogs:
         out["lag_seconds"], out["lag"] = a.lag_seconds, []
         print("\n| writer | busy processes on the core | records | loop late p50 / p99 / p99.9 (ms) | largest (ms) |")
@@ -214,7 +225,7 @@ def main() -> int:
             q = res["late_ms"]
             print(f"| {scheduling} ({res['writer']}) | {hogs} | {res['records']:,} | {q['p50']} / {q['p99']} / {q['p99.9']} "
                   f"| {res['late_max_ms']} |", flush=True)
-    conns = [int(c) for c in a.served_conns.split(",") if c]
+    conns = a.served_conns
     if conns:
         out["served_hogs"], out["served"] = a.served_hogs, _served(conns, a.served_hogs)
     harness.write_results("starved-writer", out)

@@ -312,8 +312,9 @@ async def test_attempt_timeout_fails_over(stack) -> None:
     pol = policy(["or", ["family_eq", "gpt-5.5"], ["family_eq", "claude-haiku-4-5"]], ["lit", 0],
                  ["chain", [{"provider": "oa", "model": "gpt-5.5"}, {"provider": "an", "model": "claude-haiku-4-5"}]])
     stack.openai.script("gpt-5.5", Stall())
+    # (the timeout bounds the second attempt too: 600 ms leaves a busy runner room for it)
     r = await stack.client.chat.completions.create(model="", messages=MSG,
-                                                   extra_body={"policy_ir": pol, "timeout_ms": 200})
+                                                   extra_body={"policy_ir": pol, "timeout_ms": 600})
     assert attempts(xr(r)) == [("oa", "gpt-5.5", "timeout"), ("an", "claude-haiku-4-5", None)]
 
 
