@@ -480,21 +480,25 @@ class SQLiteStore:
         return out
 
     def _inflate(self, conn: sqlite3.Connection, rec: dict[str, Any]) -> dict[str, Any]:
-        d = rec.get("shared")
-        if isinstance(d, dict) and d.get("stored_apart"):  # first the plan's part, which names the others
-            row = conn.execute("SELECT section FROM sections WHERE digest = ?", (d["digest"],)).fetchone()
-            if row is not None:
-                rec = inflate_shared(rec, json.loads(row[0]))
+        shared = self._section(conn, rec.get("shared"))  # first the plan's part, which names the others
+        if shared is not None:
+            rec = inflate_shared(rec, shared)
         for key in self._APART:
-            d = rec.get(key)
-            if isinstance(d, dict) and d.get("stored_apart"):
-                row = conn.execute("SELECT section FROM sections WHERE digest = ?", (d["digest"],)).fetchone()
-                if row is not None:
-                    rec[key] = json.loads(row[0])
+            section = self._section(conn, rec.get(key))
+            if section is not None:
+                rec[key] = section
         for n in (rec.get("flow") or {}).get("nodes") or []:
             if isinstance(n.get("record"), dict):
                 n["record"] = self._inflate(conn, n["record"])
         return rec
+
+    @staticmethod
+    def _section(conn: sqlite3.Connection, ref: Any) -> dict[str, Any] | None:
+        """The section a ``{"digest", "stored_apart"}`` reference names, if it is one and still stored."""
+        if not (isinstance(ref, dict) and ref.get("stored_apart")):
+            return None
+        row = conn.execute("SELECT section FROM sections WHERE digest = ?", (ref.get("digest"),)).fetchone()
+        return json.loads(row[0]) if row is not None else None
 
     def _maybe_purge(self, conn: sqlite3.Connection) -> None:
         if not self.retention_days:
