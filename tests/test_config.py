@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from unhardcoded.config import ConfigError, load_settings
 
@@ -47,6 +48,53 @@ def test_trace_writer_scheduling_defaults_to_idle_and_is_checked(tmp_path) -> No
     with pytest.raises(ConfigError) as err:
         load_settings(None, environ={"UNHARDCODED_TRACE_WRITER_SCHEDULING": "fifo"})
     assert err.value.path == "$.traces.writer_scheduling"
+
+
+# (section, key, least, most): what a number outside them would do is in config.py's _BOUNDS
+BOUNDED = [("server", "port", 0, 65535), ("server", "max_body_bytes", 1, None),
+           ("server", "shutdown_grace_s", 1, None), ("router", "request_deadline_ms", 1, None),
+           ("router", "attempt_timeout_ms", 1, None), ("router", "first_token_timeout_ms", 1, None),
+           ("traces", "retention_days", 0, None)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(BOUNDED), st.integers(min_value=-2**62, max_value=2**62))
+def test_a_number_out_of_range_is_refused_with_its_path_and_one_in_range_is_kept(tmp_path_factory, bounded,
+                                                                                 value: int) -> None:
+    section, key, low, high = bounded
+    path = tmp_path_factory.mktemp("cfg") / "unhardcoded.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n", encoding="utf-8")
+    if value < low or (high is not None and value > high):
+        with pytest.raises(ConfigError) as err:
+            load_settings(path, environ={})
+        assert err.value.code == "bad_value" and err.value.path == f"$.{section}.{key}"
+        assert f"{section}.{key} must be" in err.value.message
+    else:
+        assert getattr(load_settings(path, environ={}), key) == value
+
+
+def test_a_port_from_the_environment_is_checked_too() -> None:
+    assert load_settings(None, environ={"UNHARDCODED_PORT": "9001"}).port == 9001
+    for bad, says in (("abc", "must be an integer"), ("99999", "from 0 to 65535"), ("-1", "from 0 to 65535")):
+        with pytest.raises(ConfigError) as err:
+            load_settings(None, environ={"UNHARDCODED_PORT": bad})
+        assert err.value.path == "$.server.port" and says in err.value.message
+
+
+def test_a_retention_of_zero_keeps_traces_and_a_negative_one_is_refused(tmp_path) -> None:
+    assert settings_from(tmp_path, "[traces]\nretention_days = 0\n").retention_days == 0
+    with pytest.raises(ConfigError):
+        settings_from(tmp_path, "[traces]\nretention_days = -1\n")
+
+
+def test_a_trace_store_this_build_lacks_is_refused_not_replaced_by_sqlite(tmp_path) -> None:
+    assert load_settings(None, environ={}).trace_store == "sqlite"
+    assert settings_from(tmp_path, '[traces]\nstore = "sqlite"\n').trace_store == "sqlite"
+    for name in ("postgres", "memory", "SQLite", ""):
+        with pytest.raises(ConfigError) as err:
+            settings_from(tmp_path, f'[traces]\nstore = "{name}"\n')
+        assert err.value.code == "bad_value" and err.value.path == "$.traces.store"
+        assert "sqlite" in err.value.message
 
 
 def test_cpu_scheduling_defaults_to_batch_and_is_checked(tmp_path) -> None:

@@ -22,7 +22,8 @@ file; they are held in :class:`Keys` and never printed.
     [traces]
     data_dir = ".unhardcoded"
     capture_content = false
-    retention_days = 30
+    retention_days = 30        # 0 keeps traces for ever; numbers out of range are refused
+    store = "sqlite"           # the only trace store this build has
     writer_scheduling = "idle" # Linux: the trace writer under SCHED_IDLE (out of the calls' way,
                                # raised while it is a batch behind) or "normal" (as the server's
                                # threads); traces/writer_priority.py (UNHARDCODED_TRACE_WRITER_SCHEDULING too)
@@ -105,7 +106,17 @@ class Settings:
 
 
 CPU_SCHEDULING = ("batch", "normal")
+TRACE_STORES = ("sqlite",)  # traces/__init__.py:open_store opens them
 WRITER_SCHEDULING = ("idle", "normal")  # traces/writer_priority.py reads its modes from here
+
+# numbers outside these make every call fail at once (a deadline of 0) or delete every trace as it
+# is written (a negative retention): refused at start-up, with the setting's path
+_BOUNDS: tuple[tuple[str, str, int, int | None], ...] = (
+    ("server", "port", 0, 65535), ("server", "max_body_bytes", 1, None), ("server", "shutdown_grace_s", 1, None),
+    ("router", "request_deadline_ms", 1, None), ("router", "attempt_timeout_ms", 1, None),
+    ("router", "first_token_timeout_ms", 1, None),
+    ("traces", "retention_days", 0, None),  # 0: kept for ever
+)
 
 _SECTIONS: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int,
@@ -151,11 +162,13 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     s = Settings()
     server, router, traces = doc.get("server", {}), doc.get("router", {}), doc.get("traces", {})
     s.host = server.get("host", env.get("UNHARDCODED_HOST", s.host))
-    s.port = int(server.get("port", env.get("UNHARDCODED_PORT", s.port)))
+    port = server.get("port", env.get("UNHARDCODED_PORT", s.port))
+    try:
+        s.port = int(port)
+    except ValueError:  # from the environment: a file's value is an int already
+        raise ConfigError("bad_value", "UNHARDCODED_PORT must be an integer", ["server", "port"]) from None
     s.max_body_bytes = server.get("max_body_bytes", s.max_body_bytes)
     s.shutdown_grace_s = server.get("shutdown_grace_s", s.shutdown_grace_s)
-    if s.shutdown_grace_s < 1:
-        raise ConfigError("bad_value", "server.shutdown_grace_s must be at least 1", ["server", "shutdown_grace_s"])
     s.cpu_scheduling = server.get("cpu_scheduling", env.get("UNHARDCODED_CPU_SCHEDULING", s.cpu_scheduling))
     if s.cpu_scheduling not in CPU_SCHEDULING:
         raise ConfigError("bad_value", f"server.cpu_scheduling is one of {', '.join(CPU_SCHEDULING)}",
@@ -177,6 +190,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     s.capture_content = traces.get("capture_content", env.get("UNHARDCODED_CAPTURE_CONTENT", "") in ("1", "true"))
     s.retention_days = traces.get("retention_days", s.retention_days)
     s.trace_store = traces.get("store", s.trace_store)
+    if s.trace_store not in TRACE_STORES:  # a store this build does not have must not quietly become SQLite
+        raise ConfigError("bad_value", f"traces.store is one of {', '.join(TRACE_STORES)}", ["traces", "store"])
     s.trace_writer_scheduling = traces.get("writer_scheduling",
                                            env.get("UNHARDCODED_TRACE_WRITER_SCHEDULING", s.trace_writer_scheduling))
     if s.trace_writer_scheduling not in WRITER_SCHEDULING:
@@ -186,4 +201,11 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     for k, v in overrides.items():
         if v is not None:
             setattr(s, k, v)
+    for section, key, low, high in _BOUNDS:
+        v = getattr(s, key)
+        if v is None:  # unset: the router's own default applies
+            continue
+        if v < low or (high is not None and v > high):
+            within = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise ConfigError("bad_value", f"{section}.{key} must be {within}", [section, key])
     return s
