@@ -269,6 +269,19 @@ def test_retention_purges_old_records_in_batches(tmp_path) -> None:
     assert store.count() == 1250
 
 
+@pytest.mark.parametrize("days, kept", [(0, 2), (30, 1)])
+def test_a_retention_of_zero_days_keeps_every_record(tmp_path, days: int, kept: int) -> None:
+    store = SQLiteStore(tmp_path / "t.sqlite3", retention_days=days)
+    conn = sqlite3.connect(store.path)
+    now = int(time.time() * 1000)
+    conn.executemany("INSERT INTO traces (trace_id, started_at_ms, status, record) VALUES (?, ?, ?, ?)",
+                     [("tr_old", now - 400 * 86_400_000, "ok", "{}"), ("tr_new", now, "ok", "{}")])
+    conn.commit()
+    store._maybe_purge(conn)  # what the writer runs between batches
+    conn.commit()
+    assert store.count() == kept and store.get("tr_new") is not None
+
+
 def test_the_cli_lists_and_prints_a_receipt(tmp_path) -> None:
     from unhardcoded.cli import main
     import contextlib
