@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from unhardcoded.cli import main
 
@@ -133,6 +135,66 @@ def test_the_verbs_refuse_with_code_and_path_never_a_traceback(tmp_path) -> None
         assert p.returncode == 2, (argv, p.stdout, p.stderr)
         assert "Traceback" not in p.stderr and p.stderr.startswith("error: "), p.stderr
         assert path in p.stderr and code in p.stderr, (argv, p.stderr)
+
+
+@pytest.fixture(scope="module")
+def stored_traces(tmp_path_factory):
+    """A trace store with a few records in it, as `serve` leaves one."""
+    from unhardcoded.demo import main as demo
+    data = tmp_path_factory.mktemp("demo")
+    assert demo(str(data)) == 0
+    return data
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.text(max_size=6), st.integers(-5, 2000).map(str)))
+def test_traces_limit_and_since_are_checked_by_the_parser_never_a_traceback(stored_traces, capsys, text) -> None:
+    for option, good in (("--limit", text.isascii() and text.isdigit() and 1 <= int(text) <= 1000),
+                         ("--since", bool(re.fullmatch(r"[0-9]+[smhd]?", text)))):
+        argv = ["traces", "--data-dir", str(stored_traces), "--json", option, text]
+        if text.startswith("-"):  # argparse reads a leading dash as an option: still a usage error
+            argv[-2:] = [f"{option}={text}"]
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # argparse's usage error
+            rc = exc.code
+        out = capsys.readouterr()
+        if good:
+            assert rc == 0, (option, text, out.err)
+            json.loads(out.out)
+        else:
+            assert rc == 2 and f"argument {option}" in out.err, (option, text, out.err)
+
+
+def test_the_store_commands_refuse_a_missing_store_and_leave_nothing_behind(tmp_path) -> None:
+    empty = tmp_path / "nowhere"
+    for argv in (["traces"], ["trace", "tr_x"], ["replay", "tr_x"]):
+        p = run(*argv, "--data-dir", str(empty))
+        assert p.returncode == 2 and p.stderr.startswith("error: no trace store at "), (argv, p.stderr)
+        assert "Traceback" not in p.stderr
+    assert not empty.exists()
+
+
+def test_traces_refuses_a_cursor_it_did_not_hand_out(stored_traces) -> None:
+    p = run("traces", "--data-dir", str(stored_traces), "--cursor", "not-a-cursor")
+    assert p.returncode == 2 and p.stderr.startswith("error: --cursor: malformed cursor"), p.stderr
+    first = json.loads(run("traces", "--data-dir", str(stored_traces), "--json", "--limit", "1").stdout)
+    assert len(first["data"]) == 1 and first["next_cursor"]
+    nxt = json.loads(run("traces", "--data-dir", str(stored_traces), "--json", "--limit", "1",
+                         "--cursor", first["next_cursor"]).stdout)
+    assert len(nxt["data"]) == 1 and nxt["data"][0]["trace_id"] != first["data"][0]["trace_id"]
+
+
+def test_serve_with_a_catalog_it_cannot_read_says_so_and_never_says_listening(tmp_path) -> None:
+    p = run("serve", "--catalog", str(tmp_path / "missing.toml"), "--port", str(_free_port()),
+            "--data-dir", str(tmp_path / "data"))
+    assert p.returncode == 2 and "catalog_missing" in p.stderr and "listening" not in p.stderr, p.stderr
+
+
+def test_python_dash_m_unhardcoded_is_the_command_line() -> None:
+    p = subprocess.run([sys.executable, "-m", "unhardcoded", "policy", '["cmp","bench_intelligence","ge",0.5]'],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "pol_bcf8d5" in p.stdout, p.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")

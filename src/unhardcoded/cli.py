@@ -225,10 +225,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, host=args.host, port=args.port, catalog=args.catalog,
                              data_dir=args.data_dir)
-    print(f"unhardcoded listening on http://{settings.host}:{settings.port}/v1  "
-          f"(traces: {settings.data_dir}/traces.sqlite3)", file=sys.stderr)
-    serve(settings, log_level=args.log_level, server=args.server, config_path=args.config)
+    serve(settings, log_level=args.log_level, server=args.server, config_path=args.config,
+          announce=f"unhardcoded listening on http://{settings.host}:{settings.port}/v1  "
+                   f"(traces: {settings.data_dir}/traces.sqlite3)")
     return 0
+
+
+class CommandError(Exception):
+    """A command that cannot do what it was asked: one line for the user, exit status 2."""
 
 
 def _store_for(args: argparse.Namespace):  # noqa: ANN202
@@ -236,6 +240,9 @@ def _store_for(args: argparse.Namespace):  # noqa: ANN202
     from .traces import open_store
 
     settings = load_settings(args.config, data_dir=args.data_dir)
+    path = Path(settings.data_dir) / "traces.sqlite3"
+    if not path.is_file():  # reading must not leave an empty store behind where none was
+        raise CommandError(f"no trace store at {path} (pass the --data-dir that serve or demo wrote to)")
     return settings, open_store(settings)
 
 
@@ -243,9 +250,11 @@ def cmd_traces(args: argparse.Namespace) -> int:
     from .traces.views import traces_table
 
     _, store = _store_for(args)
-    rows, nxt = store.list(policy=args.policy, route=args.route, model=args.model, provider=args.provider,
-                           status=args.status, limit=args.limit, cursor=args.cursor,
-                           since_ms=_since(args.since))
+    try:
+        rows, nxt = store.list(policy=args.policy, route=args.route, model=args.model, provider=args.provider,
+                               status=args.status, limit=args.limit, cursor=args.cursor, since_ms=args.since)
+    except ValueError as exc:  # a cursor that is not one this store handed out
+        raise CommandError(f"--cursor: {exc}") from None
     if args.json:
         print(json.dumps({"data": rows, "next_cursor": nxt}, indent=2))
     else:
@@ -253,13 +262,25 @@ def cmd_traces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _since(text: str | None) -> int | None:
-    if not text:
-        return None
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # not "²", which isdigit() takes and int() refuses
+
+
+def _since(text: str) -> int:
+    """``--since``: an age (``90s``, ``30m``, ``24h``, ``7d``) or milliseconds since the epoch."""
     import time
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1] in units and text[:-1].isdigit():
+    if text[-1:] in units and _digits(text[:-1]):
         return int((time.time() - int(text[:-1]) * units[text[-1]]) * 1000)
+    if _digits(text):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not an age (90s, 30m, 24h, 7d) nor milliseconds since the epoch")
+
+
+def _limit(text: str) -> int:
+    """``--limit``: what ``GET /x/traces`` accepts, from 1 to 1000."""
+    if not _digits(text) or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of traces from 1 to 1000")
     return int(text)
 
 
@@ -367,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(tr)
     for name in ("policy", "route", "model", "provider", "status", "cursor"):
         tr.add_argument(f"--{name}")
-    tr.add_argument("--since", help="e.g. 24h, 30m, or milliseconds since the epoch")
-    tr.add_argument("--limit", type=int, default=20)
+    tr.add_argument("--since", type=_since, help="e.g. 24h, 30m, or milliseconds since the epoch")
+    tr.add_argument("--limit", type=_limit, default=20, help="at most this many (1 to 1000; default 20)")
     tr.set_defaults(fn=cmd_traces)
 
     one = sub.add_parser("trace", help="one run's receipt: what answered, why, the path, latency, cost")
@@ -401,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LangError as exc:
         print(f"error: {exc.path}: {exc.message} [{exc.code}]", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, CommandError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

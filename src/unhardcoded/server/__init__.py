@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from typing import Any
 
 from ..catalog import load_catalog
@@ -73,8 +74,11 @@ def apply_cpu_scheduling(policy: str) -> str:
 
 
 def serve(settings: Settings, *, log_level: str = "warning", server: str = "granian",
-          config_path: str | None = None) -> None:  # pragma: no cover - exercised by the CLI
+          config_path: str | None = None, announce: str | None = None) -> None:  # pragma: no cover - exercised by the CLI
     """Run the router in this process.
+
+    ``announce`` goes to stderr once the app is built (its catalog read and its trace store
+    opened), so a catalog that cannot be read is reported without a "listening" line first.
 
     granian (RSGI, embedded: one process, no supervisor) is the faster server here;
     uvicorn (ASGI) is the fallback. SIGINT and SIGTERM stop accepting, let the calls in
@@ -98,6 +102,7 @@ def serve(settings: Settings, *, log_level: str = "warning", server: str = "gran
             async def main() -> None:
                 app = RSGIApp(build_app(settings))
                 tune_gc()
+                _announce(announce)
                 srv = ShippedServer(app, settings, log_enabled=log_level in ("info", "debug"))
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,8 +122,14 @@ def serve(settings: Settings, *, log_level: str = "warning", server: str = "gran
 
     app = build_app(settings)
     tune_gc()
+    _announce(announce)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
                 loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=settings.shutdown_grace_s)
+
+
+def _announce(text: str | None) -> None:
+    if text:
+        print(text, file=sys.stderr, flush=True)
 
 
 class ShippedServer:
