@@ -11,8 +11,9 @@ reader can check that the system under test, not the load side, was saturated.
 
 Phases:
 
-1. the upstream alone (its headroom) and the forwarder candidates (server × client),
-   the fastest of which becomes the "forwarder" target;
+1. the upstream alone (its headroom) and the forwarder candidates (server × client), each
+   measured in two passes (the second in reverse order) and kept at its better one; the
+   fastest becomes the "forwarder" target;
 2. all targets up; idle RSS; warm-up;
 3. rounds: in each, every target in turn (rotated order) gets latency at c=1, RPS at
    c=16/64/256, the fallback path at c=1 and streaming time-to-first-byte; then light traffic
@@ -595,7 +596,8 @@ def main() -> int:
         # ---------------------------------------------------------- forwarder candidates
         cands = [a.forwarder] if a.forwarder else FORWARDER_CANDIDATES
         result["forwarder_candidates"] = {}
-        for i, cand in enumerate(cands):
+
+        def measure(i: int, cand: str) -> dict[str, Any]:
             server, client = cand.split(":")
             port = P + 10 + i
             p = start(f"fwd-{server}-{client}", [str(RPY), str(BENCH / "forwarder.py"), "--server", server,
@@ -608,14 +610,30 @@ def main() -> int:
                 r64 = wrk(url, body_direct, 64, cfg["cand_rps"])
                 r1 = wrk(url, body_direct, 1, cfg["cand_lat"])
                 ok = r64["failed"] == 0 and r1["failed"] == 0 and r64["requests"] > 0
-                result["forwarder_candidates"][cand] = {"ok": ok, "rps_c64": r64["rps"], "p99_c64_us": r64["latency_us"]["p99"],
-                                                        "p50_c1_us": r1["latency_us"]["p50"], "failed": r64["failed"] + r1["failed"],
-                                                        "rss_kb": rss_kb(p.pid)}
+                got = {"ok": ok, "rps_c64": r64["rps"], "p99_c64_us": r64["latency_us"]["p99"],
+                       "p50_c1_us": r1["latency_us"]["p50"], "failed": r64["failed"] + r1["failed"],
+                       "rss_kb": rss_kb(p.pid)}
             except Exception as exc:  # noqa: BLE001 - a stack that does not run here is a result too
-                result["forwarder_candidates"][cand] = {"ok": False, "error": str(exc)[:300]}
-            log("forwarder candidate", cand, result["forwarder_candidates"][cand])
+                got = {"ok": False, "error": str(exc)[:300]}
             p.stop()
             procs.remove(p)
+            return got
+
+        # Two passes, the second in reverse order, each stack kept at its better one: a single short
+        # pass picked a stack by a few seconds of noise (one run measured granian 11.9k and uvicorn
+        # 12.7k RPS before the rounds, where uvicorn then served 18k and granian had served 36k).
+        order = list(enumerate(cands))
+        for pass_no, todo in enumerate((order, order[::-1])):
+            for i, cand in todo:
+                before = result["forwarder_candidates"].get(cand)
+                if before is not None and not before.get("ok"):
+                    continue  # did not run: no second try
+                got = measure(i, cand)
+                passes = (before or {}).get("passes_rps_c64", []) + [got.get("rps_c64")]
+                if before is None or (got.get("ok") and got["rps_c64"] > before["rps_c64"]):
+                    result["forwarder_candidates"][cand] = got
+                result["forwarder_candidates"][cand]["passes_rps_c64"] = passes
+                log(f"forwarder candidate (pass {pass_no + 1})", cand, got)
         good = {k: v for k, v in result["forwarder_candidates"].items() if v.get("ok")}
         if not good:
             raise RuntimeError("no forwarder candidate ran")

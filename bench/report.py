@@ -257,7 +257,7 @@ def build(d: dict[str, Any], micro: dict[str, Any] | None) -> str:
     # ---- forwarder candidates
     fc = d.get("forwarder_candidates", {})
     if fc:
-        L.append("**Bare-forwarder candidates** (each alone on cpu0, measured before the rounds)")
+        L.append("**Bare-forwarder candidates** (each alone on cpu0, measured before the rounds in two passes, the second in reverse order; each at its better pass)")
         L.append("")
         L.append("| server:client | RPS c=64 | p99 c=64 (ms) | p50 c=1 (ms) | RSS (MB) | note |")
         L.append("|---|---:|---:|---:|---:|---|")
