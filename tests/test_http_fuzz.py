@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from . import strategies as S
 from .harness import start_stack
@@ -51,3 +52,48 @@ async def test_never_a_500(stack_box, server, raw, path) -> None:
         err = body["error"]
         assert isinstance(err["code"], str) and isinstance(err["message"], str)
         assert err["type"] in ("invalid_request_error", "router_error", "authentication_error")
+
+
+def _cursor(ms: int) -> str:
+    """A cursor that decodes, with any time in it."""
+    return base64.urlsafe_b64encode(f"{ms}:tr_x".encode()).decode()
+
+
+_times = st.one_of(st.sampled_from([2 ** 63, -(2 ** 63) - 1, 10 ** 30, 2 ** 63 - 1, -(2 ** 63)]),
+                   st.integers(-2 ** 80, 2 ** 80))  # SQLite binds 64 bits; the edges, and past them
+_trace_queries = st.dictionaries(
+    st.sampled_from(["since", "until", "limit", "cursor", "policy", "route", "model", "provider", "status", "x"]),
+    st.one_of(_times.map(str), _times.map(_cursor), st.text(max_size=12),
+              st.binary(max_size=12).map(lambda b: b.decode("latin-1"))),
+    max_size=4)
+_rank_queries = st.dictionaries(st.sampled_from(["profile", "context", "y"]),
+                                st.one_of(_times.map(str), st.text(max_size=10), st.sampled_from(["default", ""])),
+                                max_size=3)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(query=_trace_queries, trace_id=st.text(min_size=1, max_size=12), rank=_rank_queries)
+@example(query={"since": str(10 ** 30)}, trace_id="x", rank={})
+@example(query={"until": str(-(2 ** 63) - 1), "limit": "5"}, trace_id="x", rank={"context": str(10 ** 30)})
+@example(query={"cursor": _cursor(2 ** 64)}, trace_id="x", rank={"profile": "nope"})
+async def test_the_get_endpoints_never_a_500_whatever_the_query(stack_box, query, trace_id, rank) -> None:
+    """GET /x/traces with any query (times past what SQLite binds, cursors that decode to them,
+    bytes that are not UTF-8), GET /x/traces/{id} with any id and GET /x/rank with any profile and
+    context: an answer or a 4xx in the OpenAI error shape, never a 500."""
+    from urllib.parse import quote, urlencode
+    s = await start_stack(stack_box["dir"])
+    try:
+        status, body = await s.get("/x/traces?" + urlencode(query))
+        one, missing = await s.get("/x/traces/" + quote(trace_id, safe=""))
+        ranked, answer = await s.get("/x/rank?" + urlencode(rank))
+    finally:
+        await s.close()
+    assert ranked == 200 or (400 <= ranked < 500 and answer["error"]["type"] == "invalid_request_error"), \
+        (ranked, answer)
+    assert status in (200, 400), (status, body)
+    if status == 200:
+        assert body["object"] == "list" and isinstance(body["data"], list)
+    else:
+        assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] in ("bad_parameter",
+                                                                                               "bad_cursor")
+    assert one in (200, 404), (one, missing)

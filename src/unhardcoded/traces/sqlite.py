@@ -156,6 +156,12 @@ def _name_os_thread(name: str) -> None:
         pass
 
 
+def _in_int64(ms: int) -> int:
+    """A time bound as SQLite can bind it (a 64-bit integer; it refuses a larger Python int with
+    OverflowError). No record starts outside that range, so a bound past it filters as its end does."""
+    return max(-(1 << 63), min(ms, (1 << 63) - 1))
+
+
 def encode_cursor(started_at_ms: int, trace_id: str) -> str:
     return base64.urlsafe_b64encode(f"{started_at_ms}:{trace_id}".encode()).decode().rstrip("=")
 
@@ -558,10 +564,10 @@ class SQLiteStore:
         where, args = [], []
         if since_ms is not None:
             where.append("started_at_ms >= ?")
-            args.append(since_ms)
+            args.append(_in_int64(since_ms))
         if until_ms is not None:
             where.append("started_at_ms < ?")
-            args.append(until_ms)
+            args.append(_in_int64(until_ms))
         if policy:
             ident = policy.removeprefix("pol_")
             if len(ident) == 64:
@@ -584,6 +590,7 @@ class SQLiteStore:
             args.append(status)
         if cursor:
             ms, tid = decode_cursor(cursor)
+            ms = _in_int64(ms)
             where.append("(started_at_ms < ? OR (started_at_ms = ? AND trace_id < ?))")
             args += [ms, ms, tid]
         sql = f"SELECT {', '.join(_COLUMNS)} FROM traces"
