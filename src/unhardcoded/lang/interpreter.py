@@ -306,6 +306,9 @@ def _number(v: Any, name: str) -> Any:
     return v
 
 
+_score_of = operator.attrgetter("score")
+
+
 def _order_key(r: Ranked) -> float:
     s = r.score
     return -math.inf if s != s else s
@@ -319,7 +322,8 @@ def _by_score(scored: list[Ranked]) -> list[Ranked]:
     the reference itself would give up ("invalid order function"), NaN scores
     rank last (docs/spec/sigma-pol.md §6).
     """
-    if [r for r in scored if r.score != r.score]:
+    scores = [r.score for r in scored]
+    if [s for s in scores if s != s]:  # a NaN: the only score unequal to itself
         indexed = list(enumerate(scored))
 
         def less(a: tuple[int, Ranked], b: tuple[int, Ranked]) -> bool:
@@ -330,8 +334,10 @@ def _by_score(scored: list[Ranked]) -> list[Ranked]:
             return [r for _, r in reference_sort(indexed, less)]
         except InvalidOrder:
             pass
-    # Stable: equal scores keep input order.
-    return sorted(scored, key=_order_key, reverse=True)
+        return sorted(scored, key=_order_key, reverse=True)
+    # Stable: equal scores keep input order. No NaN here, so the score is its own key (read in C,
+    # not by a Python call per candidate).
+    return sorted(scored, key=_score_of, reverse=True)
 
 
 _INT64 = 1 << 64
@@ -601,6 +607,8 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
 
         def many(cands: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any]) -> list:
             check = check_of(ctx)
+            if check.empty:  # a request that asks for nothing (the usual one): check(c) is None for all
+                return [None] * len(cands)
             return [check(c) for c in cands]
         p.many = many  # type: ignore[attr-defined]  (refers to check_of, not p: no cycle)
         return p
@@ -782,6 +790,8 @@ def default_algebra(schema: Schema | None = None, customs: Mapping[str, Custom] 
 
         def s(pop: Sequence[Any], ctx: Mapping[str, Any]) -> list:
             out = [c.get(key) for c in pop]
+            if _NUMBER_TYPES.issuperset(map(type, out)):  # every value a number as stored: nothing to observe
+                return out
             for i, v in enumerate(out):
                 t = type(v)
                 if t is not float and t is not int:
