@@ -278,9 +278,10 @@ def _since(text: str) -> int:
 
 
 def _limit(text: str) -> int:
-    """``--limit``: what ``GET /x/traces`` accepts, from 1 to 1000."""
-    if not _digits(text) or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of traces from 1 to 1000")
+    """``--limit``: what ``GET /x/traces`` accepts, from 1 to the store's page size."""
+    from .traces.sqlite import MAX_PAGE
+    if not _digits(text) or not 1 <= int(text) <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of traces from 1 to {MAX_PAGE}")
     return int(text)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..traces.replay import ReplayError, against_current, replay_record
+from ..traces.sqlite import MAX_PAGE
 from .app import App, HTTPError
 
 _FILTERS = ("policy", "route", "model", "provider", "status")
@@ -34,8 +35,8 @@ def install(app: App) -> None:
             limit = int(q.get("limit", 50))
         except ValueError:
             raise HTTPError(400, "bad_parameter", "limit is an integer", "$.limit") from None
-        if not 1 <= limit <= 1000:
-            raise HTTPError(400, "bad_parameter", "limit is between 1 and 1000", "$.limit")
+        if not 1 <= limit <= MAX_PAGE:
+            raise HTTPError(400, "bad_parameter", f"limit is between 1 and {MAX_PAGE}", "$.limit")
         try:
             rows, nxt = await asyncio.to_thread(store.list, cursor=q.get("cursor"), limit=limit, **kw)
         except ValueError as exc:

@@ -156,6 +156,9 @@ def _name_os_thread(name: str) -> None:
         pass
 
 
+MAX_PAGE = 1000  # the most records one list() call returns (GET /x/traces and the CLI both hold to it)
+
+
 def _in_int64(ms: int) -> int:
     """A time bound as SQLite can bind it (a 64-bit integer; it refuses a larger Python int with
     OverflowError). No record starts outside that range, so a bound past it filters as its end does."""
