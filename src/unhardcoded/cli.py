@@ -249,6 +249,12 @@ def _store_for(args: argparse.Namespace):  # noqa: ANN202
 def cmd_traces(args: argparse.Namespace) -> int:
     from .traces.views import traces_table
 
+    # argparse hands "--limit=--" over as [] without calling the type: refuse what is not a number
+    for name in ("limit", "since"):
+        v = getattr(args, name)
+        if v is not None and type(v) is not int:
+            print(f"unhardcoded traces: error: argument --{name}: not a value", file=sys.stderr)
+            return 2
     _, store = _store_for(args)
     try:
         rows, nxt = store.list(policy=args.policy, route=args.route, model=args.model, provider=args.provider,
