@@ -191,6 +191,34 @@ def test_serve_with_a_catalog_it_cannot_read_says_so_and_never_says_listening(tm
     assert p.returncode == 2 and "catalog_missing" in p.stderr and "listening" not in p.stderr, p.stderr
 
 
+def test_serve_on_port_0_announces_the_port_it_serves_on(tmp_path) -> None:
+    """`serve --port 0` asks for any free port; the "listening" line names the one it got,
+    and the router answers there."""
+    import urllib.request
+    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", "0",
+                             "--data-dir", str(tmp_path / "data")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stderr.readline()
+        m = re.match(r"unhardcoded listening on http://127\.0\.0\.1:(\d+)/v1 ", line)
+        assert m, line
+        port = int(m.group(1))
+        assert port != 0
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        else:
+            raise AssertionError(f"nothing answered on the announced port {port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_python_dash_m_unhardcoded_is_the_command_line() -> None:
     p = subprocess.run([sys.executable, "-m", "unhardcoded", "policy", '["cmp","bench_intelligence","ge",0.5]'],
                        capture_output=True, text=True)

@@ -221,10 +221,14 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_settings
-    from .server import serve
+    from .server import resolve_port, serve
 
     settings = load_settings(args.config, host=args.host, port=args.port, catalog=args.catalog,
                              data_dir=args.data_dir)
+    try:
+        settings.port = resolve_port(settings.host, settings.port)
+    except OSError as e:
+        raise CommandError(f"cannot bind {settings.host}: {e.strerror or e}") from None
     serve(settings, log_level=args.log_level, server=args.server, config_path=args.config,
           announce=f"unhardcoded listening on http://{settings.host}:{settings.port}/v1  "
                    f"(traces: {settings.data_dir}/traces.sqlite3)")

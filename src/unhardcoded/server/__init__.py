@@ -127,6 +127,23 @@ def serve(settings: Settings, *, log_level: str = "warning", server: str = "gran
                 loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
+def resolve_port(host: str, port: int) -> int:
+    """The port to serve on: ``port`` itself, or for 0 ("any free port") one the system picks now.
+
+    granian binds inside its runtime and does not say which port 0 became, so ``serve --port 0``
+    would announce ":0" and leave the caller no way to reach it. The port is asked of the system
+    here, released, and handed to the server; another process could take it in between, in which
+    case the server fails to bind and says so, rather than serving somewhere nobody knows.
+    """
+    if port != 0:
+        return port
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def _announce(text: str | None) -> None:
     if text:
         print(text, file=sys.stderr, flush=True)
