@@ -159,6 +159,38 @@ async def test_models_and_healthz(stack) -> None:
     assert status == 200 and body["ok"] is True
 
 
+async def test_a_model_is_retrieved_by_its_id_as_the_sdk_asks(stack) -> None:
+    """`client.models.retrieve` (GET /v1/models/{id}) answers the list's entry, ids percent-encoded
+    or not, and a 404 model_not_found in OpenAI's shape for an id that is not served."""
+    listed = {m.id: m for m in (await stack.client.models.list()).data}
+    for model_id in ("profile:default", "family:gpt-5.5", "flow:two-drafts"):
+        got = await stack.client.models.retrieve(model_id)
+        assert got == listed[model_id]
+    status, body = await stack.get("/v1/models/family%3Agpt-5.5")
+    assert status == 200 and body["id"] == "family:gpt-5.5"
+    with pytest.raises(openai.NotFoundError) as e:
+        await stack.client.models.retrieve("family:a/b c")
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+    assert "'family:a/b c'" in e.value.body["message"]
+
+
+async def test_a_known_path_with_the_wrong_method_is_405_with_allow(stack) -> None:
+    import aiohttp
+    base = stack.base_url.removesuffix("/v1")
+    async with aiohttp.ClientSession() as s:
+        for method, path, allow in [("GET", "/v1/chat/completions", "POST"), ("GET", "/fast/v1/chat/completions", "POST"),
+                                    ("POST", "/v1/models", "HEAD, GET"), ("DELETE", "/x/traces", "HEAD, GET"),
+                                    ("PUT", "/x/traces/tr_x", "HEAD, GET"), ("GET", "/x/replay", "POST")]:
+            async with s.request(method, base + path) as r:
+                body = json.loads(await r.read())
+                assert r.status == 405 and r.headers["allow"] == allow, (method, path, r.status)
+                assert body["error"]["code"] == "method_not_allowed" and method in body["error"]["message"]
+        async with s.request("GET", base + "/nowhere") as r:
+            assert r.status == 404 and "allow" not in r.headers
+        async with s.head(base + "/healthz") as r:  # a load balancer's check: GET's status, no body
+            assert r.status == 200 and await r.read() == b""
+
+
 # ---- failover under the FailPlan -------------------------------------------------------
 
 async def test_next_candidate_on_rate_limit_and_the_path_is_recorded(stack) -> None:

@@ -33,6 +33,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 TEMPLATE_PREFIX = "/x/policy/templates/"
+MODELS_PREFIX = "/v1/models/"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -210,6 +211,26 @@ class App:
             body = await self._read_json(scope, receive)
             await self._until_disconnect(self.chat(body, profile, send), receive)
             return
+        head = method == "HEAD"  # a GET without the body (load balancers' health checks send it)
+        handler = self._route("GET" if head else method, path)
+        if handler is None:
+            allowed = [m for m in ("GET", "POST") if self._route(m, path) is not None]
+            if allowed:
+                allow = ", ".join(["HEAD", *allowed] if "GET" in allowed else allowed)
+                raise HTTPError(405, "method_not_allowed", f"{path} answers {allow}, not {method}",
+                                headers=[(b"allow", allow.encode())])
+            raise HTTPError(404, "not_found", f"no route {method} {path}")
+        if path != "/healthz":
+            self._auth(scope)
+        body = None
+        if method == "POST":
+            # a template without options may be asked for with no body at all
+            body = await self._read_json(scope, receive, allow_empty=handler == self.policy_template_build)
+        status, payload = await handler(scope, body)
+        await self._send_json(send, status, payload, head=head)
+
+    def _route(self, method: str, path: str) -> Any:
+        """The handler for ``method path`` (the chat endpoint aside), or None."""
         handler = self.extra_routes.get((method, path))
         if handler is None:
             handler = {
@@ -225,21 +246,20 @@ class App:
             }.get((method, path))
         if handler is None and method == "POST" and path.startswith(TEMPLATE_PREFIX):
             handler = self.policy_template_build
+        if handler is None and method == "GET" and path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
+            handler = self.model
+        if handler is None and method == "POST" and path.endswith("/chat/completions"):
+            try:
+                self.chat_profile(path)
+            except HTTPError:
+                return None
+            return self.chat  # only asked about for the 405 (a POST there is dispatched before)
         if handler is None:
             for (m, prefix), h in self.extra_routes.items():
                 if m == method and prefix.endswith("/") and path.startswith(prefix):
                     handler = h
                     break
-        if handler is None:
-            raise HTTPError(404, "not_found", f"no route {method} {path}")
-        if path != "/healthz":
-            self._auth(scope)
-        body = None
-        if method == "POST":
-            # a template without options may be asked for with no body at all
-            body = await self._read_json(scope, receive, allow_empty=handler == self.policy_template_build)
-        status, payload = await handler(scope, body)
-        await self._send_json(send, status, payload)
+        return handler
 
     # ---- plumbing -------------------------------------------------------------
     async def _until_disconnect(self, work: Awaitable[None], receive: Receive) -> None:
@@ -315,15 +335,15 @@ class App:
             raise lang_error(exc) from None
 
     async def _send_json(self, send: Send, status: int, payload: Any,
-                         headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                         headers: list[tuple[bytes, bytes]] | None = None, *, head: bool = False) -> None:
         body = dumps(payload)
         respond = getattr(send, "respond", None)
         if respond is not None:  # the native RSGI path: one call, no ASGI messages
-            respond(status, body, headers)
+            respond(status, b"" if head else body, headers)
             return
         await send({"type": "http.response.start", "status": status,
                     "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})
 
     # ---- chat -------------------------------------------------------------------
     async def chat(self, body: Any, profile: str | None, send: Send) -> None:
@@ -383,6 +403,18 @@ class App:
         return 200, out
 
     async def models(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        return 200, {"object": "list", "data": self._model_list()}
+
+    async def model(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        """``GET /v1/models/{id}``: one entry of the list (the OpenAI SDK's ``models.retrieve``)."""
+        model_id = unquote(scope["path"][len(MODELS_PREFIX):])
+        for entry in self._model_list():
+            if entry["id"] == model_id:
+                return 200, entry
+        raise HTTPError(404, "model_not_found", f"the model {model_id!r} is not served here; "
+                        "GET /v1/models lists what is", "model")
+
+    def _model_list(self) -> list[dict[str, Any]]:
         cat = self.router.catalog
         data = [{"id": f"profile:{name}", "object": "model", "created": 0, "owned_by": "unhardcoded",
                  "description": p.description} for name, p in sorted(cat.profiles.items())]
@@ -392,7 +424,7 @@ class App:
         if extra:
             data += [{"id": f"flow:{name}", "object": "model", "created": 0, "owned_by": "unhardcoded"}
                      for name in sorted(extra)]
-        return 200, {"object": "list", "data": data}
+        return data
 
     async def runtime(self, scope: Scope, body: Any) -> tuple[int, Any]:
         return 200, self.router.runtime.describe()
