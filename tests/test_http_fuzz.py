@@ -24,7 +24,9 @@ bodies = st.one_of(
                           optional={"policy_ir": json_values | S.any_term(), "flow_ir": json_values,
                                     "model": json_values | st.sampled_from(["profile:", "pin:x", "flow:", "policy:"]),
                                     "requirements": json_values, "seed": json_values, "stream": json_values,
-                                    "tools": json_values}).map(lambda d: json.dumps(d).encode()),
+                                    "tools": json_values, "tool_choice": json_values,
+                                    "response_format": json_values, "stop": json_values,
+                                    }).map(lambda d: json.dumps(d).encode()),
     st.fixed_dictionaries({"messages": json_values}).map(lambda d: json.dumps(d).encode()),
 )
 

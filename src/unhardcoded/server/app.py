@@ -37,6 +37,7 @@ MODELS_PREFIX = "/v1/models/"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_CONTENT_REQUIRED = frozenset({"system", "developer", "user", "tool"})
 # typed chat parameters, checked where present; the counts must be at least 1
 _TYPED: dict[str, Any] = {"stream": bool, "temperature": (int, float), "top_p": (int, float), "max_tokens": int,
                           "max_completion_tokens": int, "n": int, "tools": list}
@@ -116,7 +117,12 @@ def validate_chat_body(body: Any) -> None:
             raise HTTPError(400, "bad_messages", f"role must be one of {', '.join(sorted(_ROLES))}",
                             f"$.messages[{i}].role")
         c = m.get("content")
-        if c is None or type(c) is str:
+        if type(c) is str:
+            continue
+        if c is None:
+            if m["role"] in _CONTENT_REQUIRED:  # only an assistant's turn may have none (a tool call)
+                raise HTTPError(400, "bad_messages", f"a {m['role']} message has content (a string or a "
+                                "list of parts)", f"$.messages[{i}].content")
             continue
         if type(c) is not list:
             raise HTTPError(400, "bad_messages", "content is a string, a list of parts, or null",
@@ -126,13 +132,112 @@ def validate_chat_body(body: Any) -> None:
                 raise HTTPError(400, "bad_messages", "a content part is an object with a type",
                                 f"$.messages[{i}].content[{j}]")
     for key, v in body.items():  # in the body's order: the first fault is reported
-        kinds = _TYPED.get(key)
-        if kinds is None or v is None:
+        if v is None:
             continue
-        if not isinstance(v, kinds) or (kinds is not bool and isinstance(v, bool)):
-            raise HTTPError(400, "bad_parameter", f"{key} has the wrong type", f"$.{key}")
-        if key in _COUNTS and v < 1:
-            raise HTTPError(400, "bad_parameter", f"{key} must be at least 1", f"$.{key}")
+        kinds = _TYPED.get(key)
+        if kinds is not None:
+            if not isinstance(v, kinds) or (kinds is not bool and isinstance(v, bool)):
+                raise HTTPError(400, "bad_parameter", f"{key} has the wrong type", f"$.{key}")
+            if key in _COUNTS and v < 1:
+                raise HTTPError(400, "bad_parameter", f"{key} must be at least 1", f"$.{key}")
+        shape = _SHAPED.get(key)
+        if shape is not None:
+            fault = shape(v)
+            if fault is not None:
+                where, what = fault
+                raise HTTPError(400, "bad_parameter", f"{key}{where}: {what}", f"$.{key}{where}")
+    if body.get("tool_choice") is not None and not body.get("tools"):
+        raise HTTPError(400, "bad_parameter", "tool_choice is only allowed when tools are given", "$.tool_choice")
+
+
+# The parameters whose shape is checked here, not left to the provider: the Anthropic and
+# Gemini translations read only the parts they understand, so a malformed tool, tool choice or
+# response format would otherwise be dropped without a word on those routes (and refused by
+# OpenAI on its own). Each checker returns None, or (the path below the field, what is wrong).
+# The shapes are OpenAI Chat Completions'; names are only required to be non-empty strings,
+# since providers disagree on which characters they allow.
+
+def _named(obj: Any, where: str) -> tuple[str, str] | None:
+    if type(obj) is not dict:
+        return where, "is an object"
+    name = obj.get("name")
+    if type(name) is not str or not name:
+        return f"{where}.name", "is a non-empty string"
+    return None
+
+
+def _check_tools(tools: list) -> tuple[str, str] | None:
+    for i, tool in enumerate(tools):
+        at = f"[{i}]"
+        if type(tool) is not dict:
+            return at, "a tool is an object"
+        kind = tool.get("type")
+        if kind not in ("function", "custom"):
+            return f"{at}.type", "is 'function' or 'custom'"
+        fault = _named(tool.get(kind), f"{at}.{kind}")
+        if fault is not None:
+            return fault
+        spec = tool[kind]
+        if "description" in spec and type(spec["description"]) is not str:
+            return f"{at}.{kind}.description", "is a string"
+        if kind == "function":
+            if spec.get("parameters") is not None and type(spec["parameters"]) is not dict:
+                return f"{at}.function.parameters", "is a JSON Schema object"
+            if spec.get("strict") is not None and type(spec["strict"]) is not bool:
+                return f"{at}.function.strict", "is a boolean"
+    return None
+
+
+def _check_tool_choice(choice: Any) -> tuple[str, str] | None:
+    if type(choice) is str:
+        return None if choice in ("none", "auto", "required") else ("", "is 'none', 'auto', 'required' or an object")
+    if type(choice) is not dict:
+        return "", "is 'none', 'auto', 'required' or an object"
+    kind = choice.get("type")
+    if kind in ("function", "custom"):
+        return _named(choice.get(kind), f".{kind}")
+    if kind == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        if type(allowed) is not dict:
+            return ".allowed_tools", "is an object"
+        if allowed.get("mode") not in ("auto", "required"):
+            return ".allowed_tools.mode", "is 'auto' or 'required'"
+        if type(allowed.get("tools")) is not list:
+            return ".allowed_tools.tools", "is a list of tools"
+        return None
+    return ".type", "is 'function', 'custom' or 'allowed_tools'"
+
+
+def _check_response_format(rf: Any) -> tuple[str, str] | None:
+    if type(rf) is not dict:
+        return "", "is an object"
+    kind = rf.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        return ".type", "is 'text', 'json_object' or 'json_schema'"
+    if kind == "json_schema":
+        fault = _named(rf.get("json_schema"), ".json_schema")
+        if fault is not None:
+            return fault
+        if rf["json_schema"].get("schema") is not None and type(rf["json_schema"]["schema"]) is not dict:
+            return ".json_schema.schema", "is a JSON Schema object"
+    return None
+
+
+def _check_stop(stop: Any) -> tuple[str, str] | None:
+    if type(stop) is str:
+        return None
+    if type(stop) is not list:
+        return "", "is a string or a list of strings"
+    for i, s in enumerate(stop):
+        if type(s) is not str:
+            return f"[{i}]", "is a string"
+    return None
+
+
+_SHAPED: dict[str, Callable[[Any], tuple[str, str] | None]] = {
+    "tools": _check_tools, "tool_choice": _check_tool_choice, "response_format": _check_response_format,
+    "stop": _check_stop,
+}
 
 
 async def until_disconnect(work: Awaitable[None], disconnected: Callable[[], Awaitable[Any]]) -> None:

@@ -1,0 +1,68 @@
+"""The chat body's shape check, without a server: any value of a checked parameter is either
+accepted or refused with a 400 whose path points into the body that was sent."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from unhardcoded.server.app import HTTPError, validate_chat_body
+
+MSG = [{"role": "user", "content": "x"}]
+
+_leaf = st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(
+    ["", "f", "function", "custom", "allowed_tools", "auto", "none", "required", "json_schema", "json_object", "text"])
+_keys = st.sampled_from(["type", "function", "custom", "name", "parameters", "strict", "description",
+                         "allowed_tools", "mode", "tools", "json_schema", "schema"])
+values = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=4),
+                      max_leaves=16)
+
+_STEP = re.compile(r"\.([A-Za-z_]+)|\[(\d+)\]")
+
+
+def _resolve(doc, path: str):
+    """Follow ``path`` ($.a[0].b) into ``doc``; the last step may name what is missing."""
+    assert path.startswith("$")
+    steps = _STEP.findall(path[1:])
+    assert "".join(f".{k}" if k else f"[{i}]" for k, i in steps) == path[1:], path
+    node = doc
+    for n, (key, idx) in enumerate(steps):
+        last = n == len(steps) - 1
+        if key:
+            assert isinstance(node, dict) and (key in node or last), (path, node)
+            node = node.get(key)
+        else:
+            assert isinstance(node, list) and int(idx) < len(node), (path, node)
+            node = node[int(idx)]
+    return node
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=st.sampled_from(["tools", "tool_choice", "response_format", "stop"]), value=values,
+       tools=st.sampled_from([None, [{"type": "function", "function": {"name": "f"}}]]))
+def test_a_checked_parameter_is_accepted_or_refused_at_a_path_inside_it(key, value, tools) -> None:
+    body = {"messages": MSG, key: value}
+    if tools is not None and key != "tools":
+        body["tools"] = tools
+    try:
+        validate_chat_body(body)
+    except HTTPError as e:
+        assert e.status == 400 and e.code == "bad_parameter"
+        assert e.param.startswith(f"$.{key}") or e.param == "$.tools", e.param
+        _resolve(body, e.param)
+        assert key in e.message or "tool_choice" in e.message
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+     "tool_choice": "required"},
+    {"messages": MSG, "tools": [{"type": "custom", "custom": {"name": "g", "description": "free text"}}],
+     "tool_choice": {"type": "custom", "custom": {"name": "g"}}},
+    {"messages": MSG, "response_format": {"type": "json_object"}, "stop": None, "tool_choice": None},
+    {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None,
+                                                     "tool_calls": [{"id": "c", "type": "function"}]}]},
+])
+def test_well_formed_bodies_pass(body) -> None:
+    validate_chat_body(body)
