@@ -604,12 +604,68 @@ async def test_the_upstream_receives_the_callers_own_key(stack) -> None:
     (b'{"messages": [{"role": "user", "content": "x"}], "seed": "7"}', "bad_seed", "$.seed"),
     (b'{"messages": [{"role": "user", "content": "x"}], "requirements": {"min_ctx": 1}}', "bad_requirements", "$.requirements.min_ctx"),
     (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "bad_parameter", "$.max_tokens"),
+    (b'{"messages": [{"role": "user", "content": null}]}', "bad_messages", "$.messages[0].content"),
+    (b'{"messages": [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c"}]}', "bad_messages",
+     "$.messages[1].content"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}', "bad_parameter",
+     "$.tools[0].function"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}, '
+     b'{"function": {"name": "g"}}]}', "bad_parameter", "$.tools[1].type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": ""}}]}',
+     "bad_parameter", "$.tools[0].function.name"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", '
+     b'"parameters": []}}]}', "bad_parameter", "$.tools[0].function.parameters"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [7]}', "bad_parameter", "$.tools[0]"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": 7}', "bad_parameter", "$.tool_choice"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": "always"}', "bad_parameter", "$.tool_choice"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {}}}',
+     "bad_parameter", "$.tool_choice.function.name"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "allowed_tools", '
+     b'"allowed_tools": {"mode": "any", "tools": []}}}', "bad_parameter", "$.tool_choice.allowed_tools.mode"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}', "bad_parameter",
+     "$.response_format.type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", '
+     b'"json_schema": {"schema": {}}}}', "bad_parameter", "$.response_format.json_schema.name"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": "json"}', "bad_parameter",
+     "$.response_format"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stop": ["END", 3]}', "bad_parameter", "$.stop[1]"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stop": 3}', "bad_parameter", "$.stop"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"}', "bad_parameter", "$.tool_choice"),
 ])
 async def test_bad_requests_are_4xx_with_code_and_path(stack, raw, code, param) -> None:
+    before = sum(len(up.requests) for up in stack.ups.values())
     status, body = await stack.post("/v1/chat/completions", raw=raw)
     assert status == 400
     assert body["error"]["code"] == code and body["error"]["param"] == param
     assert body["error"]["type"] == "invalid_request_error"
+    assert sum(len(up.requests) for up in stack.ups.values()) == before  # refused before any call
+
+
+async def test_a_custom_tool_is_never_dropped_a_route_that_cannot_offer_it_is_passed(stack) -> None:
+    """The default order tries Gemini first; Gemini has no custom tools, so that attempt is
+    refused before it is sent, and the FailPlan moves to the OpenAI route, which gets the tool."""
+    tools = [{"type": "custom", "custom": {"name": "sql", "description": "a query"}}]
+    r = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"tools": tools})
+    assert attempts(xr(r)) == [("ge", "gemini-3-flash-preview", "bad_request"), ("oa", "gpt-5.4-mini", None)]
+    assert stack.gemini.requests == [] and stack.openai.requests[-1].body["tools"] == tools
+
+
+@pytest.mark.parametrize("extra", [
+    {"tools": [{"type": "function", "function": {"name": "get_weather", "description": "d", "strict": True,
+                                                 "parameters": {"type": "object", "properties": {}}}}],
+     "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {"tools": [{"type": "function", "function": {"name": "f"}}],
+     "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}},
+    {"tools": [{"type": "custom", "custom": {"name": "sql"}}], "tool_choice": "none",
+     "response_format": {"type": "text"}, "stop": "END"},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"}}},
+     "stop": ["a", "b"]},
+])
+async def test_well_formed_tools_choices_and_formats_are_served(stack, extra) -> None:
+    r = await stack.client.chat.completions.create(model="family:gpt-5.5", messages=MSG, extra_body=extra)
+    assert r.choices[0].message is not None
+    sent = stack.openai.requests[-1].body
+    assert {k: sent[k] for k in extra} == extra  # OpenAI's wire passes them on as sent
 
 
 async def test_an_oversized_body_is_a_413(tmp_path, server) -> None:

@@ -113,6 +113,26 @@ def test_tools_and_tool_choice():
     assert "tool_choice" not in out and "tools" not in out
 
 
+def test_allowed_tools_offer_only_those_and_a_custom_tool_is_refused():
+    two = [*TOOLS, {"type": "function", "function": {"name": "ping"}}]
+    base = {"messages": [{"role": "user", "content": "x"}], "tools": two}
+    for mode, expected in (("required", {"type": "any"}), ("auto", {"type": "auto"})):
+        _, out = build({**base, "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+            "mode": mode, "tools": [{"type": "function", "function": {"name": "ping"}}]}}})
+        assert [t["name"] for t in out["tools"]] == ["ping"] and out["tool_choice"] == expected
+    with pytest.raises(ProviderError) as e:
+        build({**base, "tools": [*two, {"type": "custom", "custom": {"name": "sql"}}]})
+    assert e.value.kind == "bad_request" and "'sql'" in e.value.message
+
+
+def test_several_choices_are_refused_rather_than_answered_with_one():
+    base = {"messages": [{"role": "user", "content": "x"}]}
+    assert build({**base, "n": 1})[1]["messages"]
+    with pytest.raises(ProviderError) as e:
+        build({**base, "n": 3})
+    assert e.value.kind == "bad_request" and "n=3" in e.value.message
+
+
 def test_tool_calls_and_results_with_ids_from_another_provider():
     weird = "functions.get_weather:0"  # a Kimi-style id, outside Anthropic's charset
     _, out = build({"messages": [

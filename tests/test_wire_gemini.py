@@ -197,6 +197,19 @@ def test_filtered_or_truncated_candidate_without_content_is_not_an_error():
     assert out["choices"][0]["finish_reason"] == "length"
 
 
+def test_allowed_tools_offer_only_those_and_a_custom_tool_is_refused():
+    tools = [{"type": "function", "function": {"name": n}} for n in ("a", "b", "c")]
+    base = {"messages": [{"role": "user", "content": "x"}], "tools": tools}
+    for mode, cfg in (("required", {"mode": "ANY"}), ("auto", {"mode": "AUTO"})):
+        _, out = build({**base, "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+            "mode": mode, "tools": [{"type": "function", "function": {"name": n}} for n in ("c", "a")]}}})
+        assert [d["name"] for d in out["tools"][0]["functionDeclarations"]] == ["a", "c"]
+        assert out["toolConfig"] == {"functionCallingConfig": cfg}
+    with pytest.raises(ProviderError) as e:
+        build({**base, "tools": [{"type": "custom", "custom": {"name": "grammar"}}]})
+    assert e.value.kind == "bad_request" and "'grammar'" in e.value.message
+
+
 def test_usage_with_thoughts_cache_and_tool_prompt():
     usage = {"promptTokenCount": 1000, "cachedContentTokenCount": 600, "candidatesTokenCount": 50,
              "thoughtsTokenCount": 200, "toolUsePromptTokenCount": 10, "totalTokenCount": 1260}

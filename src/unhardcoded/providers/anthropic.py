@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, event_json, chat_chunk, content_text, error_text, json_body,
-    parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block, dump_body,
+    function_tools, parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block,
+    dump_body,
 )
 
 API_VERSION = "2023-06-01"
@@ -314,6 +315,11 @@ class AnthropicWire:
     name = "anthropic"
 
     def build(self, body: Mapping[str, Any], target: Target, stream: bool) -> HttpRequest:
+        n = body.get("n")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+            # the Messages API answers one message: sending it would return 1 choice for n
+            raise ProviderError("bad_request", f"anthropic: n={n} asks for several choices; "
+                                "the Messages API answers one")
         system, turns = convert_messages(body.get("messages"))
         instruction = _json_instruction(body.get("response_format"))
         if instruction:
@@ -330,10 +336,11 @@ class AnthropicWire:
         stops = [s for s in stops if isinstance(s, str) and s.strip()]
         if stops:
             out["stop_sequences"] = stops
-        tools = _tools(body.get("tools"))
+        offered, choice = function_tools(body, "anthropic")
+        tools = _tools(offered)
         if tools:
             out["tools"] = tools
-            choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+            choice = _tool_choice(choice, body.get("parallel_tool_calls"))
             if choice:
                 out["tool_choice"] = choice
         if isinstance(body.get("user"), str) and body["user"]:

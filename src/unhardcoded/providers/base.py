@@ -337,6 +337,34 @@ def chat_chunk(cid: str, model: str, delta: dict[str, Any] | None = None, finish
     return chunk
 
 
+def function_tools(body: Mapping[str, Any], wire: str) -> tuple[list[Any], Any]:
+    """The caller's ``tools`` and ``tool_choice`` for a wire that knows only functions.
+
+    OpenAI's ``allowed_tools`` choice (offer only these tools, ``auto`` or ``required``) becomes
+    the tools it names and the plain choice of that mode, which is what it means. A ``custom``
+    tool (free text or a grammar) is OpenAI's own: no function declaration says the same, so
+    the attempt is refused as a bad request naming the tool, rather than sent without it.
+    """
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    for tool in tools:
+        if isinstance(tool, dict) and tool.get("type") == "custom":
+            name = tool.get("custom", {}).get("name") if isinstance(tool.get("custom"), dict) else None
+            raise ProviderError("bad_request", f"{wire}: the custom tool {name!r} (type 'custom') is OpenAI's own; "
+                                "this provider takes function tools only")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools") if isinstance(choice.get("allowed_tools"), dict) else {}
+        names = {_function_name(t) for t in allowed.get("tools") or () if isinstance(t, dict)} - {None}
+        tools = [t for t in tools if _function_name(t) in names]
+        choice = "required" if allowed.get("mode") == "required" else "auto"
+    return tools, choice
+
+
+def _function_name(tool: Any) -> Any:
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    return fn.get("name") if isinstance(fn, dict) else None
+
+
 def tool_arguments(raw: Any) -> dict[str, Any]:
     """OpenAI's JSON-string arguments as the object Anthropic and Gemini require.
 

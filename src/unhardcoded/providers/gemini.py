@@ -31,7 +31,8 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, event_json, chat_chunk, content_text, error_text, json_body,
-    parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block, dump_body,
+    function_tools, parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block,
+    dump_body,
 )
 
 # Documented placeholder for function calls whose signature is unknown (history that
@@ -412,10 +413,11 @@ class GeminiWire:
         out: dict[str, Any] = {"contents": contents}
         if system:
             out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-        tools = _tools(body.get("tools"))
+        offered, choice = function_tools(body, "gemini")
+        tools = _tools(offered)
         if tools:
             out["tools"] = tools
-            cfg = _tool_config(body.get("tool_choice"))
+            cfg = _tool_config(choice)
             if cfg:
                 out["toolConfig"] = cfg
         gen = _generation_config(body)
