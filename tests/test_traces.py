@@ -282,6 +282,104 @@ def test_a_retention_of_zero_days_keeps_every_record(tmp_path, days: int, kept: 
     assert store.count() == kept and store.get("tr_new") is not None
 
 
+def _writer_gives_up_after(monkeypatch, busy_ms: int) -> None:
+    """The store's connections wait ``busy_ms`` for a lock instead of 30 s (so a test can see a
+    commit fail on a database another process holds)."""
+    import unhardcoded.traces.sqlite as mod
+    real = mod._connect
+
+    def connect(path: str) -> sqlite3.Connection:
+        conn = real(path)
+        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+        return conn
+    monkeypatch.setattr(mod, "_connect", connect)
+
+
+def _rec(i: int) -> dict:
+    return {"schema": "unhardcoded.trace/v1", "trace_id": f"tr_{i:04d}", "kind": "chat",
+            "started_at_ms": int(time.time() * 1000), "status": "ok"}
+
+
+def test_a_store_that_cannot_commit_keeps_the_runs_and_writes_them_once_it_can(tmp_path, monkeypatch) -> None:
+    """Another process holds the database's write lock (a backup, the sqlite3 shell): commits
+    fail. The runs are kept, the failure is visible, and once the lock is gone every run is
+    written, none twice. (Before: each failed batch was dropped, counted and never logged.)"""
+    _writer_gives_up_after(monkeypatch, 20)
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    for i in range(10):
+        store.submit_record(_rec(i))
+    assert store.flush(timeout=1.0) is False  # nothing can be committed while the lock is held
+    assert store.failing_since_ms is not None and "locked" in store.last_error
+    assert store.pending == 10 and store.dropped == 0 and store.errors >= 1
+    store.submit_record(_rec(10))
+    other.execute("COMMIT")
+    assert store.flush(timeout=30)
+    assert store.failing_since_ms is None and store.pending == 0 and store.dropped == 0
+    assert store.count() == 11 and store.written == 11
+    assert [r["trace_id"] for r in store.list(limit=20)[0]] == sorted((f"tr_{i:04d}" for i in range(11)), reverse=True)
+    store.close()
+
+
+def test_while_the_store_cannot_commit_the_oldest_runs_are_shed_and_no_submit_waits(tmp_path, monkeypatch) -> None:
+    """A store that cannot write keeps at most max_pending runs: a submit past that drops the
+    oldest kept batch instead of waiting for room that is not coming."""
+    _writer_gives_up_after(monkeypatch, 20)
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10, batch_max=4, max_pending=8)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    for i in range(40):
+        store.submit_record(_rec(i))
+    assert store.failing_since_ms is not None
+    assert store.dropped >= 32 - 4 and store.pending <= 8 + 4
+    other.execute("COMMIT")
+    assert store.flush(timeout=30)
+    kept = {r["trace_id"] for r in store.list(limit=100)[0]}
+    assert len(kept) + store.dropped == 40 and store.pending == 0
+    assert "tr_0039" in kept and "tr_0000" not in kept  # the newest kept, the oldest shed
+    store.close()
+
+
+def test_closing_a_store_that_cannot_commit_ends_and_counts_what_is_lost(tmp_path, monkeypatch) -> None:
+    _writer_gives_up_after(monkeypatch, 20)
+    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    for i in range(5):
+        store.submit_record(_rec(i))
+    store.flush(timeout=0.5)
+    store.close()
+    assert store.dropped == 5 and store.pending == 0
+    other.execute("COMMIT")
+    assert store.count() == 0
+
+
+async def test_healthz_says_when_the_trace_store_cannot_commit(tmp_path, monkeypatch) -> None:
+    _writer_gives_up_after(monkeypatch, 20)
+    s = await start_stack(tmp_path, server="granian")
+    other = sqlite3.connect(s.store.path, isolation_level=None)
+    try:
+        _, healthy = await s.get("/healthz")
+        assert healthy["traces_failing_since_ms"] is None and healthy["traces_dropped"] == 0
+        other.execute("BEGIN IMMEDIATE")
+        r = await s.client.chat.completions.create(model="", messages=MSG)  # routing goes on
+        for _ in range(200):
+            _, h = await s.get("/healthz")
+            if h["traces_failing_since_ms"] is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert h["traces_pending"] == 1 and "locked" in h["traces_error"]
+        other.execute("COMMIT")
+        await asyncio.to_thread(s.store.flush, 30)
+        _, h = await s.get("/healthz")
+        assert h["traces_failing_since_ms"] is None and "traces_error" not in h
+        assert s.store.get(r.model_extra["x_router"]["trace_id"]) is not None
+    finally:
+        other.close()
+        await s.close()
+
+
 def test_the_cli_lists_and_prints_a_receipt(tmp_path) -> None:
     from unhardcoded.cli import main
     import contextlib

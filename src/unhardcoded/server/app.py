@@ -505,6 +505,13 @@ class App:
             # traces handed to the writer and not yet committed: what a crash now would lose
             out["traces_pending"] = sink.pending
             out["traces_written"] = getattr(sink, "written", None)
+            # runs never stored (refused, or shed while the store could not write), and since when
+            # it cannot: a full disk or a locked database shows here, not only in the log
+            out["traces_dropped"] = getattr(sink, "dropped", 0)
+            failing = getattr(sink, "failing_since_ms", None)
+            out["traces_failing_since_ms"] = failing
+            if failing is not None:
+                out["traces_error"] = getattr(sink, "last_error", None)
         return 200, out
 
     async def models(self, scope: Scope, body: Any) -> tuple[int, Any]:

@@ -28,6 +28,13 @@ for it (backpressure) rather than let the exposure grow. A transaction commits
 whole or not at all, so no record is ever torn. A clean shutdown (``close()``)
 builds and commits everything first and loses nothing.
 
+A commit that fails for a reason that can pass (``sqlite3.OperationalError``: disk
+full, locked past the busy timeout, I/O) keeps its batch and retries with a
+doubling pause; ``failing_since_ms`` and ``last_error`` say so meanwhile. While
+failing, at most ``max_pending`` runs are kept (``_shed`` drops the oldest, and
+``submit`` never waits for room). What is given up is counted in ``dropped``
+and logged.
+
 Decisions and policy sections are content-addressed too: many runs share one
 decision (same policy, catalog, state and request shape) and one policy, so a
 record stores their digests and each section is written once to ``sections``;
@@ -47,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -57,6 +65,14 @@ from typing import Any, Mapping
 
 from .record import COLUMNS, build_record, canonical, dump_record, inflate_shared, stored_form, summary_row
 from .writer_priority import WriterPriority
+
+log = logging.getLogger("unhardcoded.traces")
+
+# A commit that fails for a reason that can pass (disk full, the database locked by another
+# process past the busy timeout, an I/O error: sqlite3.OperationalError) keeps its batch and is
+# tried again after a pause that doubles from the first to the last of these (seconds).
+_RETRY_FIRST_S = 0.1
+_RETRY_MAX_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -209,7 +225,11 @@ class SQLiteStore:
         self._touched_until: dict[str, int] = {}  # digest -> its last_used_ms as last written (writer only)
         self._lock = threading.Lock()
         self.written = 0
-        self.errors = 0
+        self.errors = 0                          # commits that failed (each kept batch counts per try)
+        self.dropped = 0                         # runs given up on: never written
+        self.failing_since_ms: int | None = None  # the store cannot commit since then (None: it can)
+        self.last_error: str | None = None
+        self._halt = threading.Event()           # close(): end a retry pause at once
         self._last_purge = 0.0
         conn = _connect(self.path)
         conn.executescript(_SCHEMA)
@@ -231,9 +251,13 @@ class SQLiteStore:
             self.start()
         if self._pending >= self.max_pending:
             self._build()          # what waits in the inbox counts too: build it so it can be committed
-            self._urgent.set()
-            with self._room:
-                self._room.wait_for(lambda: self._pending < self.max_pending, timeout=30)
+            if self.failing_since_ms is None:
+                self._urgent.set()
+                with self._room:  # a writer that starts failing meanwhile ends the wait
+                    self._room.wait_for(lambda: self._pending < self.max_pending
+                                        or self.failing_since_ms is not None, timeout=30)
+            if self.failing_since_ms is not None and self._pending >= self.max_pending:
+                self._shed()       # the store cannot write: waiting for it would stall every call
         with self._room:
             self._pending += 1
         self._inbox.append(run)
@@ -246,6 +270,21 @@ class SQLiteStore:
         elif not self._build_scheduled:
             self._build_scheduled = True
             loop.call_soon(self._build)
+
+    def _shed(self) -> None:
+        """While commits fail, keep at most ``max_pending`` runs: drop the oldest kept batches
+        (counted in ``dropped``), so memory stays bounded and no call waits for a store that
+        cannot write."""
+        shed = 0
+        with self._build_lock:
+            while self._sealed and self._pending - shed >= self.max_pending:
+                batch = self._sealed.popleft()
+                shed += batch.items
+                self._settle(batch)
+        if shed:
+            self.dropped += shed
+            log.error("trace store %s still cannot commit (%s): dropped the %d oldest runs kept for it",
+                      self.path, self.last_error, shed)
 
     @property
     def pending(self) -> int:
@@ -320,16 +359,19 @@ class SQLiteStore:
             with self._build_lock:
                 self.priority.boost()
             self._stopping = True
+            self._halt.set()
             self._urgent.set()
             self._wake.set()
             self._writer.join(timeout=30)
         self._writer = None
         self._stopping = False
+        self._halt.clear()
 
     def _run(self) -> None:
         _name_os_thread("trace-writer")  # so top -H and the benchmarks can tell it from the rest
         self.priority.start()
         conn = _connect(self.path)
+        backoff = 0.0
         try:
             while True:
                 self._wake.wait()
@@ -345,8 +387,24 @@ class SQLiteStore:
                     batches = [*self._sealed, self._batch]
                     self._sealed.clear()
                     self._batch = _Batch()
+                kept: list[_Batch] = []
                 for batch in batches:  # one transaction each; its runs settle (and a waiting submit goes on) after it
-                    self._commit(conn, batch)
+                    if kept or self._commit(conn, batch) == "kept":
+                        kept.append(batch)  # a commit failed: this batch and the ones after it wait, in order
+                if kept and stop:  # closing: one more try each, then what still fails is given up
+                    lost = sum(b.items for b in kept if self._commit(conn, b, last=True) != "written")
+                    if lost:
+                        log.error("trace store %s: %d runs could not be written before closing (%s)",
+                                  self.path, lost, self.last_error)
+                    kept = []
+                if kept:
+                    with self._build_lock:
+                        self._sealed.extendleft(reversed(kept))  # before anything built meanwhile
+                    self._wake.set()
+                    backoff = min(_RETRY_MAX_S, backoff * 2) if backoff else _RETRY_FIRST_S
+                    self._halt.wait(backoff)
+                    continue
+                backoff = 0.0
                 with self._build_lock:
                     if not self._sealed:
                         self.priority.rest()  # caught up
@@ -409,7 +467,10 @@ class SQLiteStore:
             seen.popitem(last=False)
         return True
 
-    def _commit(self, conn: sqlite3.Connection, batch: "_Batch") -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: "_Batch", *, last: bool = False) -> str:
+        """Write ``batch`` in one transaction: ``written``; ``kept`` (the commit failed for a
+        reason that can pass: the caller keeps the batch for the next try); or ``dropped``
+        (refused for good, or any failure on the ``last`` try), counted in ``dropped``."""
         if batch.rows or batch.catalogs:
             try:
                 conn.execute("BEGIN")
@@ -442,13 +503,32 @@ class SQLiteStore:
                     touched.clear()
                 self._known_catalogs.update(batch.catalogs)
                 self.written += len(batch.rows)
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
                 self.errors += 1
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, sqlite3.OperationalError) and not last:
+                    if self.failing_since_ms is None:
+                        self.failing_since_ms = int(time.time() * 1000)
+                        log.warning("trace store %s cannot commit (%s); keeping the runs and trying again",
+                                    self.path, self.last_error)
+                        with self._room:
+                            self._room.notify_all()  # a submit waiting for room should not wait for this
+                    return "kept"
+                self.dropped += batch.items
+                if not last:  # closing reports its own total
+                    log.error("trace store %s refused a batch of %d runs (%s); they are not stored",
+                              self.path, batch.items, self.last_error)
+                self._settle(batch)
+                return "dropped"
+            if self.failing_since_ms is not None:
+                log.warning("trace store %s commits again after failing since %d", self.path, self.failing_since_ms)
+                self.failing_since_ms = None
         self._settle(batch)
+        return "written"
 
     def _settle(self, batch: "_Batch") -> None:
         """A batch is done with (committed or not): its runs no longer pending, its flushes released."""
