@@ -219,6 +219,37 @@ def test_serve_on_port_0_announces_the_port_it_serves_on(tmp_path) -> None:
         proc.wait(timeout=30)
 
 
+@pytest.mark.skipif(not __import__("socket").has_ipv6, reason="no IPv6 here")
+def test_serve_on_ipv6_loopback_announces_a_url_that_works(tmp_path) -> None:
+    import socket
+    import urllib.request
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--host", "::1", "--port", "0",
+                             "--data-dir", str(tmp_path / "data")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stderr.readline()
+        m = re.match(r"unhardcoded listening on (http://\[::1\]:\d+)/v1 ", line)
+        assert m, line
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(m.group(1) + "/healthz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        else:
+            raise AssertionError(f"nothing answered at {m.group(1)}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_python_dash_m_unhardcoded_is_the_command_line() -> None:
     p = subprocess.run([sys.executable, "-m", "unhardcoded", "policy", '["cmp","bench_intelligence","ge",0.5]'],
                        capture_output=True, text=True)

@@ -229,8 +229,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.port = resolve_port(settings.host, settings.port)
     except OSError as e:
         raise CommandError(f"cannot bind {settings.host}: {e.strerror or e}") from None
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address in a URL
     serve(settings, log_level=args.log_level, server=args.server, config_path=args.config,
-          announce=f"unhardcoded listening on http://{settings.host}:{settings.port}/v1  "
+          announce=f"unhardcoded listening on http://{host}:{settings.port}/v1  "
                    f"(traces: {settings.data_dir}/traces.sqlite3)")
     return 0
 
