@@ -66,3 +66,37 @@ def test_a_checked_parameter_is_accepted_or_refused_at_a_path_inside_it(key, val
 ])
 def test_well_formed_bodies_pass(body) -> None:
     validate_chat_body(body)
+
+
+_items = st.one_of(
+    values,
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"])},
+                          optional={"content": values | st.lists(st.fixed_dictionaries(
+                              {"type": st.sampled_from(["input_text", "input_image", "output_text", "input_file"])},
+                              optional={"text": values, "image_url": values, "file_id": values}), max_size=2),
+                              "type": st.sampled_from(["message", "reasoning", "item_reference"])}),
+    st.fixed_dictionaries({"type": st.sampled_from(["function_call", "function_call_output", "custom_tool_call"])},
+                          optional={"call_id": values, "name": values, "arguments": values, "output": values,
+                                    "input": values}),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.fixed_dictionaries({"input": st.one_of(st.text(max_size=3), st.lists(_items, max_size=4), values)},
+                                  optional={"instructions": values, "tools": values, "tool_choice": values,
+                                            "text": values, "max_output_tokens": values, "reasoning": values}))
+def test_a_responses_request_is_refused_at_a_path_in_it_or_read_as_a_well_formed_chat(body) -> None:
+    """Whatever a Responses request holds, it is refused with a 400 at a path inside it, or
+    read as a chat body whose messages the chat check accepts (a later refusal names a
+    parameter, never a message the caller did not write)."""
+    from unhardcoded.server.responses import to_chat
+    try:
+        chat = to_chat(body)
+    except HTTPError as e:
+        assert e.status == 400
+        _resolve(body, e.param)
+        return
+    try:
+        validate_chat_body(chat)
+    except HTTPError as e:
+        assert e.status == 400 and not e.param.startswith(("$.messages", "$.tools")), (e.param, e.message, chat)

@@ -28,6 +28,12 @@ bodies = st.one_of(
                                     "response_format": json_values, "stop": json_values,
                                     }).map(lambda d: json.dumps(d).encode()),
     st.fixed_dictionaries({"messages": json_values}).map(lambda d: json.dumps(d).encode()),
+    # a Responses request's fields, for /v1/responses
+    st.fixed_dictionaries({"input": json_values | st.just([{"role": "user", "content": "x"}])},
+                          optional={"instructions": json_values, "tools": json_values, "tool_choice": json_values,
+                                    "text": json_values, "max_output_tokens": json_values, "reasoning": json_values,
+                                    "previous_response_id": json_values, "stream": json_values,
+                                    "model": json_values}).map(lambda d: json.dumps(d).encode()),
 )
 
 
@@ -38,6 +44,7 @@ def stack_box(tmp_path_factory):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=bodies, path=st.sampled_from(["/v1/chat/completions", "/default/v1/chat/completions", "/x/rank",
+                                          "/v1/responses", "/default/v1/responses",
                                           "/x/policy/normalize", "/x/flow/normalize", "/x/flow/plan", "/x/replay",
                                           "/x/policy/templates/cheapest-family", "/x/policy/templates/smart-value",
                                           "/x/policy/templates/%00%2F..%2Fx"]))

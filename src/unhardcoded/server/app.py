@@ -34,6 +34,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 TEMPLATE_PREFIX = "/x/policy/templates/"
 MODELS_PREFIX = "/v1/models/"
+RESPONSES_SUFFIX = "/responses"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -316,6 +317,12 @@ class App:
             body = await self._read_json(scope, receive)
             await self._until_disconnect(self.chat(body, profile, send), receive)
             return
+        if method == "POST" and path.endswith(RESPONSES_SUFFIX):
+            profile = self.chat_profile(path, RESPONSES_SUFFIX)
+            self._auth(scope)
+            body = await self._read_json(scope, receive)
+            await self._until_disconnect(self.responses(body, profile, send), receive)
+            return
         head = method == "HEAD"  # a GET without the body (load balancers' health checks send it)
         handler = self._route("GET" if head else method, path)
         if handler is None:
@@ -353,12 +360,13 @@ class App:
             handler = self.policy_template_build
         if handler is None and method == "GET" and path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
             handler = self.model
-        if handler is None and method == "POST" and path.endswith("/chat/completions"):
-            try:
-                self.chat_profile(path)
-            except HTTPError:
-                return None
-            return self.chat  # only asked about for the 405 (a POST there is dispatched before)
+        for suffix, endpoint in (("/chat/completions", self.chat), (RESPONSES_SUFFIX, self.responses)):
+            if handler is None and method == "POST" and path.endswith(suffix):
+                try:
+                    self.chat_profile(path, suffix)
+                except HTTPError:
+                    return None
+                return endpoint  # only asked about for the 405 (a POST there is dispatched before)
         if handler is None:
             for (m, prefix), h in self.extra_routes.items():
                 if m == method and prefix.endswith("/") and path.startswith(prefix):
@@ -375,9 +383,10 @@ class App:
         await until_disconnect(work, disconnected)
 
     @staticmethod
-    def chat_profile(path: str) -> str | None:
-        """``/v1/chat/completions`` → None; ``/{profile}/v1/chat/completions`` → the profile."""
-        prefix = path[: -len("/chat/completions")]
+    def chat_profile(path: str, suffix: str = "/chat/completions") -> str | None:
+        """``/v1/chat/completions`` → None; ``/{profile}/v1/chat/completions`` → the profile
+        (the same for ``/v1/responses``)."""
+        prefix = path[: -len(suffix)]
         if prefix == "/v1":
             return None
         if prefix.endswith("/v1") and prefix.count("/") == 2 and len(prefix) > 4:
@@ -495,6 +504,37 @@ class App:
                 clean_end = True
         tail = b"data: [DONE]\n\n" if clean_end else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def responses(self, body: Any, profile: str | None, send: Send) -> None:
+        """``POST /v1/responses``: OpenAI's Responses API over the chat path (``responses.py``)."""
+        from . import responses as api
+
+        chat = api.to_chat(body)
+        validate_chat_body(chat)
+        try:
+            if chat.get("stream"):
+                stream = await self.router.open_stream(chat, path_profile=profile, wire=True)
+                await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served), stream, send)
+                return
+            completion, _run = await self.router.complete(chat, path_profile=profile, wire=True)
+        except LangError as exc:
+            raise lang_error(exc) from None
+        except RouterFailure as failure:
+            raise self._failure(failure) from None
+        await self._send_json(send, 200, api.from_chat(completion, body))
+
+    async def _responses_stream(self, out: Any, stream: Any, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+
+        def frames(events: list[tuple[str, Any]]) -> bytes:
+            return b"".join(b"event: " + kind.encode() + b"\ndata: " + dumps(ev) + b"\n\n" for kind, ev in events)
+
+        await send({"type": "http.response.body", "body": frames(out.start(stream.run.trace_id)), "more_body": True})
+        async for event in stream.events():
+            body = frames(out.feed(event))
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # ---- small endpoints ------------------------------------------------------
     async def healthz(self, scope: Scope, body: Any) -> tuple[int, Any]:
