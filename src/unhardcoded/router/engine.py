@@ -43,6 +43,7 @@ from ..memo import IdentityMemo, SecondSight
 from ..providers import WIRES
 from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
 from ..providers.transport import StreamResponse, Transport
+from ..runtime.meter import Meter
 from ..runtime.state import STAMPED, RuntimeState, wall_ms
 from .contract import Contract, RequestError, parse_contract
 from .decision import PolicyChoice, choose_policy, decide
@@ -271,6 +272,7 @@ class Router:
         self.transport = transport or Transport()
         self.runtime = runtime or RuntimeState(clock=clock)
         self.sink = sink or TraceSink()
+        self.meter = Meter()
         self.clock = clock
         self.sleep = sleep
         self.costs = CostCalculator(_price_library())
@@ -633,6 +635,7 @@ class Router:
     def _start(self, body: Mapping[str, Any], path_profile: str | None, stream: bool, on_run: Any = None) -> Run:
         run = Run(new_trace_id(), None, stream=stream)
         run.prepared = self.prepare(body, path_profile=path_profile)
+        self.meter.started += 1
         if on_run is not None:
             on_run(run)
         if self.settings.capture_content:
@@ -643,6 +646,7 @@ class Router:
         if run.prepared is not None:
             run.total_ms = (time.perf_counter() - run.prepared.t0) * 1000
         run.finished_ms = self.clock()
+        self.meter.finish(run)
         if not record:
             return
         try:
@@ -783,7 +787,22 @@ class RoutedStream:
         self.served = cand.get("served_model_id")
         self._usage: Any = None
         self._done = False
+        self._entered = False
         self._created = int(time.time())
+
+    async def abandon(self) -> None:
+        """Called once the caller is done with the stream, read or not. A stream whose
+        :meth:`events` were never entered (the caller went away between the first token and
+        its first read) would otherwise keep its upstream connection open and its run
+        unrecorded: close the one, record the other as cancelled. Once entered, ``events``
+        does both itself."""
+        if self._entered:
+            return
+        self._entered = True
+        await self.opened.sresp.close()
+        if self.run.status == "pending":
+            self.run.status = self.router.cancelled_status()
+        self.router._finish(self.run)
 
     def _rewrite(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
         if not chunk.get("created"):
@@ -799,6 +818,7 @@ class RoutedStream:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Chunks for the client. The last is the usage + x_router chunk; an upstream cut ends with an error event."""
+        self._entered = True
         captured: list[str] = []
         capture = self.router.settings.capture_content
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 import logging
 import math
 import time
@@ -74,6 +75,14 @@ def _clean(o: Any) -> Any:
     if isinstance(o, (list, tuple)):
         return [_clean(v) for v in o]
     return o
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A handler's answer that is not JSON: its content type and bytes."""
+
+    content_type: str
+    body: bytes
 
 
 class HTTPError(Exception):
@@ -284,10 +293,13 @@ class App:
             status, payload, headers = self.error_response(exc, scope.get("method"), scope.get("path"))
             await self._send_json(send, status, payload, headers)
 
-    @staticmethod
-    def error_response(exc: Exception, method: Any, path: Any) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
-        """The answer for a request that raised: its HTTPError, or a 500 that names a log line."""
+    def error_response(self, exc: Exception, method: Any, path: Any) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+        """The answer for a request that raised: its HTTPError, or a 500 that names a log line.
+        A request refused before routing is counted (a routed call that failed is a run, and
+        counted as one)."""
         if isinstance(exc, HTTPError):
+            if exc.type != "router_error":
+                self.router.meter.refuse(exc.status, exc.code)
             return exc.status, exc.body(), exc.headers
         trace = f"err_{int(time.time() * 1000):x}"
         log.error("internal error %s on %s %s", trace, method, path, exc_info=exc)
@@ -339,6 +351,11 @@ class App:
             # a template without options may be asked for with no body at all
             body = await self._read_json(scope, receive, allow_empty=handler == self.policy_template_build)
         status, payload = await handler(scope, body)
+        if isinstance(payload, Text):
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", payload.content_type.encode()), (b"content-length", str(len(payload.body)).encode())]})
+            await send({"type": "http.response.body", "body": b"" if head else payload.body})
+            return
         await self._send_json(send, status, payload, head=head)
 
     def _route(self, method: str, path: str) -> Any:
@@ -347,6 +364,7 @@ class App:
         if handler is None:
             handler = {
                 ("GET", "/healthz"): self.healthz,
+                ("GET", "/metrics"): self.metrics,
                 ("GET", "/v1/models"): self.models,
                 ("GET", "/x/runtime"): self.runtime,
                 ("GET", "/x/fields"): self.fields,
@@ -496,14 +514,18 @@ class App:
 
     async def _chat_stream(self, body: Mapping[str, Any], profile: str | None, send: Send) -> None:
         stream = await self.router.open_stream(body, path_profile=profile, wire=True)
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        clean_end = False
-        async for event in stream.events():
-            await send({"type": "http.response.body", "body": b"data: " + dumps(event) + b"\n\n", "more_body": True})
-            if "x_router" in event:
-                clean_end = True
-        tail = b"data: [DONE]\n\n" if clean_end else b""
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            clean_end = False
+            async for event in stream.events():
+                await send({"type": "http.response.body", "body": b"data: " + dumps(event) + b"\n\n",
+                            "more_body": True})
+                if "x_router" in event:
+                    clean_end = True
+            tail = b"data: [DONE]\n\n" if clean_end else b""
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        finally:
+            await stream.abandon()
 
     async def responses(self, body: Any, profile: str | None, send: Send) -> None:
         """``POST /v1/responses``: OpenAI's Responses API over the chat path (``responses.py``)."""
@@ -514,7 +536,11 @@ class App:
         try:
             if chat.get("stream"):
                 stream = await self.router.open_stream(chat, path_profile=profile, wire=True)
-                await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served), stream, send)
+                try:
+                    await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served),
+                                                 stream, send)
+                finally:
+                    await stream.abandon()
                 return
             completion, _run = await self.router.complete(chat, path_profile=profile, wire=True)
         except LangError as exc:
@@ -556,6 +582,12 @@ class App:
 
     async def models(self, scope: Scope, body: Any) -> tuple[int, Any]:
         return 200, {"object": "list", "data": self._model_list()}
+
+    async def metrics(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        """``GET /metrics``: Prometheus' text format (``metrics.py``); behind the caller keys
+        when they are set, like every route but /healthz."""
+        from .metrics import CONTENT_TYPE, render
+        return 200, Text(CONTENT_TYPE, render(self))
 
     async def model(self, scope: Scope, body: Any) -> tuple[int, Any]:
         """``GET /v1/models/{id}``: one entry of the list (the OpenAI SDK's ``models.retrieve``)."""
