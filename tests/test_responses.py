@@ -175,3 +175,24 @@ async def test_the_responses_path_takes_only_post(stack) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.get(stack.base_url + "/responses") as r:
             assert r.status == 405 and r.headers["allow"] == "POST"
+
+
+def test_streamed_custom_tool_calls_are_custom_tool_call_items() -> None:
+    """A custom tool's call, streamed in pieces (as OpenAI's chat stream sends it), is one
+    custom_tool_call item with its input whole (no server: the translation alone)."""
+    from unhardcoded.server.responses import ResponsesStream
+    out = ResponsesStream({"input": "x"}, 0, "m")
+    events = out.start("tr_1")
+    for piece in ({"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "sql", "input": "SELECT"}},
+                  {"index": 0, "custom": {"input": " 1"}}):
+        events += out.feed({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]})
+    events += out.feed({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+                        "x_router": {"trace_id": "tr_1"}})
+    kinds = [k for k, _ in events]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.custom_tool_call_input.delta", "response.custom_tool_call_input.delta",
+                     "response.custom_tool_call_input.done", "response.output_item.done", "response.completed"]
+    final = events[-1][1]["response"]
+    assert final["output"] == [{"type": "custom_tool_call", "id": "fc_tr_1_0", "call_id": "call_1", "name": "sql",
+                                "input": "SELECT 1", "status": "completed"}]
+    assert final["usage"]["total_tokens"] == 3 and [e["sequence_number"] for _, e in events] == list(range(8))

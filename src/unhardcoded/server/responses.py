@@ -401,20 +401,22 @@ class ResponsesStream:
         out = []
         idx = call.get("index", 0)
         item = self.calls.get(idx)
-        fn = call.get("function") or {}
+        custom = call.get("type") == "custom" or "custom" in call or (item is not None and item["type"] != "function_call")
+        fn = (call.get("custom") if custom else call.get("function")) or {}
+        field = "input" if custom else "arguments"
         if item is None:
-            item = self.calls[idx] = {"type": "function_call", "id": f"fc_{self.tid}_{idx}",
-                                      "call_id": call.get("id"), "name": fn.get("name") or "",
-                                      "arguments": "", "status": "in_progress"}
+            item = self.calls[idx] = {"type": "custom_tool_call" if custom else "function_call",
+                                      "id": f"fc_{self.tid}_{idx}", "call_id": call.get("id"),
+                                      "name": fn.get("name") or "", field: "", "status": "in_progress"}
             self.items.append(item)
             out.append(self._ev("response.output_item.added", output_index=len(self.items) - 1, item=dict(item)))
         elif fn.get("name"):
             item["name"] += fn["name"]
-        args = fn.get("arguments")
-        if args:
-            item["arguments"] += args
-            out.append(self._ev("response.function_call_arguments.delta", item_id=item["id"],
-                                output_index=self.items.index(item), delta=args))
+        more = fn.get(field)
+        if more:
+            item[field] += more
+            kind = "response.custom_tool_call_input.delta" if custom else "response.function_call_arguments.delta"
+            out.append(self._ev(kind, item_id=item["id"], output_index=self.items.index(item), delta=more))
         return out
 
     def _close_items(self) -> list[tuple[str, dict[str, Any]]]:
@@ -429,6 +431,9 @@ class ResponsesStream:
                                     content_index=0, text=part["text"], logprobs=[]))
                 out.append(self._ev("response.content_part.done", item_id=item["id"], output_index=index,
                                     content_index=0, part=part))
+            elif item["type"] == "custom_tool_call":
+                out.append(self._ev("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
+                                    input=item["input"]))
             else:
                 out.append(self._ev("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                                     name=item["name"], arguments=item["arguments"]))
