@@ -25,10 +25,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _post(base: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def _post(base: str, body: dict[str, Any], path: str = "/chat/completions") -> tuple[int, dict[str, Any]]:
     import aiohttp
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{base}/chat/completions", json=body,
+        async with s.post(f"{base}{path}", json=body,
                           headers={"authorization": "Bearer caller-key"}) as r:
             return r.status, await r.json()
 
@@ -108,7 +108,18 @@ async def run_demo(data_dir: str | None = None) -> int:
                 _say(f"   attempt {e['provider_id']}/{e['model_family']}: {what}")
         _say()
 
-        _say("3. A flow: two drafts in parallel, then a synthesis (model: flow:two-drafts)")
+        _say("3. The same router over OpenAI's Responses API (POST /v1/responses)")
+        status, body = await _post(base, {"model": "", "input": "Say hello in one word.", "instructions": "Be brief.",
+                                          "policy_ir": pred}, "/responses")
+        failures += status != 200 or body.get("object") != "response"
+        xr = body.get("x_router", {})
+        text = "".join(c.get("text", "") for o in body.get("output", []) if o.get("type") == "message"
+                       for c in o.get("content", []))
+        _say(f"   {body.get('id')} {body.get('status')}: {text!r} from {xr.get('provider')}/{xr.get('model_family')}, "
+             f"{body.get('usage', {}).get('total_tokens')} tokens")
+        _say()
+
+        _say("4. A flow: two drafts in parallel, then a synthesis (model: flow:two-drafts)")
         status, body = await _post(base, {"model": "flow:two-drafts",
                                           "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
         failures += status != 200
@@ -122,11 +133,11 @@ async def run_demo(data_dir: str | None = None) -> int:
         store.flush()
         rec = store.get(x2.get("trace_id", ""))
         if rec is not None:
-            _say(f"4. The receipt of call 2 (unhardcoded trace {rec['trace_id']} --data-dir {data}):")
+            _say(f"5. The receipt of call 2 (unhardcoded trace {rec['trace_id']} --data-dir {data}):")
             _say("   " + receipt(rec).replace("\n", "\n   "))
             _say()
             out = replay_record(rec, store.catalog_snapshot(rec["catalog"]["digest"]))
-            _say(f"5. Replayed from the stored record alone (unhardcoded replay {rec['trace_id']} --data-dir {data}):")
+            _say(f"6. Replayed from the stored record alone (unhardcoded replay {rec['trace_id']} --data-dir {data}):")
             _say("   " + replay_text(out).replace("\n", "\n   "))
             failures += not out["identical"]
         else:
