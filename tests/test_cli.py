@@ -194,7 +194,6 @@ def test_serve_with_a_catalog_it_cannot_read_says_so_and_never_says_listening(tm
 def test_serve_on_port_0_announces_the_port_it_serves_on(tmp_path) -> None:
     """`serve --port 0` asks for any free port; the "listening" line names the one it got,
     and the router answers there."""
-    import urllib.request
     proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", "0",
                              "--data-dir", str(tmp_path / "data")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -204,16 +203,7 @@ def test_serve_on_port_0_announces_the_port_it_serves_on(tmp_path) -> None:
         assert m, line
         port = int(m.group(1))
         assert port != 0
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.05)
-        else:
-            raise AssertionError(f"nothing answered on the announced port {port}")
+        _answers_healthz(proc, f"http://127.0.0.1:{port}")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -222,7 +212,6 @@ def test_serve_on_port_0_announces_the_port_it_serves_on(tmp_path) -> None:
 @pytest.mark.skipif(not __import__("socket").has_ipv6, reason="no IPv6 here")
 def test_serve_on_ipv6_loopback_announces_a_url_that_works(tmp_path) -> None:
     import socket
-    import urllib.request
     try:
         with socket.socket(socket.AF_INET6) as s:
             s.bind(("::1", 0))
@@ -235,19 +224,24 @@ def test_serve_on_ipv6_loopback_announces_a_url_that_works(tmp_path) -> None:
         line = proc.stderr.readline()
         m = re.match(r"unhardcoded listening on (http://\[::1\]:\d+)/v1 ", line)
         assert m, line
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(m.group(1) + "/healthz", timeout=1) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.05)
-        else:
-            raise AssertionError(f"nothing answered at {m.group(1)}")
+        _answers_healthz(proc, m.group(1))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _answers_healthz(proc: subprocess.Popen, base: str) -> None:
+    """The server ``proc`` announced answers GET /healthz at ``base`` within 15 s."""
+    import urllib.request
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as r:
+                assert r.status == 200
+                return
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+    raise AssertionError(f"nothing answered at {base}")
 
 
 def test_python_dash_m_unhardcoded_is_the_command_line() -> None:

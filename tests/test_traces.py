@@ -300,14 +300,20 @@ def _rec(i: int) -> dict:
             "started_at_ms": int(time.time() * 1000), "status": "ok"}
 
 
+def _locked_store(tmp_path, monkeypatch, **kw) -> tuple[SQLiteStore, sqlite3.Connection]:
+    """A store whose database another connection holds the write lock of (COMMIT on it lets go)."""
+    _writer_gives_up_after(monkeypatch, 20)
+    store = SQLiteStore(tmp_path / "t.sqlite3", **kw)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return store, other
+
+
 def test_a_store_that_cannot_commit_keeps_the_runs_and_writes_them_once_it_can(tmp_path, monkeypatch) -> None:
     """Another process holds the database's write lock (a backup, the sqlite3 shell): commits
     fail. The runs are kept, the failure is visible, and once the lock is gone every run is
     written, none twice. (Before: each failed batch was dropped, counted and never logged.)"""
-    _writer_gives_up_after(monkeypatch, 20)
-    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10)
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    store, other = _locked_store(tmp_path, monkeypatch, flush_ms=10)
     for i in range(10):
         store.submit_record(_rec(i))
     assert store.flush(timeout=1.0) is False  # nothing can be committed while the lock is held
@@ -325,10 +331,7 @@ def test_a_store_that_cannot_commit_keeps_the_runs_and_writes_them_once_it_can(t
 def test_while_the_store_cannot_commit_the_oldest_runs_are_shed_and_no_submit_waits(tmp_path, monkeypatch) -> None:
     """A store that cannot write keeps at most max_pending runs: a submit past that drops the
     oldest kept batch instead of waiting for room that is not coming."""
-    _writer_gives_up_after(monkeypatch, 20)
-    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10, batch_max=4, max_pending=8)
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    store, other = _locked_store(tmp_path, monkeypatch, flush_ms=10, batch_max=4, max_pending=8)
     for i in range(40):
         store.submit_record(_rec(i))
     assert store.failing_since_ms is not None
@@ -342,10 +345,7 @@ def test_while_the_store_cannot_commit_the_oldest_runs_are_shed_and_no_submit_wa
 
 
 def test_closing_a_store_that_cannot_commit_ends_and_counts_what_is_lost(tmp_path, monkeypatch) -> None:
-    _writer_gives_up_after(monkeypatch, 20)
-    store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=10)
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    store, other = _locked_store(tmp_path, monkeypatch, flush_ms=10)
     for i in range(5):
         store.submit_record(_rec(i))
     store.flush(timeout=0.5)

@@ -486,16 +486,29 @@ class App:
             return
         if body.get("flow_ir") is not None:
             raise HTTPError(400, "flows_unavailable", "this router runs no flows", "$.flow_ir")
+        completion = await self._routed(body, profile, send, self._chat_stream)
+        if completion is not None:
+            await self._send_json(send, 200, completion)
+
+    async def _routed(self, chat: Mapping[str, Any], profile: str | None, send: Send,
+                      stream_out: Callable[[Any, Send], Awaitable[None]]) -> dict[str, Any] | None:
+        """Route one chat body: streamed (``stream_out(stream, send)`` sends it; None), or whole
+        (the completion). A policy refused or every route failed raises its HTTP error; a
+        stream is closed and recorded however its sending ends."""
         try:
-            if body.get("stream"):
-                await self._chat_stream(body, profile, send)
-                return
-            completion, _run = await self.router.complete(body, path_profile=profile, wire=True)
+            if chat.get("stream"):
+                stream = await self.router.open_stream(chat, path_profile=profile, wire=True)
+                try:
+                    await stream_out(stream, send)
+                finally:
+                    await stream.abandon()
+                return None
+            completion, _run = await self.router.complete(chat, path_profile=profile, wire=True)
+            return completion
         except LangError as exc:
             raise lang_error(exc) from None
         except RouterFailure as failure:
             raise self._failure(failure) from None
-        await self._send_json(send, 200, completion)
 
     def _failure(self, failure: RouterFailure) -> HTTPError:
         run = failure.run
@@ -512,20 +525,15 @@ class App:
                          else "no_candidates", message, type_="router_error",
                          extra={"x_router": run.x_router()}, headers=headers)
 
-    async def _chat_stream(self, body: Mapping[str, Any], profile: str | None, send: Send) -> None:
-        stream = await self.router.open_stream(body, path_profile=profile, wire=True)
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-            clean_end = False
-            async for event in stream.events():
-                await send({"type": "http.response.body", "body": b"data: " + dumps(event) + b"\n\n",
-                            "more_body": True})
-                if "x_router" in event:
-                    clean_end = True
-            tail = b"data: [DONE]\n\n" if clean_end else b""
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-        finally:
-            await stream.abandon()
+    async def _chat_stream(self, stream: Any, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        clean_end = False
+        async for event in stream.events():
+            await send({"type": "http.response.body", "body": b"data: " + dumps(event) + b"\n\n", "more_body": True})
+            if "x_router" in event:
+                clean_end = True
+        tail = b"data: [DONE]\n\n" if clean_end else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def responses(self, body: Any, profile: str | None, send: Send) -> None:
         """``POST /v1/responses``: OpenAI's Responses API over the chat path (``responses.py``)."""
@@ -533,21 +541,13 @@ class App:
 
         chat = api.to_chat(body)
         validate_chat_body(chat)
-        try:
-            if chat.get("stream"):
-                stream = await self.router.open_stream(chat, path_profile=profile, wire=True)
-                try:
-                    await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served),
-                                                 stream, send)
-                finally:
-                    await stream.abandon()
-                return
-            completion, _run = await self.router.complete(chat, path_profile=profile, wire=True)
-        except LangError as exc:
-            raise lang_error(exc) from None
-        except RouterFailure as failure:
-            raise self._failure(failure) from None
-        await self._send_json(send, 200, api.from_chat(completion, body))
+
+        async def stream_out(stream: Any, send: Send) -> None:
+            await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served), stream, send)
+
+        completion = await self._routed(chat, profile, send, stream_out)
+        if completion is not None:
+            await self._send_json(send, 200, api.from_chat(completion, body))
 
     async def _responses_stream(self, out: Any, stream: Any, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})

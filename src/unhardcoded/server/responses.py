@@ -68,19 +68,20 @@ def to_chat(body: Any) -> dict[str, Any]:
         out["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         out["tool_choice"] = _tool_choice(body["tool_choice"])
-    text = body.get("text")
-    if text is not None:
-        if type(text) is not dict:
-            raise _bad("$.text", "text is an object")
-        if text.get("format") is not None:
-            out["response_format"] = _format(text["format"])
-    reasoning = body.get("reasoning")
-    if reasoning is not None:
-        if type(reasoning) is not dict:
-            raise _bad("$.reasoning", "reasoning is an object")
-        if reasoning.get("effort") is not None:
-            out["reasoning_effort"] = reasoning["effort"]
+    fmt = _object(body, "text").get("format")
+    if fmt is not None:
+        out["response_format"] = _format(fmt)
+    effort = _object(body, "reasoning").get("effort")
+    if effort is not None:
+        out["reasoning_effort"] = effort
     return out
+
+
+def _object(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = body.get(key)
+    if value is not None and type(value) is not dict:
+        raise _bad(f"$.{key}", f"{key} is an object")
+    return value or {}
 
 
 def _messages(items: Any) -> list[dict[str, Any]]:
