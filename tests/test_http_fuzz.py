@@ -71,7 +71,8 @@ def _cursor(ms: int) -> str:
 _times = st.one_of(st.sampled_from([2 ** 63, -(2 ** 63) - 1, 10 ** 30, 2 ** 63 - 1, -(2 ** 63)]),
                    st.integers(-2 ** 80, 2 ** 80))  # SQLite binds 64 bits; the edges, and past them
 _trace_queries = st.dictionaries(
-    st.sampled_from(["since", "until", "limit", "cursor", "policy", "route", "model", "provider", "status", "x"]),
+    st.sampled_from(["since", "until", "limit", "cursor", "policy", "route", "model", "provider", "status", "session",
+                     "x"]),
     st.one_of(_times.map(str), _times.map(_cursor), st.text(max_size=12),
               st.binary(max_size=12).map(lambda b: b.decode("latin-1"))),
     max_size=4)
@@ -94,6 +95,7 @@ async def test_the_get_endpoints_never_a_500_whatever_the_query(stack_box, query
     try:
         status, body = await s.get("/x/traces?" + urlencode(query))
         one, missing = await s.get("/x/traces/" + quote(trace_id, safe=""))
+        grouped, totals = await s.get("/x/sessions/" + quote(trace_id, safe=""))
         ranked, answer = await s.get("/x/rank?" + urlencode(rank))
     finally:
         await s.close()
@@ -106,3 +108,4 @@ async def test_the_get_endpoints_never_a_500_whatever_the_query(stack_box, query
         assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] in ("bad_parameter",
                                                                                                "bad_cursor")
     assert one in (200, 404), (one, missing)
+    assert grouped in (200, 404), (grouped, totals)

@@ -591,6 +591,8 @@ async def test_the_fast_stored_form_equals_the_record_built_whole(tmp_path, capt
         await s.client.chat.completions.create(model="", messages=MSG, extra_body={"policy_ir": failover})
         for _ in range(3):  # one plan, several runs
             await s.client.chat.completions.create(model="", messages=MSG)
+        for _ in range(2):  # the same plan, runs in a session
+            await s.client.chat.completions.create(model="", messages=MSG, extra_body={"session": "agent-7"})
         await s.client.chat.completions.create(model="profile:default", messages=MSG, seed=7,
                                                extra_body={"requirements": {"min_context": 1000}})
         await s.client.chat.completions.create(
@@ -602,7 +604,7 @@ async def test_the_fast_stored_form_equals_the_record_built_whole(tmp_path, capt
             await s.client.chat.completions.create(model="", messages=MSG,
                                                    extra_body={"policy_ir": ["cmp", "price_in", "lt", 0]})
         s.store.flush()
-        assert len(runs) == 8
+        assert len(runs) == 10
         rows = {r["trace_id"]: r for r in s.store.list(limit=50)[0]}
         for tid, run in runs.items():
             whole = json.loads(json.dumps(build_record(run, run.prepared.catalog, capture_content=capture)))
@@ -611,6 +613,78 @@ async def test_the_fast_stored_form_equals_the_record_built_whole(tmp_path, capt
         assert any(rec["status"] == "error" for rec in (s.store.get(t) for t in runs))
     finally:
         await s.close()
+
+
+async def test_a_session_groups_calls_across_endpoints_and_adds_them_up(stack) -> None:
+    """A session names calls that belong together (an agent's run, a user's conversation): by
+    the body's `session` or, for clients that cannot add a field, the X-Unhardcoded-Session
+    header (the body wins). Stored calls are listed by it and added up by it."""
+    import urllib.parse
+    hdr = {"X-Unhardcoded-Session": "agent 7/b"}
+    r1 = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"session": "agent 7/b"})
+    r2 = await stack.client.chat.completions.create(model="", messages=MSG, extra_headers=hdr)
+    stream = await stack.client.chat.completions.create(model="", messages=MSG, stream=True, extra_headers=hdr)
+    async for _ in stream:
+        pass
+    r4 = await stack.client.responses.create(model="", input="Hi", extra_headers=hdr)
+    flow = await stack.client.chat.completions.create(model="flow:two-drafts", messages=MSG, extra_headers=hdr)
+    other = await stack.client.chat.completions.create(model="", messages=MSG, extra_headers=hdr,
+                                                       extra_body={"session": "other"})
+    await stack.client.chat.completions.create(model="", messages=MSG)  # no session
+    stack.store.flush()
+    name = urllib.parse.quote("agent 7/b", safe="")
+    status, listed = await stack.get(f"/x/traces?session={name}")
+    assert status == 200 and len(listed["data"]) == 5 and {r["session"] for r in listed["data"]} == {"agent 7/b"}
+    ids = {r["trace_id"] for r in listed["data"]}
+    assert {r1.model_extra["x_router"]["trace_id"], r2.model_extra["x_router"]["trace_id"],
+            r4.model_extra["x_router"]["trace_id"], flow.model_extra["x_router"]["trace_id"]} <= ids
+    assert other.model_extra["x_router"]["trace_id"] not in ids  # the body's session won over the header
+    assert stack.store.get(flow.model_extra["x_router"]["trace_id"])["session"] == "agent 7/b"
+    status, totals = await stack.get(f"/x/sessions/{name}")
+    assert status == 200 and totals["calls"] == 5 and totals["by_status"] == {"ok": 5}
+    recs = [stack.store.get(t) for t in ids]
+    assert totals["tokens_in"] == sum(r["usage"]["tokens_in"] for r in recs)
+    assert float(totals["cost_usd"]) == pytest.approx(sum(float(r["cost"]["cost_usd"]) for r in recs))
+    import contextlib
+    import io
+
+    from unhardcoded.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["traces", "--data-dir", stack.settings.data_dir, "--session", "agent 7/b", "--json"]) == 0
+    assert {r["trace_id"] for r in json.loads(out.getvalue())["data"]} == ids
+    status, missing = await stack.get("/x/sessions/nobody")
+    assert status == 404 and missing["error"]["code"] == "session_not_found"
+    assert "session" not in stack.store.get(stack.store.list(limit=1)[0][0]["trace_id"])  # none: nothing written
+
+
+@pytest.mark.parametrize("body, headers", [
+    ({"session": 7}, {}), ({"session": ""}, {}), ({"session": "x" * 257}, {}),
+    ({}, {"X-Unhardcoded-Session": "x" * 257}),
+])
+async def test_a_malformed_session_is_a_400(stack, body, headers) -> None:
+    status, out = await stack.post("/v1/chat/completions", {"messages": MSG, **body}, headers=headers)
+    assert status == 400 and out["error"]["code"] == "bad_session" and out["error"]["param"] == "$.session"
+
+
+def test_a_store_from_before_sessions_opens_and_gains_the_column(tmp_path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE traces (trace_id TEXT PRIMARY KEY, started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER,
+            status TEXT, kind TEXT, route TEXT, profile TEXT, policy_name TEXT, policy_identity TEXT, provider TEXT,
+            model_family TEXT, served_model_id TEXT, tokens_in INTEGER, tokens_out INTEGER, tokens_cached INTEGER,
+            cost_usd TEXT, cost_basis TEXT, total_ms REAL, ttft_ms REAL, catalog_digest TEXT, record TEXT NOT NULL);
+    """)
+    conn.execute("INSERT INTO traces (trace_id, started_at_ms, status, record) VALUES ('tr_old', 1, 'ok', '{}')")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    store.submit_record({**_rec(1), "session": "s"})
+    assert store.flush()
+    assert [r["trace_id"] for r in store.list(session="s")[0]] == ["tr_0001"]
+    assert {r["trace_id"]: r["session"] for r in store.list()[0]} == {"tr_0001": "s", "tr_old": None}
+    store.close()
 
 
 def _stamps(path: str) -> dict[str, int]:

@@ -106,6 +106,7 @@ class Run:
     request_messages: Any = None       # only with content capture on
     response_content: Any = None       # only with content capture on
     flow: dict[str, Any] | None = None
+    session: str | None = None         # the caller's grouping of calls (body "session" or its header)
 
     # ---- the caller's view ---------------------------------------------
     def ranked_view(self, cap: int | None = 10) -> tuple[list[dict[str, Any]], int]:
@@ -635,6 +636,9 @@ class Router:
     def _start(self, body: Mapping[str, Any], path_profile: str | None, stream: bool, on_run: Any = None) -> Run:
         run = Run(new_trace_id(), None, stream=stream)
         run.prepared = self.prepare(body, path_profile=path_profile)
+        session = body.get("session")
+        if type(session) is str:
+            run.session = session
         self.meter.started += 1
         if on_run is not None:
             on_run(run)

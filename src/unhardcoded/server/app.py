@@ -36,6 +36,8 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 TEMPLATE_PREFIX = "/x/policy/templates/"
 MODELS_PREFIX = "/v1/models/"
 RESPONSES_SUFFIX = "/responses"
+SESSION_HEADER = "x-unhardcoded-session"  # the session for clients that cannot add a body field
+_SESSION_MAX = 256
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -113,6 +115,13 @@ def lang_error(exc: LangError, status: int = 400) -> HTTPError:
     return HTTPError(status, exc.code, f"{exc.message} (at {exc.path})", exc.path)
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
 def validate_chat_body(body: Any) -> None:
     """The shape every chat request must have, with the path of the first fault."""
     if not isinstance(body, dict):
@@ -156,6 +165,9 @@ def validate_chat_body(body: Any) -> None:
             if fault is not None:
                 where, what = fault
                 raise HTTPError(400, "bad_parameter", f"{key}{where}: {what}", f"$.{key}{where}")
+    session = body.get("session")
+    if session is not None and (type(session) is not str or not 0 < len(session) <= _SESSION_MAX):
+        raise HTTPError(400, "bad_session", f"session is a string of 1 to {_SESSION_MAX} characters", "$.session")
     if body.get("tool_choice") is not None and not body.get("tools"):
         raise HTTPError(400, "bad_parameter", "tool_choice is only allowed when tools are given", "$.tool_choice")
 
@@ -327,12 +339,14 @@ class App:
             profile = self.chat_profile(path)
             self._auth(scope)
             body = await self._read_json(scope, receive)
+            self.session_from_header(body, _header(scope, SESSION_HEADER.encode()))
             await self._until_disconnect(self.chat(body, profile, send), receive)
             return
         if method == "POST" and path.endswith(RESPONSES_SUFFIX):
             profile = self.chat_profile(path, RESPONSES_SUFFIX)
             self._auth(scope)
             body = await self._read_json(scope, receive)
+            self.session_from_header(body, _header(scope, SESSION_HEADER.encode()))
             await self._until_disconnect(self.responses(body, profile, send), receive)
             return
         head = method == "HEAD"  # a GET without the body (load balancers' health checks send it)
@@ -410,6 +424,16 @@ class App:
         if prefix.endswith("/v1") and prefix.count("/") == 2 and len(prefix) > 4:
             return prefix[1:-3]
         raise HTTPError(404, "not_found", f"no route {path}")
+
+    @staticmethod
+    def session_from_header(body: Any, value: str | None) -> None:
+        """The ``X-Unhardcoded-Session`` header names the call's session where the body does
+        not (as on the reference host); the body's own ``session`` wins."""
+        if value is not None and type(body) is dict and body.get("session") is None:
+            if not 0 < len(value) <= _SESSION_MAX:
+                raise HTTPError(400, "bad_session", f"the {SESSION_HEADER} header is 1 to {_SESSION_MAX} characters",
+                                "$.session")
+            body["session"] = value
 
     def _auth(self, scope: Scope) -> None:
         if not self.settings.caller_keys_sha256:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from ..traces.replay import ReplayError, against_current, replay_record
 from ..traces.sqlite import MAX_PAGE
 from .app import App, HTTPError
 
-_FILTERS = ("policy", "route", "model", "provider", "status")
+_FILTERS = ("policy", "route", "model", "provider", "status", "session")
+_SESSIONS = "/x/sessions/"
 
 
 def _store(app: App) -> Any:
@@ -71,9 +72,18 @@ def install(app: App) -> None:
         except ReplayError as exc:
             raise HTTPError(409, exc.code, exc.message) from None
 
+    async def session(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        store = _store(app)
+        name = unquote(scope["path"][len(_SESSIONS):])
+        totals = await asyncio.to_thread(store.session_totals, name)
+        if totals is None:
+            raise HTTPError(404, "session_not_found", f"no stored call names the session {name!r}")
+        return 200, totals
+
     from .flows import install as install_flows
     install_flows(app)
 
     app.extra_routes[("GET", "/x/traces")] = list_traces
     app.extra_routes[("GET", "/x/traces/")] = get_trace
     app.extra_routes[("POST", "/x/replay")] = replay
+    app.extra_routes[("GET", _SESSIONS)] = session

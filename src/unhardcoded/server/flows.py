@@ -53,7 +53,8 @@ class FlowService:
             store.submit_record(build_flow_record(result, self.router.catalog, stream=bool(body.get("stream")),
                                                   route=route, capture_content=settings.capture_content,
                                                   finished_ms=self.router.clock(),
-                                                  request_messages=body.get("messages") if settings.capture_content else None),
+                                                  request_messages=body.get("messages") if settings.capture_content else None,
+                                                  session=body.get("session")),
                                 self.router.catalog)
         xr = result.x_router()
         if result.status == "failed":

@@ -16,7 +16,7 @@ import asyncio
 import os
 from typing import Any
 
-from .app import App, HTTPError, until_disconnect
+from .app import SESSION_HEADER, App, HTTPError, until_disconnect
 
 _CHAT = "/chat/completions"
 _CUT_OFF = HTTPError(503, "shutting_down", "the router is shutting down; the call was cut off at the end of its "
@@ -109,6 +109,7 @@ class RSGIApp:
             profile = app.chat_profile(scope.path)
             app.check_caller(scope.headers.get("authorization"))
             body = app.parse_body(await _read_body(app, scope, proto))
+            app.session_from_header(body, scope.headers.get(SESSION_HEADER))
             await _until_disconnect(app.chat(body, profile, send), proto)
         except (Exception, asyncio.CancelledError) as exc:  # never a traceback to the caller
             if isinstance(exc, asyncio.CancelledError):

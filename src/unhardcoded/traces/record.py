@@ -201,6 +201,8 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
         "status": run.status,
         "stream": run.stream,
     }
+    if run.session is not None:
+        rec["session"] = run.session
     if prep is not None:
         c = prep.contract
         choice = prep.choice
@@ -247,7 +249,7 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
 
 COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "route", "profile", "policy_name",
            "policy_identity", "provider", "model_family", "served_model_id", "tokens_in", "tokens_out",
-           "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest")
+           "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest", "session")
 
 
 class _Shared:
@@ -350,6 +352,8 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
         head, sections = sh.head_inline(), sections[1:]
     own = {"schema": SCHEMA, "trace_id": run.trace_id, "kind": "chat", "started_at_ms": prep.started_ms,
            "finished_at_ms": run.finished_ms, "status": run.status, "stream": run.stream}
+    if run.session is not None:
+        own["session"] = run.session
     usage, cost = run.usage, run.cost
     cost_usd = usd_text(cost.usd)
     latency = {"total_ms": round(run.total_ms, 3), "ttft_ms": None if run.ttft_ms is None else round(run.ttft_ms, 3)}
@@ -378,7 +382,7 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
     row = (run.trace_id, prep.started_ms or 0, run.finished_ms, run.status, "chat", *sh.row_route,
            a.get("provider_id"), a.get("model_family"), a.get("served_model_id"), usage.prompt_tokens,
            usage.completion_tokens, usage.cached_tokens, cost_usd, cost.basis, latency["total_ms"],
-           latency["ttft_ms"], sh.row_catalog)
+           latency["ttft_ms"], sh.row_catalog, run.session)
     return row, text, sections
 
 
@@ -416,5 +420,5 @@ def summary_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         "tokens_in": usage.get("tokens_in"), "tokens_out": usage.get("tokens_out"),
         "tokens_cached": usage.get("tokens_cached"), "cost_usd": cost.get("cost_usd"),
         "cost_basis": cost.get("cost_basis"), "total_ms": lat.get("total_ms"), "ttft_ms": lat.get("ttft_ms"),
-        "catalog_digest": (rec.get("catalog") or {}).get("digest"),
+        "catalog_digest": (rec.get("catalog") or {}).get("digest"), "session": rec.get("session"),
     }

@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS traces (
     total_ms REAL,
     ttft_ms REAL,
     catalog_digest TEXT,
+    session TEXT,
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traces_started ON traces (started_at_ms DESC, trace_id DESC);
@@ -233,6 +234,11 @@ class SQLiteStore:
         self._last_purge = 0.0
         conn = _connect(self.path)
         conn.executescript(_SCHEMA)
+        if "session" not in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}:
+            conn.execute("ALTER TABLE traces ADD COLUMN session TEXT")  # a store written before sessions
+        # only rows with a session are in it: a call without one pays no index entry
+        conn.execute("CREATE INDEX IF NOT EXISTS traces_session ON traces (session, started_at_ms) "
+                     "WHERE session IS NOT NULL")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 'unhardcoded.trace/v1')")
         self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
         self._decision_text: "OrderedDict[str, str]" = OrderedDict()  # digest -> JSON, recent ones
@@ -643,8 +649,12 @@ class SQLiteStore:
 
     def list(self, *, since_ms: int | None = None, until_ms: int | None = None, policy: str | None = None,
              route: str | None = None, model: str | None = None, provider: str | None = None,
-             status: str | None = None, cursor: str | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+             status: str | None = None, session: str | None = None, cursor: str | None = None,
+             limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
         where, args = [], []
+        if session:
+            where.append("session = ?")
+            args.append(session)
         if since_ms is not None:
             where.append("started_at_ms >= ?")
             args.append(_in_int64(since_ms))
@@ -691,6 +701,35 @@ class SQLiteStore:
             rows = rows[:limit]
             nxt = encode_cursor(rows[-1]["started_at_ms"], rows[-1]["trace_id"])
         return rows, nxt
+
+    def session_totals(self, session: str) -> dict[str, Any] | None:
+        """What one session's calls add up to (None: no stored call names it). A flow counts
+        once, as its record does."""
+        from decimal import Decimal
+
+        from ..costs import usd_text
+        conn = self._read()
+        try:
+            rows = conn.execute("SELECT status, provider, tokens_in, tokens_out, tokens_cached, cost_usd, "
+                                "started_at_ms, finished_at_ms FROM traces WHERE session = ?", (session,)).fetchall()
+        finally:
+            conn.close()
+        if not rows:
+            return None
+        by_status: dict[str, int] = {}
+        by_provider: dict[str, int] = {}
+        for status, provider, *_ in rows:
+            by_status[status] = by_status.get(status, 0) + 1
+            if provider:
+                by_provider[provider] = by_provider.get(provider, 0) + 1
+        costs = [Decimal(r[5]) for r in rows if r[5] is not None]
+        return {"session": session, "calls": len(rows), "by_status": dict(sorted(by_status.items())),
+                "by_provider": dict(sorted(by_provider.items())),
+                "tokens_in": sum(r[2] or 0 for r in rows), "tokens_out": sum(r[3] or 0 for r in rows),
+                "tokens_cached": sum(r[4] or 0 for r in rows),
+                "cost_usd": usd_text(sum(costs, Decimal(0))) if costs else None,
+                "first_started_at_ms": min(r[6] for r in rows),
+                "last_finished_at_ms": max((r[7] for r in rows if r[7] is not None), default=None)}
 
     def count(self) -> int:
         conn = self._read()
