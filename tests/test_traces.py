@@ -676,7 +676,8 @@ def test_a_store_from_before_sessions_opens_and_gains_the_column(tmp_path) -> No
             model_family TEXT, served_model_id TEXT, tokens_in INTEGER, tokens_out INTEGER, tokens_cached INTEGER,
             cost_usd TEXT, cost_basis TEXT, total_ms REAL, ttft_ms REAL, catalog_digest TEXT, record TEXT NOT NULL);
     """)
-    conn.execute("INSERT INTO traces (trace_id, started_at_ms, status, record) VALUES ('tr_old', 1, 'ok', '{}')")
+    conn.execute("INSERT INTO traces (trace_id, started_at_ms, status, record) VALUES ('tr_old', ?, 'ok', '{}')",
+                 (int(time.time() * 1000) - 1000,))  # recent: the retention purge must not take it
     conn.commit()
     conn.close()
     store = SQLiteStore(path)
