@@ -428,11 +428,9 @@ class App:
     @staticmethod
     def session_from_header(body: Any, value: str | None) -> None:
         """The ``X-Unhardcoded-Session`` header names the call's session where the body does
-        not (as on the reference host); the body's own ``session`` wins."""
+        not (as on the reference host); the body's own ``session`` wins. Either way the body's
+        check (``validate_chat_body``) then holds it to one rule."""
         if value is not None and type(body) is dict and body.get("session") is None:
-            if not 0 < len(value) <= _SESSION_MAX:
-                raise HTTPError(400, "bad_session", f"the {SESSION_HEADER} header is 1 to {_SESSION_MAX} characters",
-                                "$.session")
             body["session"] = value
 
     def _auth(self, scope: Scope) -> None:
