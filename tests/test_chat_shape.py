@@ -100,3 +100,28 @@ def test_a_responses_request_is_refused_at_a_path_in_it_or_read_as_a_well_formed
         validate_chat_body(chat)
     except HTTPError as e:
         assert e.status == 400 and not e.param.startswith(("$.messages", "$.tools")), (e.param, e.message, chat)
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"logprobs": 1}, "$.logprobs"),
+    ({"top_logprobs": 3}, "$.top_logprobs"),                       # without logprobs: true
+    ({"logprobs": False, "top_logprobs": 3}, "$.top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "$.top_logprobs"),
+    ({"logprobs": True, "top_logprobs": -1}, "$.top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 2.0}, "$.top_logprobs"),
+    ({"logit_bias": [1]}, "$.logit_bias"),
+    ({"logit_bias": {"50256": 101}}, '$.logit_bias["50256"]'),
+    ({"logit_bias": {"50256": True}}, '$.logit_bias["50256"]'),
+    ({"logit_bias": {"the": -5}}, "$.logit_bias.the"),
+])
+def test_logprobs_and_logit_bias_are_checked(extra, param) -> None:
+    with pytest.raises(HTTPError) as e:
+        validate_chat_body({"messages": MSG, **extra})
+    assert e.value.status == 400 and e.value.code == "bad_parameter" and e.value.param == param
+
+
+@pytest.mark.parametrize("extra", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 0},
+                                   {"logprobs": False}, {"logit_bias": {}}, {"logit_bias": {"50256": -100}},
+                                   {"logit_bias": {"1": 2.5}}])
+def test_well_formed_logprobs_and_logit_bias_pass(extra) -> None:
+    validate_chat_body({"messages": MSG, **extra})

@@ -650,6 +650,15 @@ async def test_a_custom_tool_is_never_dropped_a_route_that_cannot_offer_it_is_pa
     assert stack.gemini.requests == [] and stack.openai.requests[-1].body["tools"] == tools
 
 
+async def test_logprobs_are_never_dropped_a_route_that_cannot_give_them_is_passed(stack) -> None:
+    """As with a custom tool: Gemini, first in the default order, cannot return logprobs, so its
+    attempt is refused before it is sent and the OpenAI route gets the request as sent."""
+    r = await stack.client.chat.completions.create(model="", messages=MSG, logprobs=True, top_logprobs=2)
+    assert attempts(xr(r)) == [("ge", "gemini-3-flash-preview", "bad_request"), ("oa", "gpt-5.4-mini", None)]
+    sent = stack.openai.requests[-1].body
+    assert stack.gemini.requests == [] and (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+
+
 @pytest.mark.parametrize("extra", [
     {"tools": [{"type": "function", "function": {"name": "get_weather", "description": "d", "strict": True,
                                                  "parameters": {"type": "object", "properties": {}}}}],

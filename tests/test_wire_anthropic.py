@@ -506,3 +506,13 @@ async def test_wrong_key_and_unknown_model(upstream):
     with pytest.raises(ProviderError) as e:
         await call({"messages": [{"role": "user", "content": "x"}]}, tgt(upstream, model="claude-nope"))
     assert e.value.kind == "model_unavailable"
+
+
+@pytest.mark.parametrize("extra", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 2},
+                                   {"logit_bias": {"50256": -100}}])
+def test_logprobs_and_logit_bias_are_refused_before_sending_not_dropped(extra):
+    base = {"messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(ProviderError) as e:
+        build({**base, **extra})
+    assert e.value.kind == "bad_request" and next(iter(extra)) in e.value.message
+    build({**base, "logprobs": False, "logit_bias": {}})  # asking for none is served

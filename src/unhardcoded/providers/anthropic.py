@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, event_json, chat_chunk, content_text, error_text, json_body,
-    function_tools, parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block,
+    function_tools, refuse_unsupported, parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block,
     dump_body,
 )
 
@@ -336,6 +336,7 @@ class AnthropicWire:
         stops = [s for s in stops if isinstance(s, str) and s.strip()]
         if stops:
             out["stop_sequences"] = stops
+        refuse_unsupported(body, "anthropic")
         offered, choice = function_tools(body, "anthropic")
         tools = _tools(offered)
         if tools:

@@ -337,6 +337,23 @@ def chat_chunk(cid: str, model: str, delta: dict[str, Any] | None = None, finish
     return chunk
 
 
+def refuse_unsupported(body: Mapping[str, Any], wire: str) -> None:
+    """Refuse, before sending, what changes the answer and that ``wire`` cannot carry.
+
+    Token log probabilities (``logprobs``, ``top_logprobs``) and ``logit_bias`` have no
+    counterpart on the Anthropic and Gemini translations. Sent without them, the caller would get
+    an answer without the ``logprobs`` it reads, or one the bias was meant to shape; refused as a
+    bad request, the FailPlan moves on to a route that serves them.
+    """
+    if body.get("logprobs") is True or body.get("top_logprobs") is not None:
+        raise ProviderError("bad_request", f"{wire}: logprobs are not offered on this wire; "
+                            "an OpenAI-compatible route serves them")
+    bias = body.get("logit_bias")
+    if isinstance(bias, dict) and bias:
+        raise ProviderError("bad_request", f"{wire}: logit_bias is not offered on this wire; "
+                            "an OpenAI-compatible route serves it")
+
+
 def function_tools(body: Mapping[str, Any], wire: str) -> tuple[list[Any], Any]:
     """The caller's ``tools`` and ``tool_choice`` for a wire that knows only functions.
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from .base import (
     HttpRequest, ProviderError, SSEDecoder, SSEEvent, Target, event_json, chat_chunk, content_text, error_text, json_body,
-    function_tools, parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block,
+    function_tools, refuse_unsupported, parse_data_url, retry_after, scrub, status_kind, target_headers, tool_arguments, usage_block,
     dump_body,
 )
 
@@ -413,6 +413,7 @@ class GeminiWire:
         out: dict[str, Any] = {"contents": contents}
         if system:
             out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+        refuse_unsupported(body, "gemini")
         offered, choice = function_tools(body, "gemini")
         tools = _tools(offered)
         if tools:

@@ -22,7 +22,7 @@ import orjson
 
 from ..catalog import templates
 from ..lang import strictjson
-from ..lang.errors import LangError
+from ..lang.errors import LangError, format_path
 from ..router.contract import RequestError
 from ..router.engine import Router, RouterFailure
 
@@ -44,7 +44,8 @@ _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _CONTENT_REQUIRED = frozenset({"system", "developer", "user", "tool"})
 # typed chat parameters, checked where present; the counts must be at least 1
 _TYPED: dict[str, Any] = {"stream": bool, "temperature": (int, float), "top_p": (int, float), "max_tokens": int,
-                          "max_completion_tokens": int, "n": int, "tools": list}
+                          "max_completion_tokens": int, "n": int, "tools": list, "logprobs": bool,
+                          "top_logprobs": int, "logit_bias": dict}
 _COUNTS = frozenset({"max_tokens", "max_completion_tokens", "n"})
 
 
@@ -168,6 +169,17 @@ def validate_chat_body(body: Any) -> None:
     session = body.get("session")
     if session is not None and (type(session) is not str or not 0 < len(session) <= _SESSION_MAX):
         raise HTTPError(400, "bad_session", f"session is a string of 1 to {_SESSION_MAX} characters", "$.session")
+    top = body.get("top_logprobs")
+    if top is not None:
+        if not 0 <= top <= 20:
+            raise HTTPError(400, "bad_parameter", "top_logprobs is from 0 to 20", "$.top_logprobs")
+        if body.get("logprobs") is not True:
+            raise HTTPError(400, "bad_parameter", "top_logprobs needs logprobs: true", "$.top_logprobs")
+    for token, bias in (body.get("logit_bias") or {}).items():
+        if not token.isdigit() or not isinstance(bias, (int, float)) or isinstance(bias, bool) \
+                or not -100 <= bias <= 100:
+            raise HTTPError(400, "bad_parameter", "logit_bias maps token ids to a bias from -100 to 100",
+                            format_path(["logit_bias", token]))
     if body.get("tool_choice") is not None and not body.get("tools"):
         raise HTTPError(400, "bad_parameter", "tool_choice is only allowed when tools are given", "$.tool_choice")
 
