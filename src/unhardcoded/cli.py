@@ -263,7 +263,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
     _, store = _store_for(args)
     try:
         rows, nxt = store.list(policy=args.policy, route=args.route, model=args.model, provider=args.provider,
-                               status=args.status, session=args.session, limit=args.limit, cursor=args.cursor,
+                               status=args.status, session=args.session, caller=args.caller, limit=args.limit, cursor=args.cursor,
                                since_ms=args.since)
     except ValueError as exc:  # a cursor that is not one this store handed out
         raise CommandError(f"--cursor: {exc}") from None
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("traces", help="recent runs, newest first")
     store_args(tr)
-    for name in ("policy", "route", "model", "provider", "status", "session", "cursor"):
+    for name in ("policy", "route", "model", "provider", "status", "session", "caller", "cursor"):
         tr.add_argument(f"--{name}")
     tr.add_argument("--since", type=_since, help="e.g. 24h, 30m, or milliseconds since the epoch")
     tr.add_argument("--limit", type=_limit, default=20, help="at most this many (1 to 1000; default 20)")

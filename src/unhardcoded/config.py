@@ -30,18 +30,29 @@ file; they are held in :class:`Keys` and never printed.
 
     [keys]
     OPENAI_API_KEY = "sk-..."
+
+    [callers.billing-backend]  # a named caller: its keys (Bearer) and any of its limits
+    keys_sha256 = ["<sha256 of its key>"]
+    requests_per_minute = 600
+    tokens_per_minute = 200000
+    budget_usd = 50            # spent per budget_window, from the calls' costs
+    budget_window = "month"    # "day" or "month" (UTC); runtime/limits.py
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from decimal import Decimal
+
 from .lang.errors import LangError
+from .runtime.limits import BUDGET_WINDOWS, CallerSpec
 
 
 class ConfigError(LangError):
@@ -96,13 +107,27 @@ class Settings:
     trace_writer_scheduling: str = "idle"
     flows_dir: str | None = None
     keys: Keys = field(default_factory=Keys)
+    callers: dict[str, CallerSpec] = field(default_factory=dict)
+
+    @property
+    def keys_required(self) -> bool:
+        """Caller keys are asked for once any are configured, anonymous or named."""
+        return bool(self.caller_keys_sha256 or self.callers)
+
+    def caller_of(self, presented: str | None) -> tuple[bool, str | None]:
+        """(the key is accepted, the named caller it belongs to or None)."""
+        if not self.keys_required:
+            return True, None
+        if not presented:
+            return False, None
+        digest = hashlib.sha256(presented.encode("utf-8")).hexdigest()
+        for spec in self.callers.values():
+            if digest in spec.keys_sha256:
+                return True, spec.name
+        return digest in self.caller_keys_sha256, None
 
     def caller_key_ok(self, presented: str | None) -> bool:
-        if not self.caller_keys_sha256:
-            return True
-        if not presented:
-            return False
-        return hashlib.sha256(presented.encode("utf-8")).hexdigest() in self.caller_keys_sha256
+        return self.caller_of(presented)[0]
 
 
 CPU_SCHEDULING = ("batch", "normal")
@@ -126,7 +151,56 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str,
                "writer_scheduling": str},
     "keys": {},
+    "callers": {},
 }
+_CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CALLER_SETTINGS: dict[str, type | tuple[type, ...]] = {
+    "keys_sha256": list, "requests_per_minute": int, "tokens_per_minute": int, "budget_usd": (int, float),
+    "budget_window": str}
+
+
+def _callers(table: Mapping[str, Any]) -> dict[str, CallerSpec]:
+    """``[callers.NAME]`` tables, each checked whole (its path in every refusal)."""
+    out: dict[str, CallerSpec] = {}
+    owner: dict[str, str] = {}
+    for name, spec in table.items():
+        where = ["callers", name]
+        if not _CALLER_NAME.fullmatch(name):
+            raise ConfigError("bad_value", "a caller's name is 1 to 64 letters, digits, '_', '.' or '-', "
+                              "starting with a letter or digit", where)
+        if not isinstance(spec, dict):
+            raise ConfigError("bad_value", f"[callers.{name}] is a table", where)
+        for k, v in spec.items():
+            want = _CALLER_SETTINGS.get(k)
+            if want is None:
+                raise ConfigError("unknown_key", f"unknown setting {k!r} in [callers.{name}]", [*where, k])
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise ConfigError("bad_value", f"callers.{name}.{k} has the wrong type", [*where, k])
+        keys = spec.get("keys_sha256")
+        if not keys:
+            raise ConfigError("bad_value", f"callers.{name}.keys_sha256 lists the SHA-256 (hex) of its keys",
+                              [*where, "keys_sha256"])
+        for i, digest in enumerate(keys):
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise ConfigError("bad_value", "a key digest is 64 lowercase hex digits (sha256sum)",
+                                  [*where, "keys_sha256", i])
+            if owner.setdefault(digest, name) != name:
+                raise ConfigError("bad_value", f"this key is also caller {owner[digest]!r}'s",
+                                  [*where, "keys_sha256", i])
+        for k in ("requests_per_minute", "tokens_per_minute"):
+            if k in spec and spec[k] < 1:
+                raise ConfigError("bad_value", f"callers.{name}.{k} must be at least 1", [*where, k])
+        budget = spec.get("budget_usd")
+        if budget is not None and not budget > 0:  # NaN is not > 0 either
+            raise ConfigError("bad_value", f"callers.{name}.budget_usd must be more than 0", [*where, "budget_usd"])
+        window = spec.get("budget_window", "month")
+        if window not in BUDGET_WINDOWS:
+            raise ConfigError("bad_value", f"callers.{name}.budget_window is one of {', '.join(BUDGET_WINDOWS)}",
+                              [*where, "budget_window"])
+        out[name] = CallerSpec(name, frozenset(keys), spec.get("requests_per_minute"), spec.get("tokens_per_minute"),
+                               None if budget is None else Decimal(str(budget)), window)
+    return out
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -152,6 +226,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
                 if not isinstance(v, str):
                     raise ConfigError("bad_value", "keys are strings", [section, k])
             continue
+        if section == "callers":
+            continue  # checked whole by _callers
         for k, v in value.items():
             want = _SECTIONS[section].get(k)
             if want is None:
@@ -198,6 +274,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         raise ConfigError("bad_value", f"traces.writer_scheduling is one of {', '.join(WRITER_SCHEDULING)}",
                           ["traces", "writer_scheduling"])
     s.keys = Keys(doc.get("keys", {}), env)
+    s.callers = _callers(doc.get("callers", {}))
     for k, v in overrides.items():
         if v is not None:
             setattr(s, k, v)

@@ -12,7 +12,8 @@ from .runner import FlowResult
 
 def build_flow_record(result: FlowResult, catalog: Any, *, stream: bool = False, route: str = "",
                       capture_content: bool = False, finished_ms: int | None = None,
-                      request_messages: Any = None, session: str | None = None) -> dict[str, Any]:
+                      request_messages: Any = None, session: str | None = None,
+                      caller: str | None = None) -> dict[str, Any]:
     nodes = []
     for n in result.nodes:
         entry: dict[str, Any] = {k: v for k, v in n.view().items() if k != "decision_trace"}
@@ -30,6 +31,7 @@ def build_flow_record(result: FlowResult, catalog: Any, *, stream: bool = False,
         "status": {"ok": "ok", "failed": "error", "aborted": "aborted"}.get(result.status, result.status),
         "stream": stream,
         **({"session": session} if session is not None else {}),
+        **({"caller": caller} if caller is not None else {}),
         "route": {"model": route, "profile": None, "policy_name": None, "flow_name": result.name, "pin": None,
                   "requirements": {}},
         "catalog": {"digest": catalog.digest, "source": catalog.source},

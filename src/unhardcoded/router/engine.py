@@ -43,6 +43,7 @@ from ..memo import IdentityMemo, SecondSight
 from ..providers import WIRES
 from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
 from ..providers.transport import StreamResponse, Transport
+from ..runtime.limits import CURRENT_CALLER, CallerLimits
 from ..runtime.meter import Meter
 from ..runtime.state import STAMPED, RuntimeState, wall_ms
 from .contract import Contract, RequestError, parse_contract
@@ -107,6 +108,7 @@ class Run:
     response_content: Any = None       # only with content capture on
     flow: dict[str, Any] | None = None
     session: str | None = None         # the caller's grouping of calls (body "session" or its header)
+    caller: str | None = None          # the named caller whose key the request presented
 
     # ---- the caller's view ---------------------------------------------
     def ranked_view(self, cap: int | None = 10) -> tuple[list[dict[str, Any]], int]:
@@ -274,6 +276,7 @@ class Router:
         self.runtime = runtime or RuntimeState(clock=clock)
         self.sink = sink or TraceSink()
         self.meter = Meter()
+        self.limits = CallerLimits(self.settings.callers, clock_ms=clock)
         self.clock = clock
         self.sleep = sleep
         self.costs = CostCalculator(_price_library())
@@ -639,6 +642,7 @@ class Router:
         session = body.get("session")
         if type(session) is str:
             run.session = session
+        run.caller = CURRENT_CALLER.get()
         self.meter.started += 1
         if on_run is not None:
             on_run(run)
@@ -651,6 +655,8 @@ class Router:
             run.total_ms = (time.perf_counter() - run.prepared.t0) * 1000
         run.finished_ms = self.clock()
         self.meter.finish(run)
+        if run.caller is not None:
+            self.limits.settle(run.caller, run.usage.total_tokens, run.cost.usd, run.finished_ms)
         if not record:
             return
         try:

@@ -21,7 +21,10 @@ def build_router(settings: Settings, *, sink: Any = None) -> Router:
     if sink is None:
         from ..traces import open_store
         sink = open_store(settings)
-    return Router(catalog, settings, sink=sink)
+    router = Router(catalog, settings, sink=sink)
+    if settings.callers and hasattr(sink, "caller_usage"):
+        router.limits.load(sink.caller_usage)  # budgets and the last minute carry over a restart
+    return router
 
 
 def build_app(settings: Settings, *, router: Router | None = None) -> App:

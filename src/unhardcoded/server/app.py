@@ -25,6 +25,7 @@ from ..lang import strictjson
 from ..lang.errors import LangError, format_path
 from ..router.contract import RequestError
 from ..router.engine import Router, RouterFailure
+from ..runtime.limits import CURRENT_CALLER, LimitExceeded
 
 log = logging.getLogger("unhardcoded.server")
 
@@ -446,7 +447,7 @@ class App:
             body["session"] = value
 
     def _auth(self, scope: Scope) -> None:
-        if not self.settings.caller_keys_sha256:
+        if not self.settings.keys_required:
             return
         presented = None
         for k, v in scope.get("headers", []):
@@ -455,14 +456,31 @@ class App:
         self.check_caller(presented)
 
     def check_caller(self, authorization: str | None) -> None:
-        """Refuse a request without a known caller key (when the operator set caller keys)."""
-        if not self.settings.caller_keys_sha256:
+        """Refuse a request without a known caller key (when the operator set caller keys); a
+        named caller's key makes it the request's caller (``CURRENT_CALLER``)."""
+        if not self.settings.keys_required:
             return
         presented = None
         if authorization is not None and authorization.lower().startswith("bearer "):
             presented = authorization[7:].strip()
-        if not self.settings.caller_key_ok(presented):
+        ok, caller = self.settings.caller_of(presented)
+        if not ok:
             raise HTTPError(401, "caller_auth", "missing or unknown caller key", type_="authentication_error")
+        CURRENT_CALLER.set(caller)
+
+    def admit_caller(self) -> None:
+        """Count this call against its caller's limits, or refuse it with OpenAI's 429."""
+        caller = CURRENT_CALLER.get()
+        if caller is None:
+            return
+        try:
+            self.router.limits.admit(caller)
+        except LimitExceeded as over:
+            wait = max(1, math.ceil(over.retry_after_s))
+            headers = [(b"retry-after", str(wait).encode()),
+                       *((k.encode(), v.encode()) for k, v in over.headers.items())]
+            raise HTTPError(429, over.code, over.message, type_="insufficient_quota" if over.code ==
+                            "insufficient_quota" else "rate_limit_error", headers=headers) from None
 
     async def _read_json(self, scope: Scope, receive: Receive, allow_empty: bool = False) -> Any:
         for k, v in scope.get("headers", []):
@@ -514,6 +532,7 @@ class App:
     # ---- chat -------------------------------------------------------------------
     async def chat(self, body: Any, profile: str | None, send: Send) -> None:
         validate_chat_body(body)
+        self.admit_caller()
         flows = getattr(self, "flows", None)
         if flows is not None and flows.wants(body):
             await flows.chat(body, send)
@@ -575,6 +594,7 @@ class App:
 
         chat = api.to_chat(body)
         validate_chat_body(chat)
+        self.admit_caller()
 
         async def stream_out(stream: Any, send: Send) -> None:
             await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served), stream, send)

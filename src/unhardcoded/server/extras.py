@@ -1,4 +1,9 @@
-"""Operator endpoints beyond the chat surface: trace history and replay."""
+"""Operator endpoints beyond the chat surface: trace history and replay, sessions, and a named
+caller's own limits.
+
+A named caller (``[callers.NAME]``) sees only its own calls here: the list is narrowed to them,
+and another caller's trace is "not found". An anonymous caller key (``caller_keys_sha256``) is
+the operator's and sees every call."""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import asyncio
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from ..runtime.limits import CURRENT_CALLER
 from ..traces.replay import ReplayError, against_current, replay_record
 from ..traces.sqlite import MAX_PAGE
 from .app import App, HTTPError
 
-_FILTERS = ("policy", "route", "model", "provider", "status", "session")
+_FILTERS = ("policy", "route", "model", "provider", "status", "session", "caller")
 _SESSIONS = "/x/sessions/"
 
 
@@ -26,6 +32,12 @@ def install(app: App) -> None:
         store = _store(app)
         q = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
         kw: dict[str, Any] = {k: q[k] for k in _FILTERS if k in q}
+        caller = CURRENT_CALLER.get()
+        if caller is not None:
+            if kw.get("caller", caller) != caller:
+                raise HTTPError(403, "caller_scope", "a named caller lists its own calls only", "$.caller",
+                                type_="permission_error")
+            kw["caller"] = caller
         for key, name in (("since_ms", "since"), ("until_ms", "until")):
             if name in q:
                 try:
@@ -47,7 +59,7 @@ def install(app: App) -> None:
     async def get_trace(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
         store = _store(app)
         trace_id = scope["path"].rsplit("/", 1)[-1]
-        rec = await asyncio.to_thread(store.get, trace_id)
+        rec = _own(await asyncio.to_thread(store.get, trace_id))
         if rec is None:
             raise HTTPError(404, "trace_not_found", f"no trace {trace_id}")
         return 200, rec
@@ -59,7 +71,7 @@ def install(app: App) -> None:
         against = body.get("against", "stored")
         if against not in ("stored", "current"):
             raise HTTPError(400, "bad_parameter", "against is stored or current", "$.against")
-        rec = await asyncio.to_thread(store.get, body["trace_id"])
+        rec = _own(await asyncio.to_thread(store.get, body["trace_id"]))
         if rec is None:
             raise HTTPError(404, "trace_not_found", f"no trace {body['trace_id']}")
         try:
@@ -75,10 +87,18 @@ def install(app: App) -> None:
     async def session(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
         store = _store(app)
         name = unquote(scope["path"][len(_SESSIONS):])
-        totals = await asyncio.to_thread(store.session_totals, name)
+        totals = await asyncio.to_thread(store.session_totals, name, CURRENT_CALLER.get())
         if totals is None:
             raise HTTPError(404, "session_not_found", f"no stored call names the session {name!r}")
         return 200, totals
+
+    async def caller_usage(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        caller = CURRENT_CALLER.get()
+        usage = app.router.limits.usage(caller) if caller is not None else None
+        if usage is None:
+            raise HTTPError(404, "no_caller", "this key names no caller; [callers.NAME] in the config names "
+                            "callers and their limits")
+        return 200, usage
 
     from .flows import install as install_flows
     install_flows(app)
@@ -87,3 +107,12 @@ def install(app: App) -> None:
     app.extra_routes[("GET", "/x/traces/")] = get_trace
     app.extra_routes[("POST", "/x/replay")] = replay
     app.extra_routes[("GET", _SESSIONS)] = session
+    app.extra_routes[("GET", "/x/caller")] = caller_usage
+
+
+def _own(rec: Any) -> Any:
+    """The record if the request's caller may read it (None: as if it did not exist)."""
+    caller = CURRENT_CALLER.get()
+    if rec is None or caller is None or rec.get("caller") == caller:
+        return rec
+    return None

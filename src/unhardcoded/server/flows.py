@@ -7,6 +7,7 @@ import time
 from typing import Any, Mapping
 
 from ..flows import FlowRunner, build_flow_record, load_registry
+from ..runtime.limits import CURRENT_CALLER
 from ..lang.errors import LangError
 from ..lang.flow import admit_flow
 from ..router.engine import status_for
@@ -54,7 +55,8 @@ class FlowService:
                                                   route=route, capture_content=settings.capture_content,
                                                   finished_ms=self.router.clock(),
                                                   request_messages=body.get("messages") if settings.capture_content else None,
-                                                  session=body.get("session")),
+                                                  session=body.get("session"),
+                                                  caller=CURRENT_CALLER.get()),
                                 self.router.catalog)
         xr = result.x_router()
         if result.status == "failed":

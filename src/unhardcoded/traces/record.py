@@ -203,6 +203,8 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
     }
     if run.session is not None:
         rec["session"] = run.session
+    if run.caller is not None:
+        rec["caller"] = run.caller
     if prep is not None:
         c = prep.contract
         choice = prep.choice
@@ -249,7 +251,8 @@ def build_record(run: Any, catalog: Any, *, capture_content: bool = False) -> di
 
 COLUMNS = ("trace_id", "started_at_ms", "finished_at_ms", "status", "kind", "route", "profile", "policy_name",
            "policy_identity", "provider", "model_family", "served_model_id", "tokens_in", "tokens_out",
-           "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest", "session")
+           "tokens_cached", "cost_usd", "cost_basis", "total_ms", "ttft_ms", "catalog_digest", "session",
+           "caller")
 
 
 class _Shared:
@@ -354,6 +357,8 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
            "finished_at_ms": run.finished_ms, "status": run.status, "stream": run.stream}
     if run.session is not None:
         own["session"] = run.session
+    if run.caller is not None:
+        own["caller"] = run.caller
     usage, cost = run.usage, run.cost
     cost_usd = usd_text(cost.usd)
     latency = {"total_ms": round(run.total_ms, 3), "ttft_ms": None if run.ttft_ms is None else round(run.ttft_ms, 3)}
@@ -382,7 +387,7 @@ def stored_form(run: Any, catalog: Any, *, capture_content: bool = False,
     row = (run.trace_id, prep.started_ms or 0, run.finished_ms, run.status, "chat", *sh.row_route,
            a.get("provider_id"), a.get("model_family"), a.get("served_model_id"), usage.prompt_tokens,
            usage.completion_tokens, usage.cached_tokens, cost_usd, cost.basis, latency["total_ms"],
-           latency["ttft_ms"], sh.row_catalog, run.session)
+           latency["ttft_ms"], sh.row_catalog, run.session, run.caller)
     return row, text, sections
 
 
@@ -421,4 +426,5 @@ def summary_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         "tokens_cached": usage.get("tokens_cached"), "cost_usd": cost.get("cost_usd"),
         "cost_basis": cost.get("cost_basis"), "total_ms": lat.get("total_ms"), "ttft_ms": lat.get("ttft_ms"),
         "catalog_digest": (rec.get("catalog") or {}).get("digest"), "session": rec.get("session"),
+        "caller": rec.get("caller"),
     }

@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS traces (
     ttft_ms REAL,
     catalog_digest TEXT,
     session TEXT,
+    caller TEXT,
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traces_started ON traces (started_at_ms DESC, trace_id DESC);
@@ -234,11 +235,15 @@ class SQLiteStore:
         self._last_purge = 0.0
         conn = _connect(self.path)
         conn.executescript(_SCHEMA)
-        if "session" not in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}:
-            conn.execute("ALTER TABLE traces ADD COLUMN session TEXT")  # a store written before sessions
-        # only rows with a session are in it: a call without one pays no index entry
+        have = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
+        for column in ("session", "caller"):  # a store written before sessions or named callers
+            if column not in have:
+                conn.execute(f"ALTER TABLE traces ADD COLUMN {column} TEXT")
+        # only rows with a session (a caller) are in its index: a call without one pays no entry
         conn.execute("CREATE INDEX IF NOT EXISTS traces_session ON traces (session, started_at_ms) "
                      "WHERE session IS NOT NULL")
+        conn.execute("CREATE INDEX IF NOT EXISTS traces_caller ON traces (caller, started_at_ms) "
+                     "WHERE caller IS NOT NULL")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 'unhardcoded.trace/v1')")
         self._known_catalogs = {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
         self._decision_text: "OrderedDict[str, str]" = OrderedDict()  # digest -> JSON, recent ones
@@ -649,12 +654,15 @@ class SQLiteStore:
 
     def list(self, *, since_ms: int | None = None, until_ms: int | None = None, policy: str | None = None,
              route: str | None = None, model: str | None = None, provider: str | None = None,
-             status: str | None = None, session: str | None = None, cursor: str | None = None,
-             limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+             status: str | None = None, session: str | None = None, caller: str | None = None,
+             cursor: str | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
         where, args = [], []
         if session:
             where.append("session = ?")
             args.append(session)
+        if caller:
+            where.append("caller = ?")
+            args.append(caller)
         if since_ms is not None:
             where.append("started_at_ms >= ?")
             args.append(_in_int64(since_ms))
@@ -702,16 +710,18 @@ class SQLiteStore:
             nxt = encode_cursor(rows[-1]["started_at_ms"], rows[-1]["trace_id"])
         return rows, nxt
 
-    def session_totals(self, session: str) -> dict[str, Any] | None:
-        """What one session's calls add up to (None: no stored call names it). A flow counts
-        once, as its record does."""
+    def session_totals(self, session: str, caller: str | None = None) -> dict[str, Any] | None:
+        """What one session's calls add up to (None: no stored call names it); with ``caller``,
+        only that caller's calls. A flow counts once, as its record does."""
         from decimal import Decimal
 
         from ..costs import usd_text
         conn = self._read()
         try:
             rows = conn.execute("SELECT status, provider, tokens_in, tokens_out, tokens_cached, cost_usd, "
-                                "started_at_ms, finished_at_ms FROM traces WHERE session = ?", (session,)).fetchall()
+                                "started_at_ms, finished_at_ms FROM traces WHERE session = ?"
+                                + (" AND caller = ?" if caller is not None else ""),
+                                (session,) if caller is None else (session, caller)).fetchall()
         finally:
             conn.close()
         if not rows:
@@ -730,6 +740,34 @@ class SQLiteStore:
                 "cost_usd": usd_text(sum(costs, Decimal(0))) if costs else None,
                 "first_started_at_ms": min(r[6] for r in rows),
                 "last_finished_at_ms": max((r[7] for r in rows if r[7] is not None), default=None)}
+
+    def caller_usage(self, caller: str, window_ms: int, minute_ms: int
+                     ) -> tuple[int, int, "Decimal", list[tuple[int, int]]]:
+        """What the stored calls of ``caller`` used (``CallerLimits.load``): the calls, the calls
+        without a price and the USD spent that started since ``window_ms``, and (finish ms,
+        tokens) of each that finished since ``minute_ms``. A flow counts once, with its nodes'
+        sums."""
+        from decimal import Decimal
+        conn = self._read()
+        try:
+            rows = conn.execute("SELECT started_at_ms, finished_at_ms, cost_usd, tokens_in, tokens_out FROM traces "
+                                "WHERE caller = ? AND started_at_ms >= ?",
+                                (caller, _in_int64(min(window_ms, minute_ms - 86_400_000)))).fetchall()
+        finally:
+            conn.close()
+        calls = unpriced = 0
+        spent = Decimal(0)
+        recent = []
+        for started, finished, cost, t_in, t_out in rows:
+            if finished is not None and finished >= minute_ms and (t_in or t_out):
+                recent.append((finished, (t_in or 0) + (t_out or 0)))
+            if started >= window_ms:
+                calls += 1
+                if cost is None:
+                    unpriced += 1
+                else:
+                    spent += Decimal(cost)
+        return calls, unpriced, spent, recent
 
     def count(self) -> int:
         conn = self._read()

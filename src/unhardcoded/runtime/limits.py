@@ -1,0 +1,203 @@
+"""Named callers and their limits: requests and tokens per minute, and a spending budget.
+
+The operator names callers in the config (``[callers.NAME]``), each with the SHA-256 of its
+keys and any of three limits. A request from a caller over one of them is refused before
+anything is routed:
+
+* ``requests_per_minute``: calls admitted in the last 60 s (a sliding window, not a bucket
+  that refills at the minute's turn);
+* ``tokens_per_minute``: tokens (prompt + completion) of the calls that finished in the last
+  60 s. A call's tokens are known only when it ends, so calls in flight when the limit is
+  reached still finish: the limit is checked against what was used, never estimated;
+* ``budget_usd`` per ``budget_window`` (a UTC ``day`` or ``month``): the cost of the calls
+  that finished in the window. A call the catalog has no price for costs nothing here and is
+  counted apart (``unpriced_calls``), never priced by guess.
+
+The budget survives a restart: :meth:`CallerLimits.load` reads what the trace store holds of
+the window (and of the last minute). Everything here runs in the event loop; a check is a few
+comparisons and a deque append.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections import deque
+from contextvars import ContextVar
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Callable, Mapping
+
+from ..costs import usd_text
+
+# The caller of the request being served, set by the server once the key is checked, read by
+# the router when a run starts (every task of a request sees it, flow nodes included).
+CURRENT_CALLER: ContextVar[str | None] = ContextVar("unhardcoded_caller", default=None)
+
+BUDGET_WINDOWS = ("day", "month")
+_MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class CallerSpec:
+    name: str
+    keys_sha256: frozenset[str]
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    budget_usd: Decimal | None = None
+    budget_window: str = "month"
+
+
+class LimitExceeded(Exception):
+    """A caller over one of its limits: ``code`` is OpenAI's (``rate_limit_exceeded`` or
+    ``insufficient_quota``), ``retry_after_s`` when the limit frees again."""
+
+    def __init__(self, code: str, message: str, retry_after_s: float, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retry_after_s, self.headers = code, message, retry_after_s, headers
+
+
+def window_start_ms(now_ms: int, window: str) -> int:
+    """The start (UTC) of the budget window ``now_ms`` is in."""
+    t = time.gmtime(now_ms // 1000)
+    day = 1 if window == "month" else t.tm_mday
+    return calendar.timegm((t.tm_year, t.tm_mon, day, 0, 0, 0)) * 1000
+
+
+def window_end_ms(start_ms: int, window: str) -> int:
+    if window == "day":
+        return start_ms + 86_400_000
+    t = time.gmtime(start_ms // 1000)
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return calendar.timegm((year, month, 1, 0, 0, 0)) * 1000
+
+
+def _reset_text(seconds: float) -> str:
+    """A reset delay as OpenAI's ``x-ratelimit-reset-*`` headers write it (``1m30s``, ``0.5s``)."""
+    minutes, rest = divmod(max(seconds, 0.0), 60.0)
+    tail = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{tail}" if minutes else tail
+
+
+class _State:
+    __slots__ = ("admitted", "tokens", "tokens_sum", "window_start", "spent", "unpriced", "calls")
+
+    def __init__(self) -> None:
+        self.admitted: deque[int] = deque()               # admission times (ms) in the last minute
+        self.tokens: deque[tuple[int, int]] = deque()     # (finish ms, tokens) in the last minute
+        self.tokens_sum = 0
+        self.window_start = 0
+        self.spent = Decimal(0)
+        self.unpriced = 0
+        self.calls = 0
+
+
+class CallerLimits:
+    def __init__(self, callers: Mapping[str, CallerSpec] | None = None,
+                 clock_ms: Callable[[], int] | None = None) -> None:
+        self.callers = dict(callers or {})
+        self._clock = clock_ms or (lambda: int(time.time() * 1000))
+        self._state = {name: _State() for name in self.callers}
+
+    def _fresh(self, spec: CallerSpec, now: int) -> _State:
+        """The caller's state with what has left the minute and the budget window dropped."""
+        st = self._state[spec.name]
+        edge = now - _MINUTE_MS
+        while st.admitted and st.admitted[0] <= edge:
+            st.admitted.popleft()
+        while st.tokens and st.tokens[0][0] <= edge:
+            st.tokens_sum -= st.tokens.popleft()[1]
+        start = window_start_ms(now, spec.budget_window)
+        if start != st.window_start:
+            st.window_start, st.spent, st.unpriced, st.calls = start, Decimal(0), 0, 0
+        return st
+
+    def admit(self, name: str | None) -> None:
+        """Count one call of ``name``, or raise :class:`LimitExceeded` (nothing counted)."""
+        spec = self.callers.get(name) if name is not None else None
+        if spec is None:
+            return
+        now = self._clock()
+        st = self._fresh(spec, now)
+        if spec.budget_usd is not None and st.spent >= spec.budget_usd:
+            end = window_end_ms(st.window_start, spec.budget_window)
+            wait = (end - now) / 1000
+            raise LimitExceeded("insufficient_quota", (
+                f"caller {name!r} has spent {usd_text(st.spent)} USD of its {usd_text(spec.budget_usd)} USD "
+                f"budget this {spec.budget_window} (UTC); it renews in {_reset_text(wait)}"),
+                wait, {"x-should-retry": "false"})
+        rpm = spec.requests_per_minute
+        if rpm is not None and len(st.admitted) >= rpm:
+            wait = (st.admitted[0] + _MINUTE_MS - now) / 1000
+            raise LimitExceeded("rate_limit_exceeded", (
+                f"caller {name!r} reached its limit of {rpm} requests per minute; "
+                f"try again in {_reset_text(wait)}"), wait, {
+                "x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": _reset_text(wait)})
+        tpm = spec.tokens_per_minute
+        if tpm is not None and st.tokens_sum >= tpm:
+            # the wait until enough of the minute's tokens have left it to be under the limit
+            over, wait_ms = st.tokens_sum - tpm, 0
+            for at, n in st.tokens:
+                over -= n
+                wait_ms = at + _MINUTE_MS - now
+                if over < 0:
+                    break
+            wait = wait_ms / 1000
+            raise LimitExceeded("rate_limit_exceeded", (
+                f"caller {name!r} used {st.tokens_sum} tokens in the last minute, its limit is {tpm}; "
+                f"try again in {_reset_text(wait)}"), wait, {
+                "x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": _reset_text(wait)})
+        st.admitted.append(now)
+
+    def settle(self, name: str, tokens: int, cost_usd: Decimal | None, now_ms: int | None = None) -> None:
+        """What one finished call of ``name`` used."""
+        spec = self.callers.get(name)
+        if spec is None:
+            return
+        now = self._clock() if now_ms is None else now_ms
+        st = self._fresh(spec, now)
+        if tokens:
+            st.tokens.append((now, tokens))
+            st.tokens_sum += tokens
+        st.calls += 1
+        if cost_usd is None:
+            st.unpriced += 1
+        else:
+            st.spent += cost_usd
+
+    def load(self, usage_since: Callable[[str, int, int], tuple[int, int, Decimal, list[tuple[int, int]]]]) -> None:
+        """Start from what the store holds: ``usage_since(name, window_ms, minute_ms)`` gives the
+        calls, unpriced calls and USD spent since ``window_ms``, and (finish ms, tokens) of each
+        call that finished since ``minute_ms``."""
+        now = self._clock()
+        for name, spec in self.callers.items():
+            st = self._fresh(spec, now)
+            calls, unpriced, spent, recent = usage_since(name, st.window_start, now - _MINUTE_MS)
+            st.calls, st.unpriced, st.spent = calls, unpriced, spent
+            for at, n in sorted(recent):
+                st.tokens.append((at, n))
+                st.tokens_sum += n
+
+    def usage(self, name: str) -> dict[str, Any] | None:
+        """The caller's limits and what it has used of them (None: no such caller)."""
+        spec = self.callers.get(name)
+        if spec is None:
+            return None
+        now = self._clock()
+        st = self._fresh(spec, now)
+        out: dict[str, Any] = {
+            "caller": name,
+            "requests_per_minute": {"limit": spec.requests_per_minute, "used": len(st.admitted)},
+            "tokens_per_minute": {"limit": spec.tokens_per_minute, "used": st.tokens_sum},
+        }
+        budget: dict[str, Any] = {
+            "window": spec.budget_window, "started_at_ms": st.window_start,
+            "renews_at_ms": window_end_ms(st.window_start, spec.budget_window),
+            "limit_usd": usd_text(spec.budget_usd), "spent_usd": usd_text(st.spent),
+            "remaining_usd": None if spec.budget_usd is None else usd_text(max(spec.budget_usd - st.spent, Decimal(0))),
+            "calls": st.calls, "unpriced_calls": st.unpriced,
+        }
+        out["budget"] = budget
+        return out

@@ -1,0 +1,299 @@
+"""Named callers: their keys, their limits (requests and tokens per minute, a spending
+budget), what their receipts say, and what each may read of the trace history."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+
+import openai
+import pytest
+
+from unhardcoded.config import ConfigError, load_settings
+from unhardcoded.runtime.limits import CallerLimits, CallerSpec, LimitExceeded, window_end_ms, window_start_ms
+from unhardcoded.traces.sqlite import SQLiteStore
+
+from .harness import start_stack
+
+MSG = [{"role": "user", "content": "Hello there"}]
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# ---- config ---------------------------------------------------------------------------
+
+def _load(tmp_path, text: str):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return load_settings(p, environ={})
+
+
+def test_callers_are_read_with_their_limits(tmp_path) -> None:
+    s = _load(tmp_path, f"""
+[callers.billing-backend]
+keys_sha256 = ["{sha('k1')}", "{sha('k1-next')}"]
+requests_per_minute = 600
+tokens_per_minute = 200000
+budget_usd = 12.5
+budget_window = "day"
+
+[callers.batch]
+keys_sha256 = ["{sha('k2')}"]
+""")
+    a, b = s.callers["billing-backend"], s.callers["batch"]
+    assert (a.requests_per_minute, a.tokens_per_minute, a.budget_usd, a.budget_window) == (600, 200000,
+                                                                                           Decimal("12.5"), "day")
+    assert (b.requests_per_minute, b.tokens_per_minute, b.budget_usd, b.budget_window) == (None, None, None, "month")
+    assert s.keys_required
+    assert s.caller_of("k1") == (True, "billing-backend") == s.caller_of("k1-next")
+    assert s.caller_of("k2") == (True, "batch")
+    assert s.caller_of("other") == (False, None) and s.caller_of(None) == (False, None)
+
+
+@pytest.mark.parametrize("text, path", [
+    ('[callers."bad name"]\nkeys_sha256 = ["%s"]' % sha("k"), '$.callers["bad name"]'),
+    ("[callers.a]\nrequests_per_minute = 5", "$.callers.a.keys_sha256"),
+    ("[callers.a]\nkeys_sha256 = []", "$.callers.a.keys_sha256"),
+    ('[callers.a]\nkeys_sha256 = ["k1"]', "$.callers.a.keys_sha256[0]"),
+    ('[callers.a]\nkeys_sha256 = ["%s"]\nrequests_per_minute = 0' % sha("k"), "$.callers.a.requests_per_minute"),
+    ('[callers.a]\nkeys_sha256 = ["%s"]\ntokens_per_minute = "9"' % sha("k"), "$.callers.a.tokens_per_minute"),
+    ('[callers.a]\nkeys_sha256 = ["%s"]\nbudget_usd = -1' % sha("k"), "$.callers.a.budget_usd"),
+    ('[callers.a]\nkeys_sha256 = ["%s"]\nbudget_usd = nan' % sha("k"), "$.callers.a.budget_usd"),
+    ('[callers.a]\nkeys_sha256 = ["%s"]\nbudget_window = "week"' % sha("k"), "$.callers.a.budget_window"),
+    ('[callers.a]\nkeys_sha256 = ["%s"]\nrpm = 3' % sha("k"), "$.callers.a.rpm"),
+    ('[callers.a]\nkeys_sha256 = ["%s"]\n[callers.b]\nkeys_sha256 = ["%s"]' % (sha("k"), sha("k")),
+     "$.callers.b.keys_sha256[0]"),
+    ("[callers]\na = 3", "$.callers.a"),
+])
+def test_a_wrong_caller_is_refused_at_its_path(tmp_path, text, path) -> None:
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, text)
+    assert e.value.path == path
+
+
+# ---- limits, on a clock of our own ---------------------------------------------------------
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+T0 = 1_764_547_200_000 + 3_600_000  # 2025-12-01T01:00:00Z
+
+
+def limits(clock: Clock, **spec) -> CallerLimits:
+    return CallerLimits({"a": CallerSpec("a", frozenset({"x"}), **spec)}, clock_ms=clock)
+
+
+def test_requests_per_minute_is_a_sliding_window() -> None:
+    clock = Clock(T0)
+    lim = limits(clock, requests_per_minute=3)
+    for step in (0, 10_000, 20_000):
+        clock.ms = T0 + step
+        lim.admit("a")
+    clock.ms = T0 + 30_000
+    with pytest.raises(LimitExceeded) as e:
+        lim.admit("a")
+    assert e.value.code == "rate_limit_exceeded" and e.value.retry_after_s == 30.0
+    assert e.value.headers["x-ratelimit-reset-requests"] == "30s"
+    assert lim.usage("a")["requests_per_minute"] == {"limit": 3, "used": 3}  # the refusal is not counted
+    clock.ms = T0 + 60_000  # the first call has left the minute: one more fits, not two
+    lim.admit("a")
+    with pytest.raises(LimitExceeded):
+        lim.admit("a")
+    lim.admit("someone-unnamed")  # a caller without limits is never refused
+    lim.admit(None)
+
+
+def test_tokens_per_minute_counts_what_finished_calls_used() -> None:
+    clock = Clock(T0)
+    lim = limits(clock, tokens_per_minute=100)
+    lim.admit("a")
+    lim.settle("a", 60, None)
+    clock.ms += 5_000
+    lim.admit("a")  # 60 < 100
+    lim.settle("a", 50, None)
+    with pytest.raises(LimitExceeded) as e:
+        lim.admit("a")
+    # under the limit again once the first 60 tokens have left the minute
+    assert e.value.retry_after_s == 55.0 and e.value.headers["x-ratelimit-limit-tokens"] == "100"
+    clock.ms = T0 + 60_000
+    lim.admit("a")
+    assert lim.usage("a")["tokens_per_minute"] == {"limit": 100, "used": 50}
+
+
+def test_a_budget_is_spent_per_window_and_renews() -> None:
+    clock = Clock(T0)
+    lim = limits(clock, budget_usd=Decimal("0.01"), budget_window="day")
+    lim.admit("a")
+    lim.settle("a", 10, Decimal("0.004"))
+    lim.admit("a")
+    lim.settle("a", 10, None)      # no price: counted apart, costs nothing here
+    lim.settle("a", 10, Decimal("0.006"))
+    with pytest.raises(LimitExceeded) as e:
+        lim.admit("a")
+    assert e.value.code == "insufficient_quota" and e.value.headers == {"x-should-retry": "false"}
+    assert e.value.retry_after_s == 23 * 3600  # to midnight UTC
+    u = lim.usage("a")["budget"]
+    assert (u["spent_usd"], u["remaining_usd"], u["calls"], u["unpriced_calls"]) == ("0.01", "0", 3, 1)
+    clock.ms = window_end_ms(window_start_ms(T0, "day"), "day")
+    lim.admit("a")
+    assert lim.usage("a")["budget"]["spent_usd"] == "0"
+
+
+def test_budget_windows_are_utc_days_and_months() -> None:
+    dec31 = 1_767_139_200_000 + 5_000  # 2025-12-31T00:00:05Z
+    assert window_start_ms(dec31, "day") == 1_767_139_200_000
+    assert window_start_ms(dec31, "month") == 1_764_547_200_000           # 2025-12-01
+    assert window_end_ms(1_764_547_200_000, "month") == 1_767_225_600_000  # 2026-01-01
+    assert window_end_ms(1_767_139_200_000, "day") == 1_767_225_600_000
+
+
+# ---- served: the SDK against the router, both servers ---------------------------------------
+
+@pytest.fixture(params=["uvicorn", "granian"])
+def server(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def tenants(tmp_path, server):
+    callers = {
+        "a": CallerSpec("a", frozenset({sha("key-a")}), requests_per_minute=3),
+        "b": CallerSpec("b", frozenset({sha("key-b")}), budget_usd=Decimal("0.000000001")),
+    }
+    s = await start_stack(tmp_path, server=server, callers=callers,
+                          caller_keys_sha256=frozenset({sha("operator")}))
+    clients = {name: openai.AsyncOpenAI(base_url=s.base_url, api_key=f"key-{name}", max_retries=0)
+               for name in ("a", "b")}
+    clients["op"] = openai.AsyncOpenAI(base_url=s.base_url, api_key="operator", max_retries=0)
+    yield s, clients
+    for c in clients.values():
+        await c.close()
+    await s.close()
+
+
+def root(stack) -> str:
+    """The router's own endpoints (/x/...) are beside /v1: the SDK is given them whole."""
+    return stack.base_url.removesuffix("/v1")
+
+
+def _sent(stack) -> int:
+    return sum(len(up.requests) for up in stack.ups.values())
+
+
+async def test_a_caller_over_its_requests_per_minute_gets_openais_429(tenants) -> None:
+    s, c = tenants
+    for _ in range(2):
+        await c["a"].chat.completions.create(model="", messages=MSG)
+    await c["a"].responses.create(model="", input="hi")  # the Responses API counts the same
+    before = _sent(s)
+    with pytest.raises(openai.RateLimitError) as e:
+        await c["a"].chat.completions.create(model="", messages=MSG)
+    assert _sent(s) == before  # refused before any provider was asked
+    body, headers = e.value.body, e.value.response.headers
+    assert body["code"] == "rate_limit_exceeded" and body["type"] == "rate_limit_error"
+    assert "'a'" in body["message"] and "key-a" not in e.value.response.text
+    assert 1 <= int(headers["retry-after"]) <= 60 and headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    await c["b"].chat.completions.create(model="", messages=MSG)  # another caller is not held back
+    await c["op"].chat.completions.create(model="", messages=MSG)  # nor the operator's key
+    me = (await c["a"].get(root(s) + "/x/caller", cast_to=object))
+    assert me["caller"] == "a" and me["requests_per_minute"] == {"limit": 3, "used": 3}
+
+
+async def test_a_spent_budget_is_insufficient_quota_and_the_sdk_does_not_retry_it(tenants) -> None:
+    s, c = tenants
+    r = await c["b"].chat.completions.create(model="", messages=MSG)
+    assert Decimal(r.model_extra["x_router"]["cost_usd"]) > 0  # a priced call: the tiny budget is spent
+    retrying = openai.AsyncOpenAI(base_url=s.base_url, api_key="key-b", max_retries=2)
+    refused_before = sum(n for (status, _), n in s.router.meter.refused.items() if status == 429)
+    try:
+        with pytest.raises(openai.RateLimitError) as e:
+            await retrying.chat.completions.create(model="", messages=MSG)
+    finally:
+        await retrying.close()
+    assert e.value.body["code"] == "insufficient_quota" and e.value.body["type"] == "insufficient_quota"
+    assert e.value.response.headers["x-should-retry"] == "false"
+    refused = sum(n for (status, _), n in s.router.meter.refused.items() if status == 429)
+    assert refused == refused_before + 1  # asked once: the SDK read x-should-retry
+    budget = (await c["b"].get(root(s) + "/x/caller", cast_to=object))["budget"]
+    assert budget["calls"] == 1 and Decimal(budget["spent_usd"]) == Decimal(str(r.model_extra["x_router"]["cost_usd"]))
+    with pytest.raises(openai.NotFoundError) as nf:  # the operator's key names no caller
+        await c["op"].get(root(s) + "/x/caller", cast_to=object)
+    assert nf.value.body["code"] == "no_caller"
+
+    # a restart: the budget spent is read back from the trace store
+    s.store.flush()
+    fresh = CallerLimits(s.settings.callers)
+    fresh.load(s.store.caller_usage)
+    assert fresh.usage("b")["budget"]["spent_usd"] == budget["spent_usd"]
+    with pytest.raises(LimitExceeded):
+        fresh.admit("b")
+
+
+async def test_receipts_name_the_caller_and_each_caller_reads_only_its_own(tenants) -> None:
+    s, c = tenants
+    ra = await c["a"].chat.completions.create(model="", messages=MSG)
+    rb = await c["b"].chat.completions.create(model="", messages=MSG)
+    ro = await c["op"].chat.completions.create(model="", messages=MSG)
+    ids = {k: r.model_extra["x_router"]["trace_id"] for k, r in (("a", ra), ("b", rb), ("op", ro))}
+    s.store.flush()
+    rec_a = await c["op"].get(root(s) + f"/x/traces/{ids['a']}", cast_to=object)
+    assert rec_a["caller"] == "a"
+    assert "caller" not in (await c["op"].get(root(s) + f"/x/traces/{ids['op']}", cast_to=object))  # no name: as before
+
+    mine = await c["a"].get(root(s) + "/x/traces", cast_to=object)
+    assert [row["trace_id"] for row in mine["data"]] == [ids["a"]] and mine["data"][0]["caller"] == "a"
+    with pytest.raises(openai.NotFoundError):  # b's receipt does not exist for a
+        await c["a"].get(root(s) + f"/x/traces/{ids['b']}", cast_to=object)
+    with pytest.raises(openai.PermissionDeniedError):
+        await c["a"].get(root(s) + "/x/traces", cast_to=object, options={"params": {"caller": "b"}})
+    with pytest.raises(openai.NotFoundError):
+        await c["a"].post(root(s) + "/x/replay", body={"trace_id": ids["b"]}, cast_to=object)
+    replayed = await c["a"].post(root(s) + "/x/replay", body={"trace_id": ids["a"]}, cast_to=object)
+    assert replayed["identical"] is True  # its own receipt replays: a caller's name changes no decision
+
+    every = await c["op"].get(root(s) + "/x/traces", cast_to=object)
+    assert {row["trace_id"] for row in every["data"]} == set(ids.values())
+    only_b = await c["op"].get(root(s) + "/x/traces", cast_to=object, options={"params": {"caller": "b"}})
+    assert [row["trace_id"] for row in only_b["data"]] == [ids["b"]]
+
+
+async def test_an_old_store_gains_the_caller_column(tmp_path) -> None:
+    import sqlite3
+    path = tmp_path / "old.sqlite3"
+    SQLiteStore(path)  # the current schema, then the column taken away as a store before callers had it
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX traces_caller")
+    conn.execute("ALTER TABLE traces DROP COLUMN caller")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    assert store.caller_usage("a", 0, 0) == (0, 0, Decimal(0), [])
+    conn = sqlite3.connect(path)
+    assert "caller" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
+    conn.close()
+
+
+async def test_a_flow_is_one_request_and_its_nodes_tokens_all_count(tenants) -> None:
+    from .harness import policy
+    s, c = tenants
+    node = {"kind": "llm", "policy": policy(["family_eq", "gpt-5.5"]), "inputs": ["u"]}
+    flow = ["flow", {"u": {"kind": "input"}, "a": {**node, "system": "A."}, "b": {**node, "system": "B."},
+                     "s": {**node, "system": "Join.", "inputs": ["a", "b"]},
+                     "out": {"kind": "output", "inputs": ["s"]}}]
+    r = await c["a"].chat.completions.create(model="", messages=MSG, extra_body={"flow_ir": flow})
+    nodes = r.model_extra["x_router"]["flow_nodes"]
+    tokens = sum(n["tokens_in"] + n["tokens_out"] for n in nodes if n["status"] == "ok")
+    assert len([n for n in nodes if n["status"] == "ok"]) == 3 and tokens == r.usage.total_tokens
+    me = await c["a"].get(root(s) + "/x/caller", cast_to=object)
+    assert me["requests_per_minute"]["used"] == 1 and me["tokens_per_minute"]["used"] == tokens
+    s.store.flush()
+    rec = await c["a"].get(root(s) + f"/x/traces/{r.model_extra['x_router']['trace_id']}", cast_to=object)
+    assert rec["kind"] == "flow" and rec["caller"] == "a"
