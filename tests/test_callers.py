@@ -297,3 +297,38 @@ async def test_a_flow_is_one_request_and_its_nodes_tokens_all_count(tenants) -> 
     s.store.flush()
     rec = await c["a"].get(root(s) + f"/x/traces/{r.model_extra['x_router']['trace_id']}", cast_to=object)
     assert rec["kind"] == "flow" and rec["caller"] == "a"
+
+
+async def test_metrics_count_each_callers_refusals_and_use_for_the_operator_only(tenants) -> None:
+    s, c = tenants
+    for _ in range(3):
+        await c["a"].chat.completions.create(model="", messages=MSG)
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError):
+            await c["a"].chat.completions.create(model="", messages=MSG)
+    text = (await c["op"].get(root(s) + "/metrics", cast_to=str))
+    assert 'llm_router_caller_refusals_total{caller="a",limit="requests_per_minute"} 2.0' in text
+    assert 'llm_router_caller_refusals_total{caller="b"' not in text
+    used = [line for line in text.splitlines() if line.startswith('llm_router_caller_tokens_last_minute{caller="a"}')]
+    assert len(used) == 1 and float(used[0].split()[-1]) > 0
+    with pytest.raises(openai.PermissionDeniedError):
+        await c["a"].get(root(s) + "/metrics", cast_to=str)
+
+
+async def test_a_limited_callers_answers_say_what_is_left(tenants) -> None:
+    s, c = tenants
+    raw = await c["a"].chat.completions.with_raw_response.create(model="", messages=MSG)
+    h = raw.headers
+    assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("3", "2")
+    assert h["x-ratelimit-reset-requests"].endswith("s")
+    async with c["a"].chat.completions.with_streaming_response.create(model="", messages=MSG, stream=True) as st:
+        assert st.headers["x-ratelimit-remaining-requests"] == "1"
+        assert st.headers["content-type"].startswith("text/event-stream")
+        async for _line in st.iter_lines():
+            pass
+    raw = await c["a"].responses.with_raw_response.create(model="", input="hi")
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    raw = await c["b"].chat.completions.with_raw_response.create(model="", messages=MSG)
+    assert "x-ratelimit-limit-requests" not in raw.headers  # b has a budget, no per-minute limits
+    raw = await c["op"].chat.completions.with_raw_response.create(model="", messages=MSG)
+    assert "x-ratelimit-limit-requests" not in raw.headers

@@ -33,6 +33,8 @@ from ..costs import usd_text
 # The caller of the request being served, set by the server once the key is checked, read by
 # the router when a run starts (every task of a request sees it, flow nodes included).
 CURRENT_CALLER: ContextVar[str | None] = ContextVar("unhardcoded_caller", default=None)
+# What the answer tells the caller of its limits (``x-ratelimit-*``), once its call is admitted.
+LIMIT_HEADERS: ContextVar[list[tuple[bytes, bytes]] | None] = ContextVar("unhardcoded_limit_headers", default=None)
 
 BUDGET_WINDOWS = ("day", "month")
 _MINUTE_MS = 60_000
@@ -98,6 +100,7 @@ class CallerLimits:
         self.callers = dict(callers or {})
         self._clock = clock_ms or (lambda: int(time.time() * 1000))
         self._state = {name: _State() for name in self.callers}
+        self.refused: dict[tuple[str, str], int] = {}  # (caller, limit) -> calls refused
 
     def _fresh(self, spec: CallerSpec, now: int) -> _State:
         """The caller's state with what has left the minute and the budget window dropped."""
@@ -120,6 +123,7 @@ class CallerLimits:
         now = self._clock()
         st = self._fresh(spec, now)
         if spec.budget_usd is not None and st.spent >= spec.budget_usd:
+            self._count(spec.name, "budget_usd")
             end = window_end_ms(st.window_start, spec.budget_window)
             wait = (end - now) / 1000
             raise LimitExceeded("insufficient_quota", (
@@ -128,6 +132,7 @@ class CallerLimits:
                 wait, {"x-should-retry": "false"})
         rpm = spec.requests_per_minute
         if rpm is not None and len(st.admitted) >= rpm:
+            self._count(spec.name, "requests_per_minute")
             wait = (st.admitted[0] + _MINUTE_MS - now) / 1000
             raise LimitExceeded("rate_limit_exceeded", (
                 f"caller {name!r} reached its limit of {rpm} requests per minute; "
@@ -136,6 +141,7 @@ class CallerLimits:
                 "x-ratelimit-reset-requests": _reset_text(wait)})
         tpm = spec.tokens_per_minute
         if tpm is not None and st.tokens_sum >= tpm:
+            self._count(spec.name, "tokens_per_minute")
             # the wait until enough of the minute's tokens have left it to be under the limit
             over, wait_ms = st.tokens_sum - tpm, 0
             for at, n in st.tokens:
@@ -150,6 +156,28 @@ class CallerLimits:
                 "x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": "0",
                 "x-ratelimit-reset-tokens": _reset_text(wait)})
         st.admitted.append(now)
+        if rpm is not None or tpm is not None:
+            LIMIT_HEADERS.set(self._headers(spec, st, now))
+
+    @staticmethod
+    def _headers(spec: CallerSpec, st: _State, now: int) -> list[tuple[bytes, bytes]]:
+        """OpenAI's ``x-ratelimit-*`` headers for a call just admitted: what is left of each limit
+        and when it is whole again (the oldest entry leaves the minute)."""
+        out: list[tuple[bytes, bytes]] = []
+        if spec.requests_per_minute is not None:
+            reset = (st.admitted[0] + _MINUTE_MS - now) / 1000
+            out += [(b"x-ratelimit-limit-requests", str(spec.requests_per_minute).encode()),
+                    (b"x-ratelimit-remaining-requests", str(spec.requests_per_minute - len(st.admitted)).encode()),
+                    (b"x-ratelimit-reset-requests", _reset_text(reset).encode())]
+        if spec.tokens_per_minute is not None:
+            reset = (st.tokens[-1][0] + _MINUTE_MS - now) / 1000 if st.tokens else 0.0
+            out += [(b"x-ratelimit-limit-tokens", str(spec.tokens_per_minute).encode()),
+                    (b"x-ratelimit-remaining-tokens", str(max(spec.tokens_per_minute - st.tokens_sum, 0)).encode()),
+                    (b"x-ratelimit-reset-tokens", _reset_text(reset).encode())]
+        return out
+
+    def _count(self, name: str, limit: str) -> None:
+        self.refused[(name, limit)] = self.refused.get((name, limit), 0) + 1
 
     def settle(self, name: str, tokens: int, cost_usd: Decimal | None, now_ms: int | None = None) -> None:
         """What one finished call of ``name`` used."""

@@ -25,7 +25,7 @@ from ..lang import strictjson
 from ..lang.errors import LangError, format_path
 from ..router.contract import RequestError
 from ..router.engine import Router, RouterFailure
-from ..runtime.limits import CURRENT_CALLER, LimitExceeded
+from ..runtime.limits import CURRENT_CALLER, LIMIT_HEADERS, LimitExceeded
 
 log = logging.getLogger("unhardcoded.server")
 
@@ -48,6 +48,12 @@ _TYPED: dict[str, Any] = {"stream": bool, "temperature": (int, float), "top_p": 
                           "max_completion_tokens": int, "n": int, "tools": list, "logprobs": bool,
                           "top_logprobs": int, "logit_bias": dict}
 _COUNTS = frozenset({"max_tokens", "max_completion_tokens", "n"})
+
+
+def sse_headers() -> list[tuple[bytes, bytes]]:
+    """A stream's headers, with a limited caller's ``x-ratelimit-*`` when its call was admitted."""
+    limits = LIMIT_HEADERS.get()
+    return _SSE_HEADERS if limits is None else [*_SSE_HEADERS, *limits]
 
 
 def _json_default(o: Any) -> Any:
@@ -521,6 +527,9 @@ class App:
     async def _send_json(self, send: Send, status: int, payload: Any,
                          headers: list[tuple[bytes, bytes]] | None = None, *, head: bool = False) -> None:
         body = dumps(payload)
+        limits = LIMIT_HEADERS.get()
+        if limits is not None:  # a limited caller's call: the answer says what is left of its limits
+            headers = [*(headers or ()), *limits]
         respond = getattr(send, "respond", None)
         if respond is not None:  # the native RSGI path: one call, no ASGI messages
             respond(status, b"" if head else body, headers)
@@ -579,7 +588,7 @@ class App:
                          extra={"x_router": run.x_router()}, headers=headers)
 
     async def _chat_stream(self, stream: Any, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": sse_headers()})
         clean_end = False
         async for event in stream.events():
             await send({"type": "http.response.body", "body": b"data: " + dumps(event) + b"\n\n", "more_body": True})
@@ -604,7 +613,7 @@ class App:
             await self._send_json(send, 200, api.from_chat(completion, body))
 
     async def _responses_stream(self, out: Any, stream: Any, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": sse_headers()})
 
         def frames(events: list[tuple[str, Any]]) -> bytes:
             return b"".join(b"event: " + kind.encode() + b"\ndata: " + dumps(ev) + b"\n\n" for kind, ev in events)
@@ -639,8 +648,12 @@ class App:
 
     async def metrics(self, scope: Scope, body: Any) -> tuple[int, Any]:
         """``GET /metrics``: Prometheus' text format (``metrics.py``); behind the caller keys
-        when they are set, like every route but /healthz."""
+        when they are set, like every route but /healthz. It counts every caller's use, so a
+        named caller's key (a tenant's) is refused: the operator's anonymous keys read it."""
         from .metrics import CONTENT_TYPE, render
+        if CURRENT_CALLER.get() is not None:
+            raise HTTPError(403, "caller_scope", "the metrics are the operator's: a named caller reads its own "
+                            "use at /x/caller", type_="permission_error")
         return 200, Text(CONTENT_TYPE, render(self))
 
     async def model(self, scope: Scope, body: Any) -> tuple[int, Any]:

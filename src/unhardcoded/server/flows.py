@@ -7,13 +7,11 @@ import time
 from typing import Any, Mapping
 
 from ..flows import FlowRunner, build_flow_record, load_registry
-from ..runtime.limits import CURRENT_CALLER
 from ..lang.errors import LangError
 from ..lang.flow import admit_flow
 from ..router.engine import status_for
-from .app import App, HTTPError, dumps, lang_error
-
-_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+from ..runtime.limits import CURRENT_CALLER
+from .app import App, HTTPError, dumps, lang_error, sse_headers
 
 
 class FlowService:
@@ -93,7 +91,7 @@ class FlowService:
             chunks.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": calls}, "finish_reason": None}]})
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         chunks.append({**base, "choices": [], "usage": result.usage(), "x_router": xr})
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        await send({"type": "http.response.start", "status": 200, "headers": sse_headers()})
         for c in chunks:
             await send({"type": "http.response.body", "body": b"data: " + dumps(c) + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})

@@ -3,8 +3,8 @@
 Everything is read when scraped, from what the router keeps anyway (its :class:`Meter`, the
 runtime state, the trace store), and formatted by ``prometheus_client``: the request path pays
 for none of it. Names follow the reference host's (``llm_router_*``) where it has the metric;
-the labels are bounded by the catalog (a provider id) or by the code (a status, an error code),
-never by a caller, a policy or a request.
+the labels are bounded by the catalog (a provider id), by the code (a status, an error code) or
+by the config (a named caller), never by a policy or a request.
 """
 
 from __future__ import annotations
@@ -82,6 +82,23 @@ class _Collector:
                                       "counts)", value=getattr(sink, "errors", 0))
             yield GaugeMetricFamily("llm_router_traces_failing", "1 while the trace store cannot commit",
                                     value=0 if getattr(sink, "failing_since_ms", None) is None else 1)
+        limits = router.limits
+        if limits.callers:
+            refusals = CounterMetricFamily("llm_router_caller_refusals", "Calls of a named caller refused by "
+                                           "one of its limits", labels=["caller", "limit"])
+            for (caller, limit), n in sorted(limits.refused.items()):
+                refusals.add_metric([caller, limit], n)
+            yield refusals
+            spent = GaugeMetricFamily("llm_router_caller_budget_spent_usd", "A named caller's spending in its "
+                                      "current budget window (calls with a known price)", labels=["caller"])
+            minute = GaugeMetricFamily("llm_router_caller_tokens_last_minute", "Tokens of a named caller's calls "
+                                       "that finished in the last 60 s", labels=["caller"])
+            for caller in sorted(limits.callers):
+                use = limits.usage(caller) or {}
+                spent.add_metric([caller], float(use["budget"]["spent_usd"]))
+                minute.add_metric([caller], use["tokens_per_minute"]["used"])
+            yield spent
+            yield minute
         yield GaugeMetricFamily("llm_router_catalog_routes", "Routes in the catalog", value=len(router.catalog))
         yield GaugeMetricFamily("llm_router_process_uptime_seconds", "Seconds since the server started",
                                 value=round(time.time() - app.started, 3))
