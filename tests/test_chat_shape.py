@@ -40,7 +40,8 @@ def _resolve(doc, path: str):
 
 
 @settings(max_examples=400, deadline=None)
-@given(key=st.sampled_from(["tools", "tool_choice", "response_format", "stop"]), value=values,
+@given(key=st.sampled_from(["tools", "tool_choice", "response_format", "stop", "logprobs", "top_logprobs",
+                            "logit_bias"]), value=values,
        tools=st.sampled_from([None, [{"type": "function", "function": {"name": "f"}}]]))
 def test_a_checked_parameter_is_accepted_or_refused_at_a_path_inside_it(key, value, tools) -> None:
     body = {"messages": MSG, key: value}

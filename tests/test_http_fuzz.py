@@ -26,6 +26,7 @@ bodies = st.one_of(
                                     "requirements": json_values, "seed": json_values, "stream": json_values,
                                     "tools": json_values, "tool_choice": json_values,
                                     "response_format": json_values, "stop": json_values,
+                                    "logprobs": json_values, "top_logprobs": json_values, "logit_bias": json_values,
                                     }).map(lambda d: json.dumps(d).encode()),
     st.fixed_dictionaries({"messages": json_values}).map(lambda d: json.dumps(d).encode()),
     # a Responses request's fields, for /v1/responses
@@ -72,7 +73,7 @@ _times = st.one_of(st.sampled_from([2 ** 63, -(2 ** 63) - 1, 10 ** 30, 2 ** 63 -
                    st.integers(-2 ** 80, 2 ** 80))  # SQLite binds 64 bits; the edges, and past them
 _trace_queries = st.dictionaries(
     st.sampled_from(["since", "until", "limit", "cursor", "policy", "route", "model", "provider", "status", "session",
-                     "x"]),
+                     "caller", "x"]),
     st.one_of(_times.map(str), _times.map(_cursor), st.text(max_size=12),
               st.binary(max_size=12).map(lambda b: b.decode("latin-1"))),
     max_size=4)
