@@ -166,11 +166,12 @@ async def tenants(tmp_path, server):
     callers = {
         "a": CallerSpec("a", frozenset({sha("key-a")}), requests_per_minute=3),
         "b": CallerSpec("b", frozenset({sha("key-b")}), budget_usd=Decimal("0.000000001")),
+        "c": CallerSpec("c", frozenset({sha("key-c")}), max_concurrent_requests=1),
     }
     s = await start_stack(tmp_path, server=server, callers=callers,
                           caller_keys_sha256=frozenset({sha("operator")}))
     clients = {name: openai.AsyncOpenAI(base_url=s.base_url, api_key=f"key-{name}", max_retries=0)
-               for name in ("a", "b")}
+               for name in ("a", "b", "c")}
     clients["op"] = openai.AsyncOpenAI(base_url=s.base_url, api_key="operator", max_retries=0)
     yield s, clients
     for c in clients.values():
@@ -332,3 +333,29 @@ async def test_a_limited_callers_answers_say_what_is_left(tenants) -> None:
     assert "x-ratelimit-limit-requests" not in raw.headers  # b has a budget, no per-minute limits
     raw = await c["op"].chat.completions.with_raw_response.create(model="", messages=MSG)
     assert "x-ratelimit-limit-requests" not in raw.headers
+
+
+async def test_concurrent_requests_are_limited_and_every_ending_frees_its_place(tenants) -> None:
+    import asyncio
+
+    from unhardcoded.testing.upstreams import Delay, Fail, Reply
+    s, c = tenants
+    s.openai.script("gpt-5.5", Delay(500), Reply("slow"))
+    first = asyncio.create_task(c["c"].chat.completions.create(model="family:gpt-5.5", messages=MSG))
+    for _ in range(200):
+        if (await c["c"].get(root(s) + "/x/caller", cast_to=object))["concurrent_requests"]["in_flight"]:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(openai.RateLimitError) as e:
+        await c["c"].chat.completions.create(model="", messages=MSG)
+    assert "in flight" in e.value.body["message"]
+    await c["a"].chat.completions.create(model="", messages=MSG)  # another caller is not held back
+    assert (await first).choices[0].message.content == "slow"
+    async for _chunk in await c["c"].chat.completions.create(model="", messages=MSG, stream=True):
+        pass  # its place is free again
+    s.openai.script("gpt-5.5", Fail(500), Fail(500), Fail(500), Fail(500))
+    with pytest.raises(openai.APIStatusError):  # every route failed: the place is freed all the same
+        await c["c"].chat.completions.create(model="family:gpt-5.5", messages=MSG)
+    await c["c"].responses.create(model="", input="hi")
+    me = await c["c"].get(root(s) + "/x/caller", cast_to=object)
+    assert me["concurrent_requests"] == {"limit": 1, "in_flight": 0}

@@ -35,6 +35,7 @@ file; they are held in :class:`Keys` and never printed.
     keys_sha256 = ["<sha256 of its key>"]
     requests_per_minute = 600
     tokens_per_minute = 200000
+    max_concurrent_requests = 20
     budget_usd = 50            # spent per budget_window, from the calls' costs
     budget_window = "month"    # "day" or "month" (UTC); runtime/limits.py
 """
@@ -157,7 +158,7 @@ _CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CALLER_SETTINGS: dict[str, type | tuple[type, ...]] = {
     "keys_sha256": list, "requests_per_minute": int, "tokens_per_minute": int, "budget_usd": (int, float),
-    "budget_window": str}
+    "budget_window": str, "max_concurrent_requests": int}
 
 
 def _callers(table: Mapping[str, Any]) -> dict[str, CallerSpec]:
@@ -188,7 +189,7 @@ def _callers(table: Mapping[str, Any]) -> dict[str, CallerSpec]:
             if owner.setdefault(digest, name) != name:
                 raise ConfigError("bad_value", f"this key is also caller {owner[digest]!r}'s",
                                   [*where, "keys_sha256", i])
-        for k in ("requests_per_minute", "tokens_per_minute"):
+        for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests"):
             if k in spec and spec[k] < 1:
                 raise ConfigError("bad_value", f"callers.{name}.{k} must be at least 1", [*where, k])
         budget = spec.get("budget_usd")
@@ -199,7 +200,8 @@ def _callers(table: Mapping[str, Any]) -> dict[str, CallerSpec]:
             raise ConfigError("bad_value", f"callers.{name}.budget_window is one of {', '.join(BUDGET_WINDOWS)}",
                               [*where, "budget_window"])
         out[name] = CallerSpec(name, frozenset(keys), spec.get("requests_per_minute"), spec.get("tokens_per_minute"),
-                               None if budget is None else Decimal(str(budget)), window)
+                               None if budget is None else Decimal(str(budget)), window,
+                               spec.get("max_concurrent_requests"))
     return out
 
 

@@ -9,6 +9,7 @@ anything is routed:
 * ``tokens_per_minute``: tokens (prompt + completion) of the calls that finished in the last
   60 s. A call's tokens are known only when it ends, so calls in flight when the limit is
   reached still finish: the limit is checked against what was used, never estimated;
+* ``max_concurrent_requests``: calls of the caller in flight at once (a flow is one);
 * ``budget_usd`` per ``budget_window`` (a UTC ``day`` or ``month``): the cost of the calls
   that finished in the window. A call the catalog has no price for costs nothing here and is
   counted apart (``unpriced_calls``), never priced by guess.
@@ -48,6 +49,7 @@ class CallerSpec:
     tokens_per_minute: int | None = None
     budget_usd: Decimal | None = None
     budget_window: str = "month"
+    max_concurrent_requests: int | None = None
 
 
 class LimitExceeded(Exception):
@@ -82,7 +84,7 @@ def _reset_text(seconds: float) -> str:
 
 
 class _State:
-    __slots__ = ("admitted", "tokens", "tokens_sum", "window_start", "spent", "unpriced", "calls")
+    __slots__ = ("admitted", "tokens", "tokens_sum", "window_start", "spent", "unpriced", "calls", "inflight")
 
     def __init__(self) -> None:
         self.admitted: deque[int] = deque()               # admission times (ms) in the last minute
@@ -92,6 +94,8 @@ class _State:
         self.spent = Decimal(0)
         self.unpriced = 0
         self.calls = 0
+        self.inflight = 0
+
 
 
 class CallerLimits:
@@ -130,6 +134,12 @@ class CallerLimits:
                 f"caller {name!r} has spent {usd_text(st.spent)} USD of its {usd_text(spec.budget_usd)} USD "
                 f"budget this {spec.budget_window} (UTC); it renews in {_reset_text(wait)}"),
                 wait, {"x-should-retry": "false"})
+        most = spec.max_concurrent_requests
+        if most is not None and st.inflight >= most:
+            self._count(spec.name, "max_concurrent_requests")
+            raise LimitExceeded("rate_limit_exceeded", (
+                f"caller {name!r} has {st.inflight} calls in flight, its limit is {most}; "
+                "try again when one has finished"), 1.0, {})
         rpm = spec.requests_per_minute
         if rpm is not None and len(st.admitted) >= rpm:
             self._count(spec.name, "requests_per_minute")
@@ -156,6 +166,7 @@ class CallerLimits:
                 "x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": "0",
                 "x-ratelimit-reset-tokens": _reset_text(wait)})
         st.admitted.append(now)
+        st.inflight += 1
         if rpm is not None or tpm is not None:
             LIMIT_HEADERS.set(self._headers(spec, st, now))
 
@@ -175,6 +186,12 @@ class CallerLimits:
                     (b"x-ratelimit-remaining-tokens", str(max(spec.tokens_per_minute - st.tokens_sum, 0)).encode()),
                     (b"x-ratelimit-reset-tokens", _reset_text(reset).encode())]
         return out
+
+    def release(self, name: str) -> None:
+        """A call admitted by :meth:`admit` has ended (answered, failed or cut off)."""
+        st = self._state.get(name)
+        if st is not None and st.inflight > 0:
+            st.inflight -= 1
 
     def _count(self, name: str, limit: str) -> None:
         self.refused[(name, limit)] = self.refused.get((name, limit), 0) + 1
@@ -219,6 +236,7 @@ class CallerLimits:
             "caller": name,
             "requests_per_minute": {"limit": spec.requests_per_minute, "used": len(st.admitted)},
             "tokens_per_minute": {"limit": spec.tokens_per_minute, "used": st.tokens_sum},
+            "concurrent_requests": {"limit": spec.max_concurrent_requests, "in_flight": st.inflight},
         }
         budget: dict[str, Any] = {
             "window": spec.budget_window, "started_at_ms": st.window_start,

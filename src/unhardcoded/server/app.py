@@ -474,11 +474,12 @@ class App:
             raise HTTPError(401, "caller_auth", "missing or unknown caller key", type_="authentication_error")
         CURRENT_CALLER.set(caller)
 
-    def admit_caller(self) -> None:
-        """Count this call against its caller's limits, or refuse it with OpenAI's 429."""
+    def admit_caller(self) -> str | None:
+        """Count this call against its caller's limits, or refuse it with OpenAI's 429. Returns
+        the named caller admitted (its call is in flight until ``limits.release``), or None."""
         caller = CURRENT_CALLER.get()
         if caller is None:
-            return
+            return None
         try:
             self.router.limits.admit(caller)
         except LimitExceeded as over:
@@ -487,6 +488,7 @@ class App:
                        *((k.encode(), v.encode()) for k, v in over.headers.items())]
             raise HTTPError(429, over.code, over.message, type_="insufficient_quota" if over.code ==
                             "insufficient_quota" else "rate_limit_error", headers=headers) from None
+        return caller
 
     async def _read_json(self, scope: Scope, receive: Receive, allow_empty: bool = False) -> Any:
         for k, v in scope.get("headers", []):
@@ -541,16 +543,20 @@ class App:
     # ---- chat -------------------------------------------------------------------
     async def chat(self, body: Any, profile: str | None, send: Send) -> None:
         validate_chat_body(body)
-        self.admit_caller()
-        flows = getattr(self, "flows", None)
-        if flows is not None and flows.wants(body):
-            await flows.chat(body, send)
-            return
-        if body.get("flow_ir") is not None:
-            raise HTTPError(400, "flows_unavailable", "this router runs no flows", "$.flow_ir")
-        completion = await self._routed(body, profile, send, self._chat_stream)
-        if completion is not None:
-            await self._send_json(send, 200, completion)
+        caller = self.admit_caller()
+        try:
+            flows = getattr(self, "flows", None)
+            if flows is not None and flows.wants(body):
+                await flows.chat(body, send)
+                return
+            if body.get("flow_ir") is not None:
+                raise HTTPError(400, "flows_unavailable", "this router runs no flows", "$.flow_ir")
+            completion = await self._routed(body, profile, send, self._chat_stream)
+            if completion is not None:
+                await self._send_json(send, 200, completion)
+        finally:
+            if caller is not None:
+                self.router.limits.release(caller)
 
     async def _routed(self, chat: Mapping[str, Any], profile: str | None, send: Send,
                       stream_out: Callable[[Any, Send], Awaitable[None]]) -> dict[str, Any] | None:
@@ -603,14 +609,18 @@ class App:
 
         chat = api.to_chat(body)
         validate_chat_body(chat)
-        self.admit_caller()
+        caller = self.admit_caller()
 
         async def stream_out(stream: Any, send: Send) -> None:
             await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served), stream, send)
 
-        completion = await self._routed(chat, profile, send, stream_out)
-        if completion is not None:
-            await self._send_json(send, 200, api.from_chat(completion, body))
+        try:
+            completion = await self._routed(chat, profile, send, stream_out)
+            if completion is not None:
+                await self._send_json(send, 200, api.from_chat(completion, body))
+        finally:
+            if caller is not None:
+                self.router.limits.release(caller)
 
     async def _responses_stream(self, out: Any, stream: Any, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": sse_headers()})
