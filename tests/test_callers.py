@@ -359,3 +359,32 @@ async def test_concurrent_requests_are_limited_and_every_ending_frees_its_place(
     await c["c"].responses.create(model="", input="hi")
     me = await c["c"].get(root(s) + "/x/caller", cast_to=object)
     assert me["concurrent_requests"] == {"limit": 1, "in_flight": 0}
+
+
+async def test_the_callers_command_reads_limits_and_use_from_the_store(tenants, tmp_path, capsys) -> None:
+    import json
+
+    from unhardcoded.cli import main
+    s, c = tenants
+    r = await c["b"].chat.completions.create(model="", messages=MSG)
+    await c["a"].chat.completions.create(model="", messages=MSG)
+    s.store.flush()
+    cfg = tmp_path / "router.toml"
+    cfg.write_text(f"""[traces]
+data_dir = "{s.settings.data_dir}"
+[callers.a]
+keys_sha256 = ["{sha('key-a')}"]
+requests_per_minute = 3
+[callers.b]
+keys_sha256 = ["{sha('key-b')}"]
+budget_usd = 0.000000001
+""")
+    assert main(["callers", "--config", str(cfg), "--json"]) == 0
+    rows = {row["caller"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["b"]["budget"]["calls"] == 1 and rows["a"]["budget"]["calls"] == 1
+    assert Decimal(rows["b"]["budget"]["spent_usd"]) == Decimal(str(r.model_extra["x_router"]["cost_usd"]))
+    assert rows["b"]["budget"]["remaining_usd"] == "0" and rows["a"]["requests_per_minute"]["limit"] == 3
+    assert rows["a"]["tokens_per_minute"]["used"] > 0
+    assert main(["callers", "--config", str(cfg)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["caller", "window"] and table[1].split()[0] == "a" and len(table) == 3

@@ -251,6 +251,35 @@ def _store_for(args: argparse.Namespace):  # noqa: ANN202
     return settings, open_store(settings)
 
 
+def cmd_callers(args: argparse.Namespace) -> int:
+    """The named callers of the config, their limits and what the trace store holds of their use
+    (the budget window so far, the last minute's tokens). Calls in flight are only the running
+    router's: ``GET /x/caller``."""
+    from .runtime.limits import CallerLimits
+
+    settings, store = _store_for(args)
+    if not settings.callers:
+        raise CommandError("the config names no callers ([callers.NAME] tables)")
+    limits = CallerLimits(settings.callers)
+    limits.load(store.caller_usage)
+    rows = [limits.usage(name) for name in sorted(settings.callers)]
+    for row in rows:
+        row["concurrent_requests"].pop("in_flight", None)  # the store cannot know what runs now
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'caller':<20} {'window':<6} {'spent / budget (USD)':>22} {'calls':>7} {'unpriced':>8} "
+          f"{'tokens last min / limit':>24} {'req/min':>7} {'concurrent':>10}")
+    for row in rows:
+        b, tpm = row["budget"], row["tokens_per_minute"]
+        budget = f"{b['spent_usd']} / {b['limit_usd'] or '-'}"
+        tokens = f"{tpm['used']} / {tpm['limit'] or '-'}"
+        print(f"{row['caller']:<20} {b['window']:<6} {budget:>22} {b['calls']:>7} {b['unpriced_calls']:>8} "
+              f"{tokens:>24} {row['requests_per_minute']['limit'] or '-':>7} "
+              f"{row['concurrent_requests']['limit'] or '-':>10}")
+    return 0
+
+
 def cmd_traces(args: argparse.Namespace) -> int:
     from .traces.views import traces_table
 
@@ -404,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--since", type=_since, help="e.g. 24h, 30m, or milliseconds since the epoch")
     tr.add_argument("--limit", type=_limit, default=20, help="at most this many (1 to 1000; default 20)")
     tr.set_defaults(fn=cmd_traces)
+
+    cl = sub.add_parser("callers", help="named callers: their limits and their use (budget, last minute)")
+    store_args(cl)
+    cl.set_defaults(fn=cmd_callers)
 
     one = sub.add_parser("trace", help="one run's receipt: what answered, why, the path, latency, cost")
     store_args(one)
