@@ -134,13 +134,14 @@ def test_a_budget_is_spent_per_window_and_renews() -> None:
     lim.settle("a", 10, Decimal("0.004"))
     lim.admit("a")
     lim.settle("a", 10, None)      # no price: counted apart, costs nothing here
-    lim.settle("a", 10, Decimal("0.006"))
+    lim.settle("a", 0, None, answered=False)  # a failed call is not an unpriced answer
+    lim.settle("a", 10, Decimal("0.006"))     # (a flow settles each step of its one call)
     with pytest.raises(LimitExceeded) as e:
         lim.admit("a")
     assert e.value.code == "insufficient_quota" and e.value.headers == {"x-should-retry": "false"}
     assert e.value.retry_after_s == 23 * 3600  # to midnight UTC
     u = lim.usage("a")["budget"]
-    assert (u["spent_usd"], u["remaining_usd"], u["calls"], u["unpriced_calls"]) == ("0.01", "0", 3, 1)
+    assert (u["spent_usd"], u["remaining_usd"], u["calls"], u["unpriced_calls"]) == ("0.01", "0", 2, 1)
     clock.ms = window_end_ms(window_start_ms(T0, "day"), "day")
     lim.admit("a")
     assert lim.usage("a")["budget"]["spent_usd"] == "0"
@@ -388,3 +389,20 @@ budget_usd = 0.000000001
     assert main(["callers", "--config", str(cfg)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:2] == ["caller", "window"] and table[1].split()[0] == "a" and len(table) == 3
+
+
+def test_a_monthly_budget_over_a_shorter_retention_is_warned_of_at_start(tmp_path, caplog) -> None:
+    import logging
+
+    from unhardcoded.config import Settings
+    from unhardcoded.server import build_router
+    callers = {"m": CallerSpec("m", frozenset({sha("k")}), budget_usd=Decimal(5))}
+    with caplog.at_level(logging.WARNING, logger="unhardcoded.server"):
+        router = build_router(Settings(data_dir=str(tmp_path), callers=callers, retention_days=30))
+        router.sink.close()
+    assert any("monthly budget of m" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unhardcoded.server"):
+        router = build_router(Settings(data_dir=str(tmp_path), callers=callers, retention_days=31))
+        router.sink.close()
+    assert not caplog.records

@@ -656,7 +656,8 @@ class Router:
         run.finished_ms = self.clock()
         self.meter.finish(run)
         if run.caller is not None:
-            self.limits.settle(run.caller, run.usage.total_tokens, run.cost.usd, run.finished_ms)
+            self.limits.settle(run.caller, run.usage.total_tokens, run.cost.usd, run.finished_ms,
+                               answered=run.status == "ok")
         if not record:
             return
         try:

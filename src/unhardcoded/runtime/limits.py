@@ -167,6 +167,7 @@ class CallerLimits:
                 "x-ratelimit-reset-tokens": _reset_text(wait)})
         st.admitted.append(now)
         st.inflight += 1
+        st.calls += 1
         if rpm is not None or tpm is not None:
             LIMIT_HEADERS.set(self._headers(spec, st, now))
 
@@ -196,8 +197,9 @@ class CallerLimits:
     def _count(self, name: str, limit: str) -> None:
         self.refused[(name, limit)] = self.refused.get((name, limit), 0) + 1
 
-    def settle(self, name: str, tokens: int, cost_usd: Decimal | None, now_ms: int | None = None) -> None:
-        """What one finished call of ``name`` used."""
+    def settle(self, name: str, tokens: int, cost_usd: Decimal | None, now_ms: int | None = None,
+               answered: bool = True) -> None:
+        """What one finished run of ``name`` used (a flow settles each of its steps)."""
         spec = self.callers.get(name)
         if spec is None:
             return
@@ -206,11 +208,10 @@ class CallerLimits:
         if tokens:
             st.tokens.append((now, tokens))
             st.tokens_sum += tokens
-        st.calls += 1
-        if cost_usd is None:
-            st.unpriced += 1
-        else:
+        if cost_usd is not None:
             st.spent += cost_usd
+        elif answered:
+            st.unpriced += 1
 
     def load(self, usage_since: Callable[[str, int, int], tuple[int, int, Decimal, list[tuple[int, int]]]]) -> None:
         """Start from what the store holds: ``usage_since(name, window_ms, minute_ms)`` gives the

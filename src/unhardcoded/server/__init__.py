@@ -24,6 +24,11 @@ def build_router(settings: Settings, *, sink: Any = None) -> Router:
     router = Router(catalog, settings, sink=sink)
     if settings.callers and hasattr(sink, "caller_usage"):
         router.limits.load(sink.caller_usage)  # budgets and the last minute carry over a restart
+        short = [s.name for s in settings.callers.values() if s.budget_usd is not None and s.budget_window == "month"]
+        if short and 0 < settings.retention_days < 31:
+            log.warning("traces are kept %d days, less than a month: after a restart late in a month the "
+                        "monthly budget of %s counts only the calls still stored (traces.retention_days >= 31 "
+                        "keeps it whole)", settings.retention_days, ", ".join(sorted(short)))
     return router
 
 

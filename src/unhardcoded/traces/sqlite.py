@@ -743,14 +743,15 @@ class SQLiteStore:
 
     def caller_usage(self, caller: str, window_ms: int, minute_ms: int
                      ) -> tuple[int, int, "Decimal", list[tuple[int, int]]]:
-        """What the stored calls of ``caller`` used (``CallerLimits.load``): the calls, the calls
+        """What the stored calls of ``caller`` used (``CallerLimits.load``): the calls, the answers
         without a price and the USD spent that started since ``window_ms``, and (finish ms,
         tokens) of each that finished since ``minute_ms``. A flow counts once, with its nodes'
         sums."""
         from decimal import Decimal
         conn = self._read()
         try:
-            rows = conn.execute("SELECT started_at_ms, finished_at_ms, cost_usd, tokens_in, tokens_out FROM traces "
+            rows = conn.execute("SELECT started_at_ms, finished_at_ms, cost_usd, tokens_in, tokens_out, status "
+                                "FROM traces "
                                 "WHERE caller = ? AND started_at_ms >= ?",
                                 (caller, _in_int64(min(window_ms, minute_ms - 86_400_000)))).fetchall()
         finally:
@@ -758,15 +759,15 @@ class SQLiteStore:
         calls = unpriced = 0
         spent = Decimal(0)
         recent = []
-        for started, finished, cost, t_in, t_out in rows:
+        for started, finished, cost, t_in, t_out, status in rows:
             if finished is not None and finished >= minute_ms and (t_in or t_out):
                 recent.append((finished, (t_in or 0) + (t_out or 0)))
             if started >= window_ms:
                 calls += 1
-                if cost is None:
-                    unpriced += 1
-                else:
+                if cost is not None:
                     spent += Decimal(cost)
+                elif status == "ok":
+                    unpriced += 1
         return calls, unpriced, spent, recent
 
     def count(self) -> int:
