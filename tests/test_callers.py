@@ -3,11 +3,14 @@ budget), what their receipts say, and what each may read of the trace history.""
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 from decimal import Decimal
 
 import openai
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from unhardcoded.config import ConfigError, load_settings
 from unhardcoded.runtime.limits import CallerLimits, CallerSpec, LimitExceeded, window_end_ms, window_start_ms
@@ -99,15 +102,39 @@ def test_requests_per_minute_is_a_sliding_window() -> None:
     clock.ms = T0 + 30_000
     with pytest.raises(LimitExceeded) as e:
         lim.admit("a")
-    assert e.value.code == "rate_limit_exceeded" and e.value.retry_after_s == 30.0
-    assert e.value.headers["x-ratelimit-reset-requests"] == "30s"
+    # counted by the second: the first call, in the second ending at T0 + 1 s, leaves at T0 + 61 s
+    assert e.value.code == "rate_limit_exceeded" and e.value.retry_after_s == 31.0
+    assert e.value.headers["x-ratelimit-reset-requests"] == "31s"
     assert lim.usage("a")["requests_per_minute"] == {"limit": 3, "used": 3}  # the refusal is not counted
-    clock.ms = T0 + 60_000  # the first call has left the minute: one more fits, not two
+    clock.ms = T0 + 60_999
+    with pytest.raises(LimitExceeded):
+        lim.admit("a")
+    clock.ms = T0 + 61_000  # the first call has left the minute: one more fits, not two
     lim.admit("a")
     with pytest.raises(LimitExceeded):
         lim.admit("a")
     lim.admit("someone-unnamed")  # a caller without limits is never refused
     lim.admit(None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rpm=st.integers(1, 5), steps=st.lists(st.integers(0, 30_000), min_size=1, max_size=60))
+def test_no_minute_ever_holds_more_than_the_limit_and_a_refusal_says_when_to_come_back(rpm, steps) -> None:
+    clock = Clock(T0 + 123)
+    lim = limits(clock, requests_per_minute=rpm)
+    admitted: list[int] = []
+    for step in steps:
+        clock.ms += step
+        try:
+            lim.admit("a")
+            admitted.append(clock.ms)
+        except LimitExceeded as e:
+            assert e.retry_after_s > 0
+            later = copy.deepcopy(lim)
+            later._clock = Clock(clock.ms + math.ceil(e.retry_after_s * 1000))
+            later.admit("a")  # when it said, it is admitted
+    for t in admitted:
+        assert sum(1 for u in admitted if t - 60_000 < u <= t) <= rpm
 
 
 def test_tokens_per_minute_counts_what_finished_calls_used() -> None:
@@ -121,8 +148,8 @@ def test_tokens_per_minute_counts_what_finished_calls_used() -> None:
     with pytest.raises(LimitExceeded) as e:
         lim.admit("a")
     # under the limit again once the first 60 tokens have left the minute
-    assert e.value.retry_after_s == 55.0 and e.value.headers["x-ratelimit-limit-tokens"] == "100"
-    clock.ms = T0 + 60_000
+    assert e.value.retry_after_s == 56.0 and e.value.headers["x-ratelimit-limit-tokens"] == "100"
+    clock.ms = T0 + 61_000
     lim.admit("a")
     assert lim.usage("a")["tokens_per_minute"] == {"limit": 100, "used": 50}
 
@@ -201,7 +228,7 @@ async def test_a_caller_over_its_requests_per_minute_gets_openais_429(tenants) -
     body, headers = e.value.body, e.value.response.headers
     assert body["code"] == "rate_limit_exceeded" and body["type"] == "rate_limit_error"
     assert "'a'" in body["message"] and "key-a" not in e.value.response.text
-    assert 1 <= int(headers["retry-after"]) <= 60 and headers["x-ratelimit-limit-requests"] == "3"
+    assert 1 <= int(headers["retry-after"]) <= 61 and headers["x-ratelimit-limit-requests"] == "3"
     assert headers["x-ratelimit-remaining-requests"] == "0"
     await c["b"].chat.completions.create(model="", messages=MSG)  # another caller is not held back
     await c["op"].chat.completions.create(model="", messages=MSG)  # nor the operator's key

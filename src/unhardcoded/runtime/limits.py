@@ -4,8 +4,8 @@ The operator names callers in the config (``[callers.NAME]``), each with the SHA
 keys and any of three limits. A request from a caller over one of them is refused before
 anything is routed:
 
-* ``requests_per_minute``: calls admitted in the last 60 s (a sliding window, not a bucket
-  that refills at the minute's turn);
+* ``requests_per_minute``: calls admitted in the last 60 s (a sliding window, counted by the
+  second, not a bucket that refills at the minute's turn);
 * ``tokens_per_minute``: tokens (prompt + completion) of the calls that finished in the last
   60 s. A call's tokens are known only when it ends, so calls in flight when the limit is
   reached still finish: the limit is checked against what was used, never estimated;
@@ -83,19 +83,31 @@ def _reset_text(seconds: float) -> str:
     return f"{int(minutes)}m{tail}" if minutes else tail
 
 
+def _add(buckets: deque[list[int]], now_ms: int, n: int) -> None:
+    """Count ``n`` in the bucket of ``now_ms``'s second (a new one when it is the first of it)."""
+    end = now_ms - now_ms % 1000 + 1000  # a bucket is known by its second's end: it leaves 60 s after that
+    if buckets and buckets[-1][0] >= end:
+        buckets[-1][1] += n
+    else:
+        buckets.append([end, n])
+
+
 class _State:
-    __slots__ = ("admitted", "tokens", "tokens_sum", "window_start", "spent", "unpriced", "calls", "inflight")
+    # The minute is kept as per-second buckets ([second's end ms, count]): at most 61 of each
+    # whatever the traffic, and an entry stays counted 60 to 61 s (never less than a minute).
+    __slots__ = ("admitted", "admitted_sum", "tokens", "tokens_sum", "window_start", "spent", "unpriced", "calls",
+                 "inflight")
 
     def __init__(self) -> None:
-        self.admitted: deque[int] = deque()               # admission times (ms) in the last minute
-        self.tokens: deque[tuple[int, int]] = deque()     # (finish ms, tokens) in the last minute
+        self.admitted: deque[list[int]] = deque()         # [second's end ms, calls admitted in it]
+        self.admitted_sum = 0
+        self.tokens: deque[list[int]] = deque()           # [second's end ms, tokens of calls ended in it]
         self.tokens_sum = 0
         self.window_start = 0
         self.spent = Decimal(0)
         self.unpriced = 0
         self.calls = 0
         self.inflight = 0
-
 
 
 class CallerLimits:
@@ -110,8 +122,8 @@ class CallerLimits:
         """The caller's state with what has left the minute and the budget window dropped."""
         st = self._state[spec.name]
         edge = now - _MINUTE_MS
-        while st.admitted and st.admitted[0] <= edge:
-            st.admitted.popleft()
+        while st.admitted and st.admitted[0][0] <= edge:
+            st.admitted_sum -= st.admitted.popleft()[1]
         while st.tokens and st.tokens[0][0] <= edge:
             st.tokens_sum -= st.tokens.popleft()[1]
         start = window_start_ms(now, spec.budget_window)
@@ -141,9 +153,9 @@ class CallerLimits:
                 f"caller {name!r} has {st.inflight} calls in flight, its limit is {most}; "
                 "try again when one has finished"), 1.0, {})
         rpm = spec.requests_per_minute
-        if rpm is not None and len(st.admitted) >= rpm:
+        if rpm is not None and st.admitted_sum >= rpm:
             self._count(spec.name, "requests_per_minute")
-            wait = (st.admitted[0] + _MINUTE_MS - now) / 1000
+            wait = (st.admitted[0][0] + _MINUTE_MS - now) / 1000
             raise LimitExceeded("rate_limit_exceeded", (
                 f"caller {name!r} reached its limit of {rpm} requests per minute; "
                 f"try again in {_reset_text(wait)}"), wait, {
@@ -165,7 +177,8 @@ class CallerLimits:
                 f"try again in {_reset_text(wait)}"), wait, {
                 "x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": "0",
                 "x-ratelimit-reset-tokens": _reset_text(wait)})
-        st.admitted.append(now)
+        _add(st.admitted, now, 1)
+        st.admitted_sum += 1
         st.inflight += 1
         st.calls += 1
         if rpm is not None or tpm is not None:
@@ -177,9 +190,9 @@ class CallerLimits:
         and when it is whole again (the oldest entry leaves the minute)."""
         out: list[tuple[bytes, bytes]] = []
         if spec.requests_per_minute is not None:
-            reset = (st.admitted[0] + _MINUTE_MS - now) / 1000
+            reset = (st.admitted[0][0] + _MINUTE_MS - now) / 1000
             out += [(b"x-ratelimit-limit-requests", str(spec.requests_per_minute).encode()),
-                    (b"x-ratelimit-remaining-requests", str(spec.requests_per_minute - len(st.admitted)).encode()),
+                    (b"x-ratelimit-remaining-requests", str(spec.requests_per_minute - st.admitted_sum).encode()),
                     (b"x-ratelimit-reset-requests", _reset_text(reset).encode())]
         if spec.tokens_per_minute is not None:
             reset = (st.tokens[-1][0] + _MINUTE_MS - now) / 1000 if st.tokens else 0.0
@@ -206,7 +219,7 @@ class CallerLimits:
         now = self._clock() if now_ms is None else now_ms
         st = self._fresh(spec, now)
         if tokens:
-            st.tokens.append((now, tokens))
+            _add(st.tokens, now, tokens)
             st.tokens_sum += tokens
         if cost_usd is not None:
             st.spent += cost_usd
@@ -223,7 +236,7 @@ class CallerLimits:
             calls, unpriced, spent, recent = usage_since(name, st.window_start, now - _MINUTE_MS)
             st.calls, st.unpriced, st.spent = calls, unpriced, spent
             for at, n in sorted(recent):
-                st.tokens.append((at, n))
+                _add(st.tokens, at, n)
                 st.tokens_sum += n
 
     def usage(self, name: str) -> dict[str, Any] | None:
@@ -235,7 +248,7 @@ class CallerLimits:
         st = self._fresh(spec, now)
         out: dict[str, Any] = {
             "caller": name,
-            "requests_per_minute": {"limit": spec.requests_per_minute, "used": len(st.admitted)},
+            "requests_per_minute": {"limit": spec.requests_per_minute, "used": st.admitted_sum},
             "tokens_per_minute": {"limit": spec.tokens_per_minute, "used": st.tokens_sum},
             "concurrent_requests": {"limit": spec.max_concurrent_requests, "in_flight": st.inflight},
         }
