@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 from decimal import Decimal
 
@@ -433,3 +434,49 @@ def test_a_monthly_budget_over_a_shorter_retention_is_warned_of_at_start(tmp_pat
         router = build_router(Settings(data_dir=str(tmp_path), callers=callers, retention_days=31))
         router.sink.close()
     assert not caplog.records
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return {float("inf"): "inf", float("-inf"): "-inf"}.get(v, "nan" if v != v else repr(v))
+    if isinstance(v, str):
+        # JSON's escapes are TOML's too; TOML also wants DEL escaped
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    return "[" + ", ".join(_toml(x) for x in v) + "]"
+
+
+_caller_values = st.one_of(st.booleans(), st.integers(-3, 10 ** 6), st.floats(),
+                           st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+                           st.sampled_from([sha("k1"), sha("k2"), "day", "month", "week"]),
+                           st.lists(st.sampled_from([sha("k1"), sha("k2"), "nothex", 3]), max_size=3))
+_caller_tables = st.dictionaries(
+    st.sampled_from(["a", "b.c", "-x", "z" * 65, "ok_1"]),
+    st.dictionaries(st.sampled_from(["keys_sha256", "requests_per_minute", "tokens_per_minute",
+                                     "max_concurrent_requests", "budget_usd", "budget_window", "rpm"]),
+                    _caller_values, max_size=5),
+    max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables=_caller_tables)
+def test_any_callers_table_is_read_or_refused_at_a_path_inside_it(tmp_path_factory, tables) -> None:
+    text = "".join(f'[callers."{name}"]\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in spec.items())
+                   for name, spec in tables.items())
+    try:
+        s = _load(tmp_path_factory.mktemp("c"), text)
+    except ConfigError as e:
+        assert e.path.startswith("$.callers"), e.path
+        parts = list(e.parts)
+        assert parts[0] == "callers" and parts[1] in tables
+        node = tables[parts[1]]
+        for p in parts[2:]:
+            assert (isinstance(node, dict) and (p in node or p == "keys_sha256")) or \
+                (isinstance(node, list) and isinstance(p, int) and p < len(node)), (e.path, tables)
+            node = node.get(p) if isinstance(node, dict) else node[p]
+        return
+    assert set(s.callers) == set(tables)
+    for name, spec in s.callers.items():
+        assert spec.keys_sha256 and spec.budget_window in ("day", "month")
+        assert spec.budget_usd is None or spec.budget_usd > 0
