@@ -196,11 +196,12 @@ async def tenants(tmp_path, server):
         "a": CallerSpec("a", frozenset({sha("key-a")}), requests_per_minute=3),
         "b": CallerSpec("b", frozenset({sha("key-b")}), budget_usd=Decimal("0.000000001")),
         "c": CallerSpec("c", frozenset({sha("key-c")}), max_concurrent_requests=1),
+        "d": CallerSpec("d", frozenset({sha("key-d")}), envelope=["family_eq", "gpt-5.4-mini"]),
     }
     s = await start_stack(tmp_path, server=server, callers=callers,
                           caller_keys_sha256=frozenset({sha("operator")}))
     clients = {name: openai.AsyncOpenAI(base_url=s.base_url, api_key=f"key-{name}", max_retries=0)
-               for name in ("a", "b", "c")}
+               for name in ("a", "b", "c", "d")}
     clients["op"] = openai.AsyncOpenAI(base_url=s.base_url, api_key="operator", max_retries=0)
     yield s, clients
     for c in clients.values():
@@ -480,3 +481,51 @@ def test_any_callers_table_is_read_or_refused_at_a_path_inside_it(tmp_path_facto
     for name, spec in s.callers.items():
         assert spec.keys_sha256 and spec.budget_window in ("day", "month")
         assert spec.budget_usd is None or spec.budget_usd > 0
+
+
+async def test_a_callers_envelope_bounds_every_policy_it_runs_and_replays(tenants) -> None:
+    from .harness import policy
+    s, c = tenants
+    for _ in range(2):  # twice: the second from the remembered choices, which must not mix callers
+        for who, family in (("d", "gpt-5.4-mini"), ("op", "gemini-3-flash-preview")):
+            r = await c[who].chat.completions.create(model="", messages=MSG)
+            assert r.model_extra["x_router"]["model_family"] == family, who
+            r = await c[who].chat.completions.create(model="", messages=MSG,
+                                                     extra_body={"policy_ir": ["cmp", "bench_intelligence", "ge", 0]})
+            assert r.model_extra["x_router"]["model_family"] == family, who
+    with pytest.raises(openai.APIStatusError) as e:  # a policy for a model outside its envelope finds none
+        await c["d"].chat.completions.create(model="", messages=MSG,
+                                             extra_body={"policy_ir": policy(["family_eq", "claude-haiku-4-5"])})
+    assert e.value.body["code"] == "no_candidates"
+    r = await c["d"].chat.completions.create(model="", messages=MSG)
+    s.store.flush()
+    trace_id = r.model_extra["x_router"]["trace_id"]
+    rec = await c["d"].get(root(s) + f"/x/traces/{trace_id}", cast_to=object)
+    assert rec["caller"] == "d" and ["family_eq", "gpt-5.4-mini"] in rec["policy"]["effective"]["term"][1]
+    replayed = await c["d"].post(root(s) + "/x/replay", body={"trace_id": trace_id}, cast_to=object)
+    assert replayed["identical"] is True
+    ranked = await c["d"].post(root(s) + "/x/rank", body={}, cast_to=object)
+    assert {row["model_family"] for row in ranked["ranked"]} == {"gpt-5.4-mini"}
+
+
+@pytest.mark.parametrize("envelope, code, path", [
+    ('["nope", 1]', "unknown_op", "$.callers.d.envelope"),
+    ('["policy", ["top"], ["zero"], ["ordered"], ["id"], ["always", {"action": "abort"}]]', "sort_mismatch",
+     "$.callers.d.envelope"),
+    ('["cmp", "undeclared_field", "ge", 1]', None, "$.callers.d.envelope"),
+])
+def test_a_callers_envelope_is_admitted_at_start_against_the_catalog(tmp_path, envelope, code, path) -> None:
+    from unhardcoded.config import Settings
+    from unhardcoded.server import build_router
+    callers = {"d": CallerSpec("d", frozenset({sha("k")}), envelope=json.loads(envelope))}
+    with pytest.raises(ConfigError) as e:
+        build_router(Settings(data_dir=str(tmp_path), callers=callers))
+    assert e.value.path.startswith(path) and (code is None or e.value.code == code), (e.value.code, e.value.path)
+
+
+def test_a_callers_envelope_in_the_config_is_json(tmp_path) -> None:
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, '[callers.d]\nkeys_sha256 = ["%s"]\nenvelope = "[nope"' % sha("k"))
+    assert e.value.path == "$.callers.d.envelope"
+    s = _load(tmp_path, '[callers.d]\nkeys_sha256 = ["%s"]\nenvelope = \'["family_eq", "x"]\'' % sha("k"))
+    assert s.callers["d"].envelope == ["family_eq", "x"]

@@ -38,6 +38,7 @@ file; they are held in :class:`Keys` and never printed.
     max_concurrent_requests = 20
     budget_usd = 50            # spent per budget_window, from the calls' costs
     budget_window = "month"    # "day" or "month" (UTC); runtime/limits.py
+    envelope = '["cmp", "price_out", "le", 5]'   # a Pred ∧-ed onto every policy it runs
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ _CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CALLER_SETTINGS: dict[str, type | tuple[type, ...]] = {
     "keys_sha256": list, "requests_per_minute": int, "tokens_per_minute": int, "budget_usd": (int, float),
-    "budget_window": str, "max_concurrent_requests": int}
+    "budget_window": str, "max_concurrent_requests": int, "envelope": str}
 
 
 def _callers(table: Mapping[str, Any]) -> dict[str, CallerSpec]:
@@ -199,9 +200,17 @@ def _callers(table: Mapping[str, Any]) -> dict[str, CallerSpec]:
         if window not in BUDGET_WINDOWS:
             raise ConfigError("bad_value", f"callers.{name}.budget_window is one of {', '.join(BUDGET_WINDOWS)}",
                               [*where, "budget_window"])
+        envelope = None
+        if "envelope" in spec:  # its admission needs the catalog's fields: the router checks it (set_catalog)
+            from .lang import strictjson
+            try:
+                envelope = strictjson.loads(spec["envelope"])
+            except LangError as exc:
+                raise ConfigError(exc.code, f"callers.{name}.envelope is a JSON Pred term: {exc.message}",
+                                  [*where, "envelope"]) from None
         out[name] = CallerSpec(name, frozenset(keys), spec.get("requests_per_minute"), spec.get("tokens_per_minute"),
                                None if budget is None else Decimal(str(budget)), window,
-                               spec.get("max_concurrent_requests"))
+                               spec.get("max_concurrent_requests"), envelope)
     return out
 
 

@@ -52,12 +52,19 @@ def with_filter(policy_term: list, pred: Any) -> list:
 
 
 def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
-                  memo: SecondSight | None = None) -> PolicyChoice:
+                  memo: SecondSight | None = None, caller_envelope: Compiled | None = None) -> PolicyChoice:
     """The effective policy. ``memo`` (per catalog) remembers choices by what they depend on:
-    the sent term's identity (or none) and the profile; the envelope is the catalog's."""
+    the sent term's identity (or none), the profile and the caller's envelope; the other envelope
+    is the catalog's.
+
+    ``caller_envelope`` (a named caller's, from the host's config) is ∧-ed onto the filter of
+    whatever would run otherwise, the profile's own policy included: a caller cannot step out of
+    it by sending no policy. Without one, the choice is the reference's."""
     term = contract.policy_ir
     sent = compiler.compile(term, path=("policy_ir",)) if term is not None else None
-    key = (None if sent is None else sent.identity, contract.profile)
+    key: tuple = (None if sent is None else sent.identity, contract.profile)
+    if caller_envelope is not None:
+        key = (*key, caller_envelope.identity)
     if memo is not None:
         hit = memo.find(key)
         if hit is not None:
@@ -67,6 +74,13 @@ def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
     else:
         profile = _profile(contract, catalog)
         choice = PolicyChoice("profile", profile.name, None, compiler.compile(profile.policy, want="Policy"))
+    if caller_envelope is not None:
+        try:
+            eff = compiler.compile(constrain(choice.effective.term, caller_envelope.term), want="Policy",
+                                   path=("policy_ir",))
+        except AdmissionError as exc:
+            raise _as_sent(exc, (), "the filter under the caller's envelope") from None
+        choice = PolicyChoice(choice.source, choice.profile, choice.sent, eff)
     if memo is not None:
         memo.put(key, choice)
     return choice

@@ -298,6 +298,28 @@ class Router:
         self._choices: SecondSight = SecondSight(1024)  # (sent identity, profile) -> PolicyChoice
         self._routes: SecondSight = SecondSight(1024)   # plain requests' (model, profile, policy text) -> route
         self._targets: dict[tuple[str, str, str], Target] = {}
+        self._caller_envelopes = self._admit_caller_envelopes()
+
+    def _admit_caller_envelopes(self) -> dict[str, Any]:
+        """Each named caller's envelope, admitted against this catalog's fields (a Pred, or the
+        router refuses to start, at the setting's path)."""
+        from ..config import ConfigError
+        from ..lang.errors import AdmissionError
+        out: dict[str, Any] = {}
+        for name, spec in self.settings.callers.items():
+            if spec.envelope is None:
+                continue
+            where = ("callers", name, "envelope")
+            try:
+                out[name] = self.compiler.compile(spec.envelope, want="Pred", path=where)
+            except AdmissionError as exc:
+                raise ConfigError(exc.code, f"callers.{name}.envelope: {exc.message}", exc.parts) from None
+        return out
+
+    def _caller_envelope(self) -> Any:
+        """The envelope of the request's named caller, or None (no caller, or one without)."""
+        envelopes = self._caller_envelopes
+        return envelopes.get(CURRENT_CALLER.get()) if envelopes else None
 
     def cut_off(self) -> None:
         """The server's shutdown grace is over: calls cancelled from now on were cut off by the
@@ -342,7 +364,7 @@ class Router:
             contract, choice, view = route.contract, route.choice, route.view
         else:
             contract = parse_contract(body, path_profile=path_profile)
-            choice = choose_policy(contract, self.catalog, self.compiler, self._choices)
+            choice = choose_policy(contract, self.catalog, self.compiler, self._choices, self._caller_envelope())
             view = contract.request_view(body)
         now = self.clock()
         if require_keys:
@@ -389,7 +411,8 @@ class Router:
             text = None if term is None else orjson.dumps(term)
         except (TypeError, orjson.JSONEncodeError, RecursionError):
             return None
-        key = (model, path_profile, text)
+        envelope = self._caller_envelope()
+        key = (model, path_profile, text) if envelope is None else (model, path_profile, text, envelope.identity)
         routes = self._routes
         hit = routes.get(key)
         if hit is not None:
@@ -398,7 +421,7 @@ class Router:
         if hit is not None:
             return hit
         contract = parse_contract(body, path_profile=path_profile)   # may refuse: nothing is kept
-        choice = choose_policy(contract, self.catalog, self.compiler, self._choices)
+        choice = choose_policy(contract, self.catalog, self.compiler, self._choices, envelope)
         return routes.put(key, _Route(contract, choice, contract.request_view(body)))
 
     def _plan(self, choice: PolicyChoice, pool: Sequence[Mapping[str, Any]], ctx: Mapping[str, Any],

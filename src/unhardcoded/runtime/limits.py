@@ -50,6 +50,7 @@ class CallerSpec:
     budget_usd: Decimal | None = None
     budget_window: str = "month"
     max_concurrent_requests: int | None = None
+    envelope: Any = None               # a Pred term ∧-ed onto every policy this caller's calls run
 
 
 class LimitExceeded(Exception):
