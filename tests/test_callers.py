@@ -502,6 +502,7 @@ async def test_a_callers_envelope_bounds_every_policy_it_runs_and_replays(tenant
     trace_id = r.model_extra["x_router"]["trace_id"]
     rec = await c["d"].get(root(s) + f"/x/traces/{trace_id}", cast_to=object)
     assert rec["caller"] == "d" and ["family_eq", "gpt-5.4-mini"] in rec["policy"]["effective"]["term"][1]
+    assert rec["policy"]["caller_envelope"] == ["family_eq", "gpt-5.4-mini"]
     replayed = await c["d"].post(root(s) + "/x/replay", body={"trace_id": trace_id}, cast_to=object)
     assert replayed["identical"] is True
     ranked = await c["d"].post(root(s) + "/x/rank", body={}, cast_to=object)

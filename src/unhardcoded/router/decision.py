@@ -31,6 +31,7 @@ class PolicyChoice:
     profile: str | None
     sent: Compiled | None       # the term as the caller sent it
     effective: Compiled         # the term that ran
+    caller_envelope: Any = None  # the named caller's envelope term ∧-ed onto it, if any
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "profile": self.profile,
@@ -80,7 +81,7 @@ def choose_policy(contract: Contract, catalog: Catalog, compiler: Compiler,
                                    path=("policy_ir",))
         except AdmissionError as exc:
             raise _as_sent(exc, (), "the filter under the caller's envelope") from None
-        choice = PolicyChoice(choice.source, choice.profile, choice.sent, eff)
+        choice = PolicyChoice(choice.source, choice.profile, choice.sent, eff, caller_envelope.term)
     if memo is not None:
         memo.put(key, choice)
     return choice

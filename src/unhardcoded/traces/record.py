@@ -109,10 +109,13 @@ def policy_section(choice: Any, catalog: Any) -> dict[str, Any]:
 
 
 def _policy_section_body(choice: Any, catalog: Any) -> dict[str, Any]:
-    return {"source": choice.source, "profile": choice.profile,
+    body = {"source": choice.source, "profile": choice.profile,
             "sent": _policy_ident(choice.sent) if choice.sent is not None else None,
             "effective": _policy_ident(choice.effective),
             "envelope": catalog.envelope if choice.source != "profile" else None}
+    if getattr(choice, "caller_envelope", None) is not None:  # only then: other sections stay as they were
+        body["caller_envelope"] = choice.caller_envelope
+    return body
 
 
 def _policy_section_text(choice: Any, catalog: Any) -> tuple[str, str]:
