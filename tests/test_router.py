@@ -189,6 +189,13 @@ async def test_a_known_path_with_the_wrong_method_is_405_with_allow(stack) -> No
             assert r.status == 404 and "allow" not in r.headers
         async with s.head(base + "/healthz") as r:  # a load balancer's check: GET's status, no body
             assert r.status == 200 and await r.read() == b""
+            length = int(r.headers["content-length"])
+        async with s.get(base + "/healthz") as r:  # the length a GET's body has (RFC 9110, 9.3.2)
+            assert abs(len(await r.read()) - length) <= 8  # (uptime and counters move between the two)
+        async with s.head(base + "/v1/models") as r:
+            length = int(r.headers["content-length"])
+        async with s.get(base + "/v1/models") as r:
+            assert len(await r.read()) == length
 
 
 # ---- failover under the FailPlan -------------------------------------------------------

@@ -534,7 +534,10 @@ class App:
             headers = [*(headers or ()), *limits]
         respond = getattr(send, "respond", None)
         if respond is not None:  # the native RSGI path: one call, no ASGI messages
-            respond(status, b"" if head else body, headers)
+            if head:
+                respond(status, body, headers, head=True)
+            else:
+                respond(status, body, headers)
             return
         await send({"type": "http.response.start", "status": status,
                     "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])]})

@@ -35,13 +35,14 @@ class _Sender:
         self.stream: Any = None
         self.started = False
 
-    def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """A whole JSON answer in one ``response_bytes``."""
+    def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                head: bool = False) -> None:
+        """A whole JSON answer in one ``response_bytes`` (for a HEAD, its length and no body)."""
         hs = [("content-type", "application/json"), ("content-length", str(len(body)))]
         if headers:
             hs += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
         self.started = True
-        self.proto.response_bytes(status, hs, body)
+        self.proto.response_bytes(status, hs, b"" if head else body)
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
