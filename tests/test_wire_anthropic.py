@@ -508,11 +508,14 @@ async def test_wrong_key_and_unknown_model(upstream):
     assert e.value.kind == "model_unavailable"
 
 
+@pytest.mark.parametrize("wire", ["anthropic", "gemini"])
 @pytest.mark.parametrize("extra", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 2},
                                    {"logit_bias": {"50256": -100}}])
-def test_logprobs_and_logit_bias_are_refused_before_sending_not_dropped(extra):
+def test_logprobs_and_logit_bias_are_refused_before_sending_not_dropped(wire, extra):
+    from unhardcoded.providers import WIRES
+    target = T if wire == "anthropic" else Target("gemini", "gemini", "https://g.example/v1beta", "gemini-x")
     base = {"messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(ProviderError) as e:
-        build({**base, **extra})
-    assert e.value.kind == "bad_request" and next(iter(extra)) in e.value.message
-    build({**base, "logprobs": False, "logit_bias": {}})  # asking for none is served
+        WIRES[wire].build({**base, **extra}, target, False)
+    assert e.value.kind == "bad_request" and e.value.message.startswith(wire) and next(iter(extra)) in e.value.message
+    WIRES[wire].build({**base, "logprobs": False, "logit_bias": {}}, target, False)  # asking for none is served

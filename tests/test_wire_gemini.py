@@ -444,12 +444,3 @@ async def test_failures_interruptions_and_bad_keys(upstream):
         await call(body, tgt(upstream, model="gemini-0"))
     assert e.value.kind == "model_unavailable"
 
-
-@pytest.mark.parametrize("extra", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 2},
-                                   {"logit_bias": {"50256": -100}}])
-def test_logprobs_and_logit_bias_are_refused_before_sending_not_dropped(extra):
-    base = {"messages": [{"role": "user", "content": "x"}]}
-    with pytest.raises(ProviderError) as e:
-        build({**base, **extra})
-    assert e.value.kind == "bad_request" and next(iter(extra)) in e.value.message
-    build({**base, "logprobs": False, "logit_bias": {}})  # asking for none is served
