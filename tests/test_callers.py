@@ -344,6 +344,11 @@ async def test_metrics_count_each_callers_refusals_and_use_for_the_operator_only
     assert len(used) == 1 and float(used[0].split()[-1]) > 0
     with pytest.raises(openai.PermissionDeniedError):
         await c["a"].get(root(s) + "/metrics", cast_to=str)
+    every = await c["op"].get(root(s) + "/x/callers", cast_to=object)
+    assert [row["caller"] for row in every["data"]] == ["a", "b", "c", "d"]
+    assert every["data"][0]["requests_per_minute"] == {"limit": 3, "used": 3}
+    with pytest.raises(openai.PermissionDeniedError):
+        await c["a"].get(root(s) + "/x/callers", cast_to=object)
 
 
 async def test_a_limited_callers_answers_say_what_is_left(tenants) -> None:

@@ -97,6 +97,7 @@ async def test_the_get_endpoints_never_a_500_whatever_the_query(stack_box, query
         status, body = await s.get("/x/traces?" + urlencode(query))
         one, missing = await s.get("/x/traces/" + quote(trace_id, safe=""))
         grouped, totals = await s.get("/x/sessions/" + quote(trace_id, safe=""))
+        mine, usage = await s.get("/x/caller?" + urlencode(query))  # no named callers here: a 404
         ranked, answer = await s.get("/x/rank?" + urlencode(rank))
     finally:
         await s.close()
@@ -110,3 +111,4 @@ async def test_the_get_endpoints_never_a_500_whatever_the_query(stack_box, query
                                                                                                "bad_cursor")
     assert one in (200, 404), (one, missing)
     assert grouped in (200, 404), (grouped, totals)
+    assert mine == 404 and usage["error"]["code"] == "no_caller", (mine, usage)

@@ -100,6 +100,13 @@ def install(app: App) -> None:
                             "callers and their limits")
         return 200, usage
 
+    async def callers_usage(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        if CURRENT_CALLER.get() is not None:
+            raise HTTPError(403, "caller_scope", "every caller's use is the operator's to read: a named caller "
+                            "reads its own at /x/caller", type_="permission_error")
+        limits = app.router.limits
+        return 200, {"object": "list", "data": [limits.usage(name) for name in sorted(limits.callers)]}
+
     from .flows import install as install_flows
     install_flows(app)
 
@@ -108,6 +115,7 @@ def install(app: App) -> None:
     app.extra_routes[("POST", "/x/replay")] = replay
     app.extra_routes[("GET", _SESSIONS)] = session
     app.extra_routes[("GET", "/x/caller")] = caller_usage
+    app.extra_routes[("GET", "/x/callers")] = callers_usage
 
 
 def _own(rec: Any) -> Any:
