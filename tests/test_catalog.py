@@ -127,4 +127,5 @@ def test_the_demo_runs_end_to_end_with_no_keys(tmp_path) -> None:
     assert "attempt" in p.stdout and "rate_limit (429)" in p.stdout
     assert ": identical" in p.stdout
     assert "Responses API" in p.stdout and " completed: " in p.stdout
+    assert "intern-tools gets" in p.stdout and "its second call: 429 rate_limit_exceeded" in p.stdout
     assert "Traceback" not in p.stderr

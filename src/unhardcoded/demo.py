@@ -10,6 +10,7 @@ trace store and replays it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import tempfile
@@ -25,11 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _post(base: str, body: dict[str, Any], path: str = "/chat/completions") -> tuple[int, dict[str, Any]]:
+async def _post(base: str, body: dict[str, Any], path: str = "/chat/completions", key: str = "caller-key",
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """POST as the caller holding ``key``; the answer's headers go into ``headers`` if given."""
     import aiohttp
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{base}{path}", json=body,
-                          headers={"authorization": "Bearer caller-key"}) as r:
+        async with s.post(f"{base}{path}", json=body, headers={"authorization": f"Bearer {key}"}) as r:
+            if headers is not None:
+                headers.update(r.headers)
             return r.status, await r.json()
 
 
@@ -45,6 +49,7 @@ async def run_demo(data_dir: str | None = None) -> int:
     from .catalog.prices import default_price_source
     from .config import Keys, Settings
     from .router.engine import Router
+    from .runtime.limits import CallerSpec
     from .server import build_app
     from .testing.upstreams import Fail, Upstream
     from .traces.replay import replay_record
@@ -64,7 +69,11 @@ async def run_demo(data_dir: str | None = None) -> int:
     catalog = build_catalog(doc, base_dir=DEFAULT_CATALOG.parent, prices=default_price_source(), source="default.toml (demo: mock providers)")
     keys = {p.key_env: DEMO_KEY for p in catalog.providers.values() if p.key_env}
     data = Path(data_dir or tempfile.mkdtemp(prefix="unhardcoded-demo-"))
-    settings = Settings(keys=Keys(keys, {}), data_dir=str(data))
+    # the operator's key (anonymous, unlimited) and one named caller held to an envelope and a rate
+    intern = CallerSpec("intern-tools", frozenset({hashlib.sha256(b"intern-key").hexdigest()}),
+                        requests_per_minute=1, envelope=["cmp", "price_out", "le", 2])
+    settings = Settings(keys=Keys(keys, {}), data_dir=str(data), callers={intern.name: intern},
+                        caller_keys_sha256=frozenset({hashlib.sha256(b"caller-key").hexdigest()}))
     store = SQLiteStore(data / "traces.sqlite3", flush_ms=20)
     router = Router(catalog, settings, sink=store)
     app = build_app(settings, router=router)
@@ -130,14 +139,34 @@ async def run_demo(data_dir: str | None = None) -> int:
         _say(f"   {fx.get('runs')} billable run(s); flow {fx.get('flow_id')}")
         _say()
 
+        _say("5. A named caller, intern-tools: its envelope keeps it on models with price_out <= 2 USD/Mtok,")
+        _say("   whatever policy it sends, and it may make 1 call a minute")
+        hello = {"model": "", "messages": [{"role": "user", "content": "Say hello."}],
+                 "policy_ir": ["cmp", "context", "ge", 100000]}
+        status, body = await _post(base, hello)
+        failures += status != 200
+        xo = body.get("x_router", {})
+        status, body = await _post(base, hello, key="intern-key")
+        failures += status != 200
+        xi = body.get("x_router", {})
+        _say(f"   the same call, {json.dumps(hello['policy_ir'])}: the operator's key gets "
+             f"{xo.get('provider')}/{xo.get('model_family')} (price_out {xo.get('price_out')}),")
+        _say(f"   intern-tools gets {xi.get('provider')}/{xi.get('model_family')} (price_out {xi.get('price_out')})")
+        seen: dict[str, str] = {}
+        status, body = await _post(base, hello, key="intern-key", headers=seen)
+        failures += status != 429
+        _say(f"   its second call: {status} {body.get('error', {}).get('code')}, "
+             f"Retry-After {seen.get('Retry-After')} s (GET /x/caller shows its use)")
+        _say()
+
         store.flush()
         rec = store.get(x2.get("trace_id", ""))
         if rec is not None:
-            _say(f"5. The receipt of call 2 (unhardcoded trace {rec['trace_id']} --data-dir {data}):")
+            _say(f"6. The receipt of call 2 (unhardcoded trace {rec['trace_id']} --data-dir {data}):")
             _say("   " + receipt(rec).replace("\n", "\n   "))
             _say()
             out = replay_record(rec, store.catalog_snapshot(rec["catalog"]["digest"]))
-            _say(f"6. Replayed from the stored record alone (unhardcoded replay {rec['trace_id']} --data-dir {data}):")
+            _say(f"7. Replayed from the stored record alone (unhardcoded replay {rec['trace_id']} --data-dir {data}):")
             _say("   " + replay_text(out).replace("\n", "\n   "))
             failures += not out["identical"]
         else:
