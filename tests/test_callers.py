@@ -512,6 +512,19 @@ async def test_a_callers_envelope_bounds_every_policy_it_runs_and_replays(tenant
     assert replayed["identical"] is True
     ranked = await c["d"].post(root(s) + "/x/rank", body={}, cast_to=object)
     assert {row["model_family"] for row in ranked["ranked"]} == {"gpt-5.4-mini"}
+    assert ranked["policy"]["caller_envelope"] == ["family_eq", "gpt-5.4-mini"]
+    # the operator sees a caller's view when it asks for it, and its own otherwise
+    as_d = await c["op"].post(root(s) + "/x/rank", body={"as_caller": "d"}, cast_to=object)
+    assert as_d["ranked"] == ranked["ranked"]
+    as_d = await c["op"].get(root(s) + "/x/rank", cast_to=object, options={"params": {"as_caller": "d"}})
+    assert as_d["ranked"] == ranked["ranked"]
+    own = await c["op"].post(root(s) + "/x/rank", body={}, cast_to=object)
+    assert len({row["model_family"] for row in own["ranked"]}) > 1 and "caller_envelope" not in own["policy"]
+    with pytest.raises(openai.PermissionDeniedError):
+        await c["d"].post(root(s) + "/x/rank", body={"as_caller": "a"}, cast_to=object)
+    with pytest.raises(openai.NotFoundError) as nf:
+        await c["op"].post(root(s) + "/x/rank", body={"as_caller": "nobody"}, cast_to=object)
+    assert nf.value.body["param"] == "$.as_caller"
 
 
 @pytest.mark.parametrize("envelope, code, path", [

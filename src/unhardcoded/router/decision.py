@@ -38,6 +38,8 @@ class PolicyChoice:
                                "effective": _ident(self.effective)}
         if self.sent is not None:
             out["sent"] = _ident(self.sent)
+        if self.caller_envelope is not None:
+            out["caller_envelope"] = self.caller_envelope
         return out
 
 

@@ -706,12 +706,27 @@ class App:
                     body["requirements"] = {"min_context": int(q["context"][0])}
                 except ValueError:
                     raise HTTPError(400, "bad_parameter", "context is an integer", "$.context") from None
+            if "as_caller" in q:
+                body["as_caller"] = q["as_caller"][0]
         if not isinstance(body, dict):
             raise HTTPError(400, "bad_request_body", "the body is a JSON object", "$")
+        token = None
+        if "as_caller" in body:  # the operator ranks as a named caller sees it (its envelope applied)
+            body = dict(body)
+            name = body.pop("as_caller")
+            if CURRENT_CALLER.get() is not None:
+                raise HTTPError(403, "caller_scope", "only the operator ranks as another caller", "$.as_caller",
+                                type_="permission_error")
+            if type(name) is not str or name not in self.settings.callers:
+                raise HTTPError(404, "caller_not_found", "as_caller names no caller of the config", "$.as_caller")
+            token = CURRENT_CALLER.set(name)
         try:
             prep = self.router.prepare(body, require_keys=bool(body.get("only_keyed", False)))
         except LangError as exc:
             raise lang_error(exc) from None
+        finally:
+            if token is not None:
+                CURRENT_CALLER.reset(token)
         eff = prep.choice.effective
         ranked = [{"provider": r.candidate["provider_id"], "model_family": r.candidate["model_family"],
                    "served_model_id": r.candidate.get("served_model_id"), "tier": r.candidate.get("tier"),
