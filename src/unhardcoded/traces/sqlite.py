@@ -657,12 +657,11 @@ class SQLiteStore:
              status: str | None = None, session: str | None = None, caller: str | None = None,
              cursor: str | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
         where, args = [], []
-        if session:
-            where.append("session = ?")
-            args.append(session)
-        if caller:
-            where.append("caller = ?")
-            args.append(caller)
+        for column, value in (("session", session), ("caller", caller), ("route", route), ("provider", provider),
+                              ("status", status)):
+            if value:  # the columns a filter matches exactly
+                where.append(f"{column} = ?")
+                args.append(value)
         if since_ms is not None:
             where.append("started_at_ms >= ?")
             args.append(_in_int64(since_ms))
@@ -677,18 +676,9 @@ class SQLiteStore:
             else:
                 where.append("policy_identity LIKE ?")
                 args.append(ident.replace("%", "").replace("_", "") + "%")
-        if route:
-            where.append("route = ?")
-            args.append(route)
         if model:
             where.append("(model_family = ? OR served_model_id = ?)")
             args += [model, model]
-        if provider:
-            where.append("provider = ?")
-            args.append(provider)
-        if status:
-            where.append("status = ?")
-            args.append(status)
         if cursor:
             ms, tid = decode_cursor(cursor)
             ms = _in_int64(ms)
