@@ -20,3 +20,14 @@ def golden_path() -> Path:
     if not path.exists():
         pytest.fail(f"the reference's golden vectors are expected at {path} (../shared beside the checkout)")
     return path
+
+
+@pytest.fixture(params=["uvicorn", "granian"])
+async def stack(tmp_path, request):
+    """The router served end to end (``harness.start_stack``) on both servers: uvicorn (ASGI) and
+    granian (RSGI, what `unhardcoded serve` ships, which also learns of a client going away by
+    its own means). A test file that needs another stack defines its own ``stack``."""
+    from .harness import start_stack
+    s = await start_stack(tmp_path, server=request.param)
+    yield s
+    await s.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -194,19 +195,12 @@ def test_serve_with_a_catalog_it_cannot_read_says_so_and_never_says_listening(tm
 def test_serve_on_port_0_announces_the_port_it_serves_on(tmp_path) -> None:
     """`serve --port 0` asks for any free port; the "listening" line names the one it got,
     and the router answers there."""
-    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", "0",
-                             "--data-dir", str(tmp_path / "data")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        line = proc.stderr.readline()
+    with _serving(tmp_path, "--port", "0") as (proc, line):
         m = re.match(r"unhardcoded listening on http://127\.0\.0\.1:(\d+)/v1 ", line)
         assert m, line
         port = int(m.group(1))
         assert port != 0
         _answers_healthz(proc, f"http://127.0.0.1:{port}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.skipif(not __import__("socket").has_ipv6, reason="no IPv6 here")
@@ -217,14 +211,21 @@ def test_serve_on_ipv6_loopback_announces_a_url_that_works(tmp_path) -> None:
             s.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--host", "::1", "--port", "0",
-                             "--data-dir", str(tmp_path / "data")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        line = proc.stderr.readline()
+    with _serving(tmp_path, "--host", "::1", "--port", "0") as (proc, line):
         m = re.match(r"unhardcoded listening on (http://\[::1\]:\d+)/v1 ", line)
         assert m, line
         _answers_healthz(proc, m.group(1))
+
+
+@contextlib.contextmanager
+def _serving(tmp_path, *args: str):
+    """`unhardcoded serve ARGS` with its own data dir: (the process, the first line it printed to
+    stderr); stopped on the way out."""
+    proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", *args, "--data-dir",
+                             str(tmp_path / "data")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc, proc.stderr.readline()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

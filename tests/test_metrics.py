@@ -15,13 +15,6 @@ from .harness import policy, start_stack
 MSG = [{"role": "user", "content": "Hello there"}]
 
 
-@pytest.fixture(params=["uvicorn", "granian"])
-async def stack(tmp_path, request):
-    s = await start_stack(tmp_path, server=request.param)
-    yield s
-    await s.close()
-
-
 async def scrape(stack, headers=None) -> tuple[int, str, dict]:
     async with aiohttp.ClientSession() as s:
         async with s.get(stack.base_url.removesuffix("/v1") + "/metrics", headers=headers or {}) as r:

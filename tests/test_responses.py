@@ -10,17 +10,9 @@ import pytest
 
 from unhardcoded.testing.upstreams import Fail, Reply, ReplyToolCall, StreamCut
 
-from .harness import start_stack
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather by city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-@pytest.fixture(params=["uvicorn", "granian"])
-async def stack(tmp_path, request):
-    s = await start_stack(tmp_path, server=request.param)
-    yield s
-    await s.close()
 
 
 def _calls(stack) -> int:

@@ -24,14 +24,6 @@ from .harness import KEYS, NEXT, free_port, policy, start_stack
 MSG = [{"role": "user", "content": "The secret plan is ZEBRA-7."}]
 
 
-@pytest.fixture(params=["uvicorn", "granian"])
-async def stack(tmp_path, request):
-    """Both servers: granian (RSGI) learns of a client going away by its own means."""
-    s = await start_stack(tmp_path, server=request.param)
-    yield s
-    await s.close()
-
-
 def record(stack, trace_id: str) -> dict:
     stack.store.flush()
     rec = stack.store.get(trace_id)
