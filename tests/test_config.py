@@ -50,6 +50,14 @@ def test_trace_writer_scheduling_defaults_to_idle_and_is_checked(tmp_path) -> No
     assert err.value.path == "$.traces.writer_scheduling"
 
 
+
+def test_storing_responses_is_on_by_default_and_can_be_turned_off(tmp_path) -> None:
+    assert load_settings(None, environ={}).store_responses is True
+    assert settings_from(tmp_path, '[traces]\nstore_responses = false\n').store_responses is False
+    with pytest.raises(ConfigError) as err:
+        settings_from(tmp_path, '[traces]\nstore_responses = "no"\n')
+    assert err.value.code == "bad_value" and err.value.path == "$.traces.store_responses"
+
 # (section, key, least, most): what a number outside them would do is in config.py's _BOUNDS
 BOUNDED = [("server", "port", 0, 65535), ("server", "max_body_bytes", 1, None),
            ("server", "shutdown_grace_s", 1, None), ("router", "request_deadline_ms", 1, None),

@@ -33,7 +33,7 @@ bodies = st.one_of(
     st.fixed_dictionaries({"input": json_values | st.just([{"role": "user", "content": "x"}])},
                           optional={"instructions": json_values, "tools": json_values, "tool_choice": json_values,
                                     "text": json_values, "max_output_tokens": json_values, "reasoning": json_values,
-                                    "previous_response_id": json_values, "stream": json_values,
+                                    "previous_response_id": json_values, "store": json_values, "stream": json_values,
                                     "model": json_values}).map(lambda d: json.dumps(d).encode()),
 )
 

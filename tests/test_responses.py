@@ -134,7 +134,6 @@ async def test_a_stream_cut_after_content_ends_with_response_failed(stack) -> No
 
 
 @pytest.mark.parametrize("body, code, param", [
-    ({"input": "x", "previous_response_id": "resp_1"}, "unsupported_parameter", "$.previous_response_id"),
     ({"input": "x", "conversation": "conv_1"}, "unsupported_parameter", "$.conversation"),
     ({"input": "x", "background": True}, "unsupported_parameter", "$.background"),
     ({"input": "x", "flow_ir": ["flow", {}]}, "unsupported_parameter", "$.flow_ir"),

@@ -107,6 +107,7 @@ class Settings:
     retention_days: int = 30
     trace_store: str = "sqlite"
     trace_writer_scheduling: str = "idle"
+    store_responses: bool = True       # /v1/responses keeps responses (store: true, OpenAI's default)
     flows_dir: str | None = None
     keys: Keys = field(default_factory=Keys)
     callers: dict[str, CallerSpec] = field(default_factory=dict)
@@ -151,7 +152,7 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "router": {"catalog": str, "request_deadline_ms": int, "attempt_timeout_ms": int,
                "first_token_timeout_ms": int, "flows_dir": str},
     "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str,
-               "writer_scheduling": str},
+               "writer_scheduling": str, "store_responses": bool},
     "keys": {},
     "callers": {},
 }
@@ -284,6 +285,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     if s.trace_writer_scheduling not in WRITER_SCHEDULING:
         raise ConfigError("bad_value", f"traces.writer_scheduling is one of {', '.join(WRITER_SCHEDULING)}",
                           ["traces", "writer_scheduling"])
+    s.store_responses = traces.get("store_responses", s.store_responses)
     s.keys = Keys(doc.get("keys", {}), env)
     s.callers = _callers(doc.get("callers", {}))
     for k, v in overrides.items():

@@ -37,6 +37,8 @@ def build_app(settings: Settings, *, router: Router | None = None) -> App:
     from .extras import install
     app = App(router)
     install(app)
+    from ..traces.responses import open_response_store
+    app.response_store = open_response_store(settings)
     return app
 
 

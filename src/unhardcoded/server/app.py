@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 import logging
 import math
+import re
 import time
 from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import parse_qs, unquote
@@ -37,6 +38,8 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 TEMPLATE_PREFIX = "/x/policy/templates/"
 MODELS_PREFIX = "/v1/models/"
 RESPONSES_SUFFIX = "/responses"
+# a stored response, with or without a profile before /v1 (the SDK's base URL may carry one)
+STORED_RESPONSE = re.compile(r"(?:/[^/]+)?/v1/responses/([^/]+)(/input_items)?")
 SESSION_HEADER = "x-unhardcoded-session"  # the session for clients that cannot add a body field
 _SESSION_MAX = 256
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
@@ -310,6 +313,7 @@ class App:
         self.started = time.time()
         self.flows: Any = None
         self.registered_flows: Any = None
+        self.response_store: Any = None  # traces/responses.py: what /v1/responses keeps (None: nothing)
 
     # ---- ASGI entry ---------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -349,6 +353,8 @@ class App:
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.router.close()
+                if self.response_store is not None:
+                    self.response_store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -371,7 +377,7 @@ class App:
         head = method == "HEAD"  # a GET without the body (load balancers' health checks send it)
         handler = self._route("GET" if head else method, path)
         if handler is None:
-            allowed = [m for m in ("GET", "POST") if self._route(m, path) is not None]
+            allowed = [m for m in ("GET", "POST", "DELETE") if self._route(m, path) is not None]
             if allowed:
                 allow = ", ".join(["HEAD", *allowed] if "GET" in allowed else allowed)
                 raise HTTPError(405, "method_not_allowed", f"{path} answers {allow}, not {method}",
@@ -411,6 +417,11 @@ class App:
             handler = self.policy_template_build
         if handler is None and method == "GET" and path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
             handler = self.model
+        if handler is None and method in ("GET", "DELETE"):
+            m = STORED_RESPONSE.fullmatch(path)
+            if m is not None:
+                handler = self.stored_response if m.group(2) is None else \
+                    (self.stored_input_items if method == "GET" else None)
         for suffix, endpoint in (("/chat/completions", self.chat), (RESPONSES_SUFFIX, self.responses)):
             if handler is None and method == "POST" and path.endswith(suffix):
                 try:
@@ -610,22 +621,56 @@ class App:
         """``POST /v1/responses``: OpenAI's Responses API over the chat path (``responses.py``)."""
         from . import responses as api
 
-        chat = api.to_chat(body)
+        api.check_request(body)
+        keep = self.response_store
+        prev_id = body.get("previous_response_id")
+        history = None
+        if prev_id is not None:
+            if keep is None:
+                raise HTTPError(400, "unsupported_parameter", "previous_response_id: this router stores no responses "
+                                "(traces.store_responses = false): send the whole conversation in input",
+                                "$.previous_response_id")
+            prev = await asyncio.to_thread(keep.get, prev_id, CURRENT_CALLER.get())
+            if prev is None:
+                raise HTTPError(404, "previous_response_not_found", f"Previous response with id {prev_id!r} not found.",
+                                "$.previous_response_id")
+            history = prev.conversation()
+        chat = api.to_chat(body, history)
         validate_chat_body(chat)
         caller = self.admit_caller()
+        stored = keep is not None and body.get("store") is not False
+
+        async def save(response: dict[str, Any]) -> None:
+            """Store the finished response; if the store cannot (a full disk), the answer still
+            goes out, saying ``store: false``: the call is made and paid for."""
+            from ..traces.responses import StoredResponse
+            tid = response["id"].removeprefix("resp_")
+            kept = {k: v for k, v in response.items() if k != "x_router"}
+            try:
+                await asyncio.to_thread(keep.put, StoredResponse(  # type: ignore[union-attr]
+                    response["id"], tid, CURRENT_CALLER.get(), int(time.time() * 1000), prev_id, kept,
+                    [*(history or ()), *api.input_items(body, tid)]))
+            except Exception as exc:  # sqlite3.Error, OSError: never the answer's loss
+                log.error("could not store response %s: %s", response["id"], exc)
+                response["store"] = False
 
         async def stream_out(stream: Any, send: Send) -> None:
-            await self._responses_stream(api.ResponsesStream(body, int(time.time()), stream.served), stream, send)
+            out = api.ResponsesStream(body, int(time.time()), stream.served, stored)
+            await self._responses_stream(out, stream, send, save if stored else None)
 
         try:
             completion = await self._routed(chat, profile, send, stream_out)
             if completion is not None:
-                await self._send_json(send, 200, api.from_chat(completion, body))
+                response = api.from_chat(completion, body, stored)
+                if stored:
+                    await save(response)  # committed before the answer: the caller may go on from it at once
+                await self._send_json(send, 200, response)
         finally:
             if caller is not None:
                 self.router.limits.release(caller)
 
-    async def _responses_stream(self, out: Any, stream: Any, send: Send) -> None:
+    async def _responses_stream(self, out: Any, stream: Any, send: Send,
+                                save: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": sse_headers()})
 
         def frames(events: list[tuple[str, Any]]) -> bytes:
@@ -633,10 +678,67 @@ class App:
 
         await send({"type": "http.response.body", "body": frames(out.start(stream.run.trace_id)), "more_body": True})
         async for event in stream.events():
-            body = frames(out.feed(event))
+            events = out.feed(event)
+            if save is not None and out.final is not None:
+                await save(out.final)  # before the last event, as a whole answer is stored before it is sent
+                save = None
+            body = frames(events)
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # ---- stored responses -----------------------------------------------------
+    async def _stored(self, scope: Scope) -> tuple[Any, str]:
+        """The response store and the stored response's id in the path (a 404 if it keeps none)."""
+        rid = unquote(STORED_RESPONSE.fullmatch(scope["path"]).group(1))  # type: ignore[union-attr]
+        if self.response_store is None:
+            raise HTTPError(404, "not_found", f"Response with id {rid!r} not found: this router stores no "
+                            "responses (traces.store_responses = false)", "response_id")
+        return self.response_store, rid
+
+    async def stored_response(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        """``GET /v1/responses/{id}`` (the SDK's ``responses.retrieve``) and ``DELETE`` (its
+        ``responses.delete``); a named caller reaches only its own."""
+        store, rid = await self._stored(scope)
+        caller = CURRENT_CALLER.get()
+        if scope["method"] == "DELETE":
+            if not await asyncio.to_thread(store.delete, rid, caller):
+                raise HTTPError(404, "not_found", f"Response with id {rid!r} not found.", "response_id")
+            return 200, {"id": rid, "object": "response", "deleted": True}
+        q = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if q.get("stream", ["false"])[0] not in ("false", "0"):
+            raise HTTPError(400, "unsupported_parameter", "stream: a stored response is read whole here, its "
+                            "events are not replayed", "$.stream")
+        entry = await asyncio.to_thread(store.get, rid, caller)
+        if entry is None:
+            raise HTTPError(404, "not_found", f"Response with id {rid!r} not found.", "response_id")
+        return 200, {**entry.response, "x_router": {"trace_id": entry.trace_id}}
+
+    async def stored_input_items(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        """``GET /v1/responses/{id}/input_items``: the items its model read (every earlier turn
+        of its chain, then its own input), a page at a time (``limit`` 1..100, default 20;
+        ``order`` desc by default, or asc; ``after`` an item id)."""
+        from ..traces.responses import page
+        store, rid = await self._stored(scope)
+        q = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        try:
+            limit = int(q.get("limit", 20))
+        except ValueError:
+            raise HTTPError(400, "bad_parameter", "limit is an integer from 1 to 100", "$.limit") from None
+        if not 1 <= limit <= 100:
+            raise HTTPError(400, "bad_parameter", "limit is an integer from 1 to 100", "$.limit")
+        order = q.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise HTTPError(400, "bad_parameter", "order is 'asc' or 'desc'", "$.order")
+        entry = await asyncio.to_thread(store.get, rid, CURRENT_CALLER.get())
+        if entry is None:
+            raise HTTPError(404, "not_found", f"Response with id {rid!r} not found.", "response_id")
+        got = page(entry.input_items, limit=limit, order=order, after=q.get("after"))
+        if got is None:
+            raise HTTPError(400, "bad_parameter", f"after: no input item of {rid} has the id {q['after']!r}", "$.after")
+        data, more = got
+        return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                     "last_id": data[-1]["id"] if data else None, "has_more": more}
 
     # ---- small endpoints ------------------------------------------------------
     async def healthz(self, scope: Scope, body: Any) -> tuple[int, Any]:

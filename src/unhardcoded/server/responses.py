@@ -5,10 +5,14 @@ call (same policy, FailPlan, trace), and its answer written back as a ``response
 (:func:`from_chat`) or, streamed, as the Responses event sequence, translated chunk by chunk
 as the provider sends them (:class:`ResponsesStream`): not a finished answer replayed.
 
+A response is stored (``traces/responses.py``) unless the request says ``store: false`` or the
+operator turned storing off; ``previous_response_id`` goes on from a stored one: its input
+items and output come before the new input (its ``instructions`` do not, as on OpenAI).
+
 What a router cannot offer is refused with a 400 and the JSON path in the caller's body,
 never dropped: OpenAI's hosted tools (web search, file search, code interpreter, computer
-use, MCP, shell), stored conversations (``previous_response_id``, ``conversation``: send the
-whole conversation in ``input``), background runs and file inputs.
+use, MCP, shell), OpenAI's conversation objects (``conversation``: send the conversation in
+``input`` or go on with ``previous_response_id``), background runs and file inputs.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from .app import HTTPError
 _SAME = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "policy_ir", "requirements",
          "session", "timeout_ms", "first_token_timeout_ms", "seed", "service_tier", "prompt_cache_key",
          "safety_identifier", "stream")
-# Anything else (store, include, truncation, metadata, stream_options, ...) concerns OpenAI's own
-# storage and presentation of a response: accepted, echoed where the response object has it,
-# not sent on (a chat endpoint refuses some of them, metadata without store for one).
+# Anything else (include, truncation, metadata, stream_options, ...) concerns OpenAI's own
+# presentation of a response: accepted, echoed where the response object has it, not sent on
+# (a chat endpoint refuses some of them, metadata without store for one). ``store`` and
+# ``previous_response_id`` are the server's (App.responses).
 _REFUSED = {
-    "previous_response_id": "responses are not stored here: send the whole conversation in input",
-    "conversation": "conversations are not stored here: send the whole conversation in input",
+    "conversation": "conversation objects are not kept here: send the conversation in input, or go on "
+                    "from a stored response with previous_response_id",
     "background": "background responses are not run here",
     "flow_ir": "a flow is sent to /v1/chat/completions",
 }
@@ -40,10 +45,23 @@ def _bad(path: str, message: str, code: str = "bad_parameter") -> HTTPError:
     return HTTPError(400, code, message, path)
 
 
-def to_chat(body: Any) -> dict[str, Any]:
-    """A Responses request as the chat body the router runs; a 400 at the first fault."""
+def check_request(body: Any) -> None:
+    """What is read of a Responses request before its conversation is: the body is an object,
+    nothing refused is asked for, ``store`` and ``previous_response_id`` are well formed."""
     if not isinstance(body, dict):
         raise _bad("$", "the request body is a JSON object", "bad_request_body")
+    if body.get("store") is not None and type(body["store"]) is not bool:
+        raise _bad("$.store", "store is a boolean")
+    prev = body.get("previous_response_id")
+    if prev is not None and (type(prev) is not str or not prev):
+        raise _bad("$.previous_response_id", "previous_response_id is the id of a stored response")
+
+
+def to_chat(body: Any, history: list[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """A Responses request as the chat body the router runs; a 400 at the first fault.
+    ``history``: the items of the stored response it goes on from (``StoredResponse.conversation``),
+    read before its own input."""
+    check_request(body)
     for key, why in _REFUSED.items():
         if body.get(key) not in (None, False):
             raise _bad(f"$.{key}", f"{key}: {why}", "unsupported_parameter")
@@ -57,7 +75,11 @@ def to_chat(body: Any) -> dict[str, Any]:
         if type(instructions) is not str:
             raise _bad("$.instructions", "instructions is a string")
         messages.append({"role": "system", "content": instructions})
-    messages += _messages(body.get("input"))
+    if history:
+        _messages(history, "$.previous_response_id", messages)
+    _messages(body.get("input"), "$.input", messages)
+    if not any(m["role"] != "system" for m in messages):
+        raise _bad("$.input", "input holds no message to answer", "bad_messages")
     out["messages"] = messages
     limit = body.get("max_output_tokens")
     if limit is not None:
@@ -84,16 +106,17 @@ def _object(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value or {}
 
 
-def _messages(items: Any) -> list[dict[str, Any]]:
+def _messages(items: Any, where: str, out: list[dict[str, Any]]) -> None:
+    """Append the chat messages of Responses ``items`` (at ``where`` in the request) to ``out``."""
     if items is None:
-        raise _bad("$.input", "input is a string or a list of items", "bad_messages")
+        raise _bad(where, "input is a string or a list of items", "bad_messages")
     if type(items) is str:
-        return [{"role": "user", "content": items}]
+        out.append({"role": "user", "content": items})
+        return
     if type(items) is not list or not items:
-        raise _bad("$.input", "input is a string or a non-empty list of items", "bad_messages")
-    out: list[dict[str, Any]] = []
+        raise _bad(where, "input is a string or a non-empty list of items", "bad_messages")
     for i, item in enumerate(items):
-        at = f"$.input[{i}]"
+        at = f"{where}[{i}]"
         if type(item) is not dict:
             raise _bad(at, "an input item is an object", "bad_messages")
         kind = item.get("type", "message" if "role" in item else None)
@@ -136,8 +159,26 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             raise _bad(f"{at}.type", f"input items of type {kind!r} are not served here (message, function_call, "
                        "function_call_output, custom_tool_call, custom_tool_call_output, reasoning are)",
                        "unsupported_parameter")
-    if not any(m["role"] != "system" for m in out):
-        raise _bad("$.input", "input holds no message to answer", "bad_messages")
+
+
+def input_items(body: Mapping[str, Any], trace_id: str) -> list[dict[str, Any]]:
+    """The request's own input as stored items, as OpenAI lists them: a string input is one user
+    message, a message's string content one text part; each has an ``id`` (the caller's own
+    where it gave one)."""
+    given = body.get("input")
+    if type(given) is str:
+        given = [{"type": "message", "role": "user", "content": given}]
+    out = []
+    for i, item in enumerate(given or ()):
+        item = dict(item)
+        if "type" not in item:
+            item["type"] = "message"
+        if item["type"] == "message" and type(item.get("content")) is str:
+            kind = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": kind, "text": item["content"]}]
+        if type(item.get("id")) is not str or not item["id"]:
+            item["id"] = f"in_{trace_id}_{i}"
+        out.append(item)
     return out
 
 
@@ -268,9 +309,10 @@ def _usage(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
             "total_tokens": usage.get("total_tokens", 0)}
 
 
-def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a response object repeats of its request."""
+def _echo(body: Mapping[str, Any], stored: bool) -> dict[str, Any]:
+    """What a response object repeats of its request (``store``: whether it is stored)."""
     return {"instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+            "previous_response_id": body.get("previous_response_id"), "store": stored,
             "metadata": body.get("metadata") or {}, "parallel_tool_calls": body.get("parallel_tool_calls", True),
             "temperature": body.get("temperature"), "tool_choice": body.get("tool_choice", "auto"),
             "tools": body.get("tools") or [], "top_p": body.get("top_p"),
@@ -278,10 +320,11 @@ def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _response(rid: str, created: int, model: str, status: str, output: list, body: Mapping[str, Any], *,
-              usage: Any = None, incomplete: str | None = None, error: Any = None) -> dict[str, Any]:
+              stored: bool = False, usage: Any = None, incomplete: str | None = None, error: Any = None
+              ) -> dict[str, Any]:
     out = {"id": rid, "object": "response", "created_at": created, "status": status, "model": model,
            "output": output, "error": error,
-           "incomplete_details": None if incomplete is None else {"reason": incomplete}, **_echo(body)}
+           "incomplete_details": None if incomplete is None else {"reason": incomplete}, **_echo(body, stored)}
     if usage is not None:
         out["usage"] = usage
     return out
@@ -297,8 +340,9 @@ def _call_item(call: Mapping[str, Any], item_id: str) -> dict[str, Any]:
             "arguments": fn.get("arguments") or "", "status": "completed"}
 
 
-def from_chat(completion: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
-    """A routed chat.completion as the ``response`` object of the Responses request ``body``."""
+def from_chat(completion: Mapping[str, Any], body: Mapping[str, Any], stored: bool = False) -> dict[str, Any]:
+    """A routed chat.completion as the ``response`` object of the Responses request ``body``
+    (``stored``: it is kept, so ``store`` says true)."""
     x = completion.get("x_router") or {}
     tid = x.get("trace_id") or completion.get("id", "")
     choice = (completion.get("choices") or [{}])[0]
@@ -314,7 +358,7 @@ def from_chat(completion: Mapping[str, Any], body: Mapping[str, Any]) -> dict[st
         output.append(_call_item(call, f"fc_{tid}_{i}"))
     reason = _INCOMPLETE.get(choice.get("finish_reason"))
     out = _response(f"resp_{tid}", completion.get("created", 0), completion.get("model", ""),
-                    "incomplete" if reason else "completed", output, body,
+                    "incomplete" if reason else "completed", output, body, stored=stored,
                     usage=_usage(completion.get("usage")), incomplete=reason)
     out["x_router"] = x
     return out
@@ -327,10 +371,13 @@ class ResponsesStream:
     events one chat chunk makes (a message's first text opens its item and content part, each
     tool call its own item); ``feed`` of the router's last chunk (usage and ``x_router``) closes
     every open item and ends with ``response.completed`` (``incomplete`` after a cut-off for
-    length); an error event ends it with ``response.failed``."""
+    length); an error event ends it with ``response.failed``. ``final`` is then the finished
+    response object (None until then, and after a failure)."""
 
-    def __init__(self, body: Mapping[str, Any], created: int, model: str) -> None:
+    def __init__(self, body: Mapping[str, Any], created: int, model: str, stored: bool = False) -> None:
         self.body = body
+        self.stored = stored
+        self.final: dict[str, Any] | None = None
         self.created = created
         self.model = model
         self.rid = ""
@@ -348,7 +395,7 @@ class ResponsesStream:
     def start(self, trace_id: str) -> list[tuple[str, dict[str, Any]]]:
         self.rid = f"resp_{trace_id}"
         self.tid = trace_id
-        snap = _response(self.rid, self.created, self.model, "in_progress", [], self.body)
+        snap = _response(self.rid, self.created, self.model, "in_progress", [], self.body, stored=self.stored)
         return [self._ev("response.created", response=snap), self._ev("response.in_progress", response=snap)]
 
     def feed(self, chunk: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -375,11 +422,13 @@ class ResponsesStream:
             final = self._snapshot("incomplete" if reason else "completed", usage=_usage(chunk.get("usage")),
                                    incomplete=reason)
             final["x_router"] = chunk["x_router"]
+            self.final = final
             out.append(self._ev("response.incomplete" if reason else "response.completed", response=final))
         return out
 
     def _snapshot(self, status: str, **kw: Any) -> dict[str, Any]:
-        return _response(self.rid, self.created, self.model, status, list(self.items), self.body, **kw)
+        return _response(self.rid, self.created, self.model, status, list(self.items), self.body,
+                         stored=self.stored, **kw)
 
     def _text(self, text: str) -> list[tuple[str, dict[str, Any]]]:
         out = []

@@ -1,0 +1,167 @@
+"""Stored responses: what ``POST /v1/responses`` keeps so a later call can go on from it.
+
+OpenAI's Responses API stores a response unless the request says ``store: false``; a later
+request names it in ``previous_response_id`` instead of sending the conversation again, and
+``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items`` read and remove
+it. This store keeps, for each stored response:
+
+* the response object as it was answered (without ``x_router``: the receipt is the trace);
+* its **input items**: the items of every earlier turn of its chain (their inputs and outputs)
+  followed by its own input, in the Responses item format, each with an ``id``. Going on from a
+  response is its input items, then its output, then the new input.
+
+Every response holds its whole conversation, so deleting (or expiring) one never changes
+another: a response that went on from a deleted one still holds its own copy of the turns
+before it. A row belongs to the caller that made it (``caller``, a named caller or None for
+the operator's keys); a named caller reads only its own. Rows older than ``retention_days`` are
+deleted, as traces are.
+
+Unlike a trace, a stored response is committed before its answer is sent (a client may go on
+from it at once), in its own SQLite file beside the trace store, so its commit never waits on
+the trace writer's batches. The methods block: the server calls them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import orjson
+
+from .sqlite import _connect
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    caller TEXT,
+    created_at_ms INTEGER NOT NULL,
+    previous_response_id TEXT,
+    response BLOB NOT NULL,
+    input_items BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at_ms);
+"""
+
+_PURGE_EVERY_S = 60.0
+
+
+class StoredResponse:
+    """One stored response: its object as answered and its input items (its chain's whole
+    conversation before its output)."""
+
+    __slots__ = ("id", "trace_id", "caller", "created_at_ms", "previous_response_id", "response", "input_items")
+
+    def __init__(self, id: str, trace_id: str, caller: str | None, created_at_ms: int,
+                 previous_response_id: str | None, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+        self.id, self.trace_id, self.caller = id, trace_id, caller
+        self.created_at_ms, self.previous_response_id = created_at_ms, previous_response_id
+        self.response, self.input_items = response, input_items
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The items a request that goes on from this response starts with."""
+        return [*self.input_items, *(self.response.get("output") or [])]
+
+
+class ResponseStore:
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, retention_days: int | None = 30) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.retention_days = retention_days
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._last_purge = 0.0
+        with self._lock:
+            self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = _connect(self.path)
+        return self._conn
+
+    def put(self, entry: StoredResponse) -> None:
+        """Commit ``entry`` (a response id is a trace id: it is never reused)."""
+        row = (entry.id, entry.trace_id, entry.caller, entry.created_at_ms, entry.previous_response_id,
+               orjson.dumps(entry.response), orjson.dumps(entry.input_items))
+        with self._lock:
+            db = self._db()
+            db.execute("INSERT OR REPLACE INTO responses (id, trace_id, caller, created_at_ms, previous_response_id, "
+                       "response, input_items) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            self._maybe_purge(db)
+
+    def get(self, response_id: str, caller: str | None = None) -> StoredResponse | None:
+        """The stored response, or None: none by that id, or (``caller`` named) another caller's."""
+        with self._lock:
+            row = self._db().execute("SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, "
+                                     "input_items FROM responses WHERE id = ?", (response_id,)).fetchone()
+        if row is None or (caller is not None and row[2] != caller):
+            return None
+        if self.retention_days and row[3] < self._horizon_ms():
+            return None  # expired, not purged yet
+        return StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
+
+    def delete(self, response_id: str, caller: str | None = None) -> bool:
+        """Delete it; False if there was none to delete (or, ``caller`` named, it is another's)."""
+        with self._lock:
+            if caller is None:
+                cur = self._db().execute("DELETE FROM responses WHERE id = ?", (response_id,))
+            else:
+                cur = self._db().execute("DELETE FROM responses WHERE id = ? AND caller = ?", (response_id, caller))
+        return cur.rowcount > 0
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def purge(self, *, older_than_ms: int) -> int:
+        with self._lock:
+            return self._db().execute("DELETE FROM responses WHERE created_at_ms < ?", (older_than_ms,)).rowcount
+
+    def _horizon_ms(self) -> int:
+        return int(time.time() * 1000) - int(self.retention_days or 0) * 86_400_000
+
+    def _maybe_purge(self, db: sqlite3.Connection) -> None:
+        if not self.retention_days:
+            return
+        now = time.monotonic()
+        if now - self._last_purge < _PURGE_EVERY_S:
+            return
+        self._last_purge = now
+        db.execute("DELETE FROM responses WHERE created_at_ms < ?", (self._horizon_ms(),))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def open_response_store(settings: Any) -> ResponseStore | None:
+    """The store ``/v1/responses`` keeps responses in, or None where the operator turned it off
+    (``[traces] store_responses = false``)."""
+    if not getattr(settings, "store_responses", True):
+        return None
+    return ResponseStore(Path(settings.data_dir) / "responses.sqlite3", retention_days=settings.retention_days)
+
+
+def page(items: list[Mapping[str, Any]], *, limit: int, order: str, after: str | None
+         ) -> tuple[list[Mapping[str, Any]], bool] | None:
+    """One page of ``items`` (``GET /v1/responses/{id}/input_items``): ``order`` asc or desc,
+    starting after the item whose id is ``after``; None if no item has that id."""
+    ordered = items if order == "asc" else items[::-1]
+    start = 0
+    if after is not None:
+        for i, item in enumerate(ordered):
+            if item.get("id") == after:
+                start = i + 1
+                break
+        else:
+            return None
+    chunk = ordered[start:start + limit]
+    return chunk, start + limit < len(ordered)
