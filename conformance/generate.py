@@ -438,10 +438,50 @@ def flows() -> list[dict]:
     return v
 
 
+# ---- declarative specs (POST /x/policy/build) -----------------------------------
+
+BUILD_SPECS: list[tuple[str, Any]] = [
+    ("defaults", {}),
+    ("atoms_price_ceiling_scorer", {"filter": ["requirements", "not_disabled", {"price_max": {"output": 50}}],
+                                    "scorer": ["add", ["scale", 2, ["field", "context"]],
+                                               ["scale", 1, ["neg", ["normalize", ["field", "price_in"]]]]],
+                                    "selector": "argmax"}),
+    ("family_set_softmax", {"filter": {"family_in": ["gpt-5.5", "claude-opus-4-8"]}, "selector": "softmax_sample"}),
+    ("any_of_top_k_sampled", {"filter": {"any_of": [{"tier_in": ["partner"]}, {"provider_not_in": ["a", "b"]}]},
+                              "selector": "top_k", "selector_opts": {"k": 2, "temp": 0.5}}),
+    ("none_of_mutate_list_retry_table", {
+        "filter": {"none_of": ["breaker_closed"]},
+        "mutate": [{"filter_text": ["NFKC"]}, {"jitter": {"temperature": 0.3, "top_p": 0.1}}],
+        "retry_table": {"rate_limit": {"action": "next_candidate", "open_breaker_ms": 30000},
+                        "auth_error": {"action": "disable_provider"}, "unknown": {"action": "next_candidate"}}}),
+    ("zero_ceiling_set_param_top_k", {"filter": {"price_max": {"input": 0}},
+                                      "mutate": {"set_param": {"seed": "from_ctx", "user": "router"}},
+                                      "selector": "top_k"}),
+    ("both_ceilings_clamp_softmax", {"filter": {"price_max": {"input": 1.5, "output": 10}},
+                                     "mutate": {"clamp": {"max_tokens": 1000}}, "selector": "softmax_sample",
+                                     "selector_opts": {"temp": 2}}),
+    ("served_by_pipe", {"filter": {"served_by_in": ["x"]},
+                        "mutate": {"pipe": [{"filter_text": ["NFKC"]}, {"jitter": {"temperature": 0.2}}]}}),
+    ("scope_provider_override", {"filter": ["scope_matches", {"provider_in": ["oa"]}], "scorer": ["field", "context"],
+                                 "retry_table": {"timeout": {"action": "retry_same", "max": 2}}}),
+]
+
+
+def build_vectors() -> list[dict]:
+    from unhardcoded.lang.elaborate import build_policy
+    out = []
+    for name, spec in BUILD_SPECS:
+        _, enc = normalize_and_encode(build_policy(spec))
+        out.append({"name": name, "spec": spec, "encoding": enc, "fingerprint": lane_fingerprint(enc)})
+    return out
+
+
 def main() -> None:
     pol_doc = {"version": "sigma-pol/v2", "vectors": hand_picked() + random_sweep(120)}
     flow_doc = {"version": "sigma-flow/v1", "vectors": flows()}
-    for name, doc in (("sigma_pol_v2.json", pol_doc), ("sigma_flow_v1.json", flow_doc)):
+    build_doc = {"version": "sigma-pol/v2", "vectors": build_vectors()}
+    for name, doc in (("sigma_pol_v2.json", pol_doc), ("sigma_flow_v1.json", flow_doc),
+                      ("build/sigma_pol_v2_build.json", build_doc)):
         text = "{\"version\":" + json.dumps(doc["version"]) + ",\"vectors\":[\n" + ",\n".join(
             json.dumps(v, ensure_ascii=False, sort_keys=True, allow_nan=False) for v in doc["vectors"]) + "\n]}\n"
         (HERE / name).write_text(text, encoding="utf-8")

@@ -46,7 +46,7 @@ def stack_box(tmp_path_factory):
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=bodies, path=st.sampled_from(["/v1/chat/completions", "/default/v1/chat/completions", "/x/rank",
                                           "/v1/responses", "/default/v1/responses",
-                                          "/x/policy/normalize", "/x/flow/normalize", "/x/flow/plan", "/x/replay",
+                                          "/x/policy/normalize", "/x/policy/build", "/x/flow/normalize", "/x/flow/plan", "/x/replay",
                                           "/x/policy/templates/cheapest-family", "/x/policy/templates/smart-value",
                                           "/x/policy/templates/%00%2F..%2Fx"]))
 @pytest.mark.parametrize("server", ["uvicorn", "granian"])

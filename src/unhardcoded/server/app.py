@@ -410,6 +410,7 @@ class App:
                 ("POST", "/x/rank"): self.rank,
                 ("GET", "/x/rank"): self.rank,
                 ("POST", "/x/policy/normalize"): self.policy_normalize,
+                ("POST", "/x/policy/build"): self.policy_build,
                 ("POST", "/x/flow/normalize"): self.flow_normalize,
                 ("GET", "/x/policy/templates"): self.policy_templates,
             }.get((method, path))
@@ -849,6 +850,24 @@ class App:
             raise lang_error(exc) from None
         return 200, {"policy_ir": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint,
                      "identity": c.identity, "id": c.short_id, "sort": c.sort, "version": c.version}
+
+    async def policy_build(self, scope: Scope, body: Any) -> tuple[int, Any]:
+        """``POST /x/policy/build``: a declarative spec (``lang/elaborate.py``) lowered to its
+        policy term, then admitted against this catalog's fields like any policy (a refusal of
+        the lowered term has its path in ``policy_ir``, which the error carries)."""
+        from ..lang.elaborate import build_policy
+        try:
+            term = build_policy(body)
+        except LangError as exc:
+            raise HTTPError(400, exc.code, exc.message, exc.path) from None
+        try:
+            c = self.router.compiler.compile_policy(term, path=("policy_ir",))
+        except LangError as exc:
+            err = lang_error(exc)
+            err.extra["policy_ir"] = term
+            raise err from None
+        return 200, {"policy_ir": c.term, "encoding": c.encoding, "fingerprint": c.fingerprint,
+                     "identity": c.identity, "id": c.short_id, "version": c.version}
 
     async def policy_templates(self, scope: Scope, body: Any) -> tuple[int, Any]:
         return 200, {"templates": templates.describe(self._tier_groups())}
