@@ -481,7 +481,7 @@ def main() -> None:
     flow_doc = {"version": "sigma-flow/v1", "vectors": flows()}
     build_doc = {"version": "sigma-pol/v2", "vectors": build_vectors()}
     for name, doc in (("sigma_pol_v2.json", pol_doc), ("sigma_flow_v1.json", flow_doc),
-                      ("build/sigma_pol_v2_build.json", build_doc)):
+                      ("declarative/sigma_pol_v2_build.json", build_doc)):
         text = "{\"version\":" + json.dumps(doc["version"]) + ",\"vectors\":[\n" + ",\n".join(
             json.dumps(v, ensure_ascii=False, sort_keys=True, allow_nan=False) for v in doc["vectors"]) + "\n]}\n"
         (HERE / name).write_text(text, encoding="utf-8")

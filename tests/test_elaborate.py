@@ -1,6 +1,6 @@
 """The declarative policy surface (``lang/elaborate.py``) and ``POST /x/policy/build``.
 
-``conformance/build/sigma_pol_v2_build.json`` holds specs with the encoding and fingerprint of the
+``conformance/declarative/sigma_pol_v2_build.json`` holds specs with the encoding and fingerprint of the
 term each lowers to; every one was checked against the reference's own elaborate, normalise
 and fingerprint (run locally, not committed)."""
 
@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from unhardcoded.lang import LangError, compile_policy, lane_fingerprint, normalize_and_encode
 from unhardcoded.lang.elaborate import SpecError, build_policy
 
-VECTORS = json.loads((Path(__file__).resolve().parent.parent / "conformance" / "build" / "sigma_pol_v2_build.json")
+VECTORS = json.loads((Path(__file__).resolve().parent.parent / "conformance" / "declarative" / "sigma_pol_v2_build.json")
                      .read_text(encoding="utf-8"))["vectors"]
 
 
@@ -114,3 +114,23 @@ async def test_a_bad_spec_is_a_400_at_its_path(stack) -> None:
     status, out = await stack.post("/x/policy/build", {"filter": {"price_max": {"input": "cheap"}}})
     assert status == 400 and out["error"]["code"] == "invalid_policy", out
     assert out["error"]["param"].startswith("$.policy_ir[1]") and out["policy_ir"][1] == ["cmp", "price_in", "le", "cheap"]
+
+
+@pytest.mark.parametrize("kind, wrap", [("filter", lambda x: {"all_of": [x]}), ("mutate", lambda x: {"pipe": [x]}),
+                                        ("filter", lambda x: [x])])
+def test_a_spec_nested_past_any_terms_depth_is_refused_not_a_crash(kind, wrap) -> None:
+    spec: object = "requirements" if kind == "filter" else "identity"
+    for _ in range(5000):
+        spec = wrap(spec)
+    with pytest.raises(SpecError) as e:
+        build_policy({kind: spec})
+    assert "no deeper" in e.value.message and e.value.path.startswith(f"$.{kind}")
+
+
+async def test_hostile_specs_over_http_are_4xx(stack) -> None:
+    deep = b'{"filter": ' + b'{"all_of": [' * 900 + b'"requirements"' + b"]}" * 900 + b"}"
+    for raw in (deep, b"[" * 100_000, b'{"filter": "\\u0000"}', b"\xff\xfe",
+                json.dumps({"filter": {"family_in": ["x" * 10] * 50_000}}).encode()):
+        status, out = await stack.post("/x/policy/build", raw=raw)
+        assert 400 <= status < 500 or status == 200, (status, str(out)[:200])
+        assert status != 200 or out["policy_ir"][0] == "policy"
