@@ -314,3 +314,18 @@ def test_a_stored_conversation_is_read_back_as_the_chat_it_was() -> None:
         {"role": "assistant", "content": [{"type": "text", "text": "Let me look."}], "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+
+
+async def test_hostile_ids_are_404s_never_500s(stack) -> None:
+    import aiohttp
+    async with aiohttp.ClientSession() as s:
+        for rid in ("%00", "%ff%fe", "x" * 60_000, "resp_%2F..%2F..", "%27%20OR%201%3D1"):
+            for method in ("GET", "DELETE"):
+                async with s.request(method, f"{stack.base_url}/responses/{rid}") as resp:
+                    assert resp.status in (404, 414, 431), (method, rid[:20], resp.status)
+            async with s.get(f"{stack.base_url}/responses/{rid}/input_items?limit=5&after=%00") as resp:
+                assert resp.status in (404, 414, 431), (rid[:20], resp.status)
+    for prev in ("\u0000", "x" * 1_000_000, "' OR 1=1 --"):
+        status, out = await stack.post("/v1/responses", {"input": "x", "previous_response_id": prev})
+        assert status == 404 and out["error"]["code"] == "previous_response_not_found"
+        assert len(out["error"]["message"]) < 300  # a long id is not echoed whole

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .admission import MAX_DEPTH
 from .errors import LangError, PathPart
 
 _ATOMS: dict[str, list] = {
@@ -70,6 +71,19 @@ def _list(value: Any, path: tuple[PathPart, ...], what: str) -> list:
     return value
 
 
+def _each(lower: Any, specs: list, path: tuple[PathPart, ...]) -> list:
+    """Every spec of a list lowered, each at its index (no deeper than a term may be)."""
+    if len(path) > MAX_DEPTH:
+        raise _fail(f"a spec nests no deeper than {MAX_DEPTH} levels", path)
+    return [lower(s, (*path, i)) for i, s in enumerate(specs)]
+
+
+def _directive(spec: Mapping[str, Any], path: tuple[PathPart, ...], what: str) -> tuple[str, tuple[PathPart, ...], Any]:
+    """A one-key object's key, the path to its value, and the value."""
+    key = _one_key(spec, path, what)
+    return key, (*path, key), spec[key]
+
+
 def _either(op: str, parts: list) -> list:
     return [op, *parts] if len(parts) != 1 else parts[0]
 
@@ -85,14 +99,12 @@ def lower_filter(spec: Any, path: tuple[PathPart, ...] = ("filter",)) -> list:
     if type(spec) is list:
         if not spec:
             raise _fail("a filter list holds at least one spec", path)
-        return ["and", *(lower_filter(s, (*path, i)) for i, s in enumerate(spec))]
+        return ["and", *_each(lower_filter, spec, path)]
     if type(spec) is not dict:
         raise _fail("a filter spec is an atom name, a list or an object", path)
-    key = _one_key(spec, path, "filter")
-    at = (*path, key)
-    value = spec[key]
+    key, at, value = _directive(spec, path, "filter")
     if key in ("all_of", "any_of", "none_of"):
-        parts = [lower_filter(s, (*at, i)) for i, s in enumerate(_list(value, at, key))]
+        parts = _each(lower_filter, _list(value, at, key), at)
         if key == "all_of":
             return ["and", *parts]
         return ["or", *parts] if key == "any_of" else ["not", ["or", *parts]]
@@ -122,14 +134,12 @@ def lower_mutate(spec: Any, path: tuple[PathPart, ...] = ("mutate",)) -> list:
     if type(spec) is list:
         if not spec:
             raise _fail("a mutate list holds at least one spec", path)
-        return ["seq", *(lower_mutate(s, (*path, i)) for i, s in enumerate(spec))]
+        return ["seq", *_each(lower_mutate, spec, path)]
     if type(spec) is not dict:
         raise _fail("a mutate spec is \"identity\", a list or an object", path)
-    key = _one_key(spec, path, "mutate")
-    at = (*path, key)
-    value = spec[key]
+    key, at, value = _directive(spec, path, "mutate")
     if key == "pipe":
-        return ["seq", *(lower_mutate(s, (*at, i)) for i, s in enumerate(_list(value, at, key)))]
+        return ["seq", *_each(lower_mutate, _list(value, at, key), at)]
     if key in ("filter_text", "filter_image"):
         return [key, value]
     if key in ("jitter", "set_param", "clamp"):

@@ -633,7 +633,7 @@ class App:
                                 "$.previous_response_id")
             prev = await asyncio.to_thread(keep.get, prev_id, CURRENT_CALLER.get())
             if prev is None:
-                raise HTTPError(404, "previous_response_not_found", f"Previous response with id {prev_id!r} not found.",
+                raise HTTPError(404, "previous_response_not_found", f"Previous response with id {prev_id[:100]!r} not found.",
                                 "$.previous_response_id")
             history = prev.conversation()
         chat = api.to_chat(body, history)
@@ -693,7 +693,7 @@ class App:
         """The response store and the stored response's id in the path (a 404 if it keeps none)."""
         rid = unquote(STORED_RESPONSE.fullmatch(scope["path"]).group(1))  # type: ignore[union-attr]
         if self.response_store is None:
-            raise HTTPError(404, "not_found", f"Response with id {rid!r} not found: this router stores no "
+            raise HTTPError(404, "not_found", f"Response with id {rid[:100]!r} not found: this router stores no "
                             "responses (traces.store_responses = false)", "response_id")
         return self.response_store, rid
 
@@ -704,7 +704,7 @@ class App:
         caller = CURRENT_CALLER.get()
         if scope["method"] == "DELETE":
             if not await asyncio.to_thread(store.delete, rid, caller):
-                raise HTTPError(404, "not_found", f"Response with id {rid!r} not found.", "response_id")
+                raise HTTPError(404, "not_found", f"Response with id {rid[:100]!r} not found.", "response_id")
             return 200, {"id": rid, "object": "response", "deleted": True}
         q = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if q.get("stream", ["false"])[0] not in ("false", "0"):
@@ -712,7 +712,7 @@ class App:
                             "events are not replayed", "$.stream")
         entry = await asyncio.to_thread(store.get, rid, caller)
         if entry is None:
-            raise HTTPError(404, "not_found", f"Response with id {rid!r} not found.", "response_id")
+            raise HTTPError(404, "not_found", f"Response with id {rid[:100]!r} not found.", "response_id")
         return 200, {**entry.response, "x_router": {"trace_id": entry.trace_id}}
 
     async def stored_input_items(self, scope: Scope, body: Any) -> tuple[int, Any]:
@@ -733,7 +733,7 @@ class App:
             raise HTTPError(400, "bad_parameter", "order is 'asc' or 'desc'", "$.order")
         entry = await asyncio.to_thread(store.get, rid, CURRENT_CALLER.get())
         if entry is None:
-            raise HTTPError(404, "not_found", f"Response with id {rid!r} not found.", "response_id")
+            raise HTTPError(404, "not_found", f"Response with id {rid[:100]!r} not found.", "response_id")
         got = page(entry.input_items, limit=limit, order=order, after=q.get("after"))
         if got is None:
             raise HTTPError(400, "bad_parameter", f"after: no input item of {rid} has the id {q['after']!r}", "$.after")
