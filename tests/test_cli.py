@@ -326,3 +326,33 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_backtest_runs_a_policy_over_the_stored_calls(stored_traces) -> None:
+    smart = '["policy",["meets_req"],["field","bench_intelligence"],["argmax"],["id"],["always",{"action":"next_candidate"}]]'
+    p = run("backtest", smart, "--data-dir", str(stored_traces), "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    t = out["totals"]
+    assert t["traces"] >= 1 and t["decided"] + t["not_replayable"] + t["refused"] + t["catalog_missing"] == t["traces"]
+    assert t["decided"] >= 1 and out["over"] == "stored"
+    assert sum(g["traces"] for g in out["transitions"]) == t["decided"]
+    text = run("backtest", smart, "--data-dir", str(stored_traces), "--limit", "2")
+    assert text.returncode == 0 and text.stdout.startswith("backtest of pol_") and "would go to" in text.stdout
+    one = json.loads(run("backtest", smart, "--data-dir", str(stored_traces), "--json", "--limit", "1").stdout)
+    assert one["totals"]["traces"] == 1 and one["window"]["next_cursor"]
+    now = json.loads(run("backtest", smart, "--data-dir", str(stored_traces), "--json", "--over", "current").stdout)
+    assert now["over"] == "current" and now["totals"]["traces"] == t["traces"]
+
+
+def test_backtest_refuses_with_code_and_path_never_a_traceback(stored_traces, tmp_path) -> None:
+    for argv, needle in ((["backtest", '["cmp","nope","ge",1]'], "undeclared_field"),
+                         (["backtest", '["flow",{}]'], "flow_backtest_unsupported"),
+                         (["backtest", "[1,"], "$"),
+                         (["backtest", '["meets_req"]', "--cursor", "not-a-cursor"], "--cursor"),
+                         (["backtest", '["meets_req"]', "--limit", "10001"], "argument --limit"),
+                         (["backtest", '["meets_req"]', "--samples", "-1"], "argument --samples")):
+        p = run(*argv, "--data-dir", str(stored_traces))
+        assert p.returncode == 2 and "Traceback" not in p.stderr and needle in p.stderr, (argv, p.stderr)
+    p = run("backtest", '["meets_req"]', "--data-dir", str(tmp_path / "nowhere"))
+    assert p.returncode == 2 and p.stderr.startswith("error: no trace store at ")

@@ -35,6 +35,11 @@ bodies = st.one_of(
                                     "text": json_values, "max_output_tokens": json_values, "reasoning": json_values,
                                     "previous_response_id": json_values, "store": json_values, "stream": json_values,
                                     "model": json_values}).map(lambda d: json.dumps(d).encode()),
+    # a backtest's, for /x/backtest
+    st.fixed_dictionaries({"policy_ir": json_values | S.any_term()},
+                          optional={"over": json_values, "since": json_values, "until": json_values,
+                                    "limit": json_values, "cursor": json_values, "samples": json_values,
+                                    "route": json_values, "caller": json_values}).map(lambda d: json.dumps(d).encode()),
 )
 
 
@@ -46,7 +51,7 @@ def stack_box(tmp_path_factory):
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=bodies, path=st.sampled_from(["/v1/chat/completions", "/default/v1/chat/completions", "/x/rank",
                                           "/v1/responses", "/default/v1/responses",
-                                          "/x/policy/normalize", "/x/policy/build", "/x/flow/normalize", "/x/flow/plan", "/x/replay",
+                                          "/x/policy/normalize", "/x/policy/build", "/x/flow/normalize", "/x/flow/plan", "/x/replay", "/x/backtest",
                                           "/x/policy/templates/cheapest-family", "/x/policy/templates/smart-value",
                                           "/x/policy/templates/%00%2F..%2Fx"]))
 @pytest.mark.parametrize("server", ["uvicorn", "granian"])

@@ -4,6 +4,7 @@
     unhardcoded serve       the OpenAI-compatible router
     unhardcoded rank        dry-run: rank the catalog with a policy, print a table
     unhardcoded traces / trace / replay   the trace store
+    unhardcoded backtest POLICY   a policy over the stored calls: where they would go, what they'd cost
     unhardcoded policy      admit a term; print its normal form, encoding and identity
     unhardcoded fields      the field vocabulary a policy can observe
     unhardcoded conformance replay FILE   replay language-neutral vectors
@@ -366,6 +367,47 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if out.get("identical", True) else 1
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    """``POST /x/backtest`` without a server: the stored calls of ``--data-dir``, the catalog and
+    config of today (``--catalog`` for another), read-only."""
+    from .catalog import load_catalog
+    from .router.engine import Router
+    from .traces.backtest import Backtest
+    from .traces.views import backtest_text
+
+    settings, store = _store_for(args)
+    term = _read_json_arg(args.policy)
+    router = Router(load_catalog(args.catalog or settings.catalog), settings)
+    bt = Backtest(term, router, over=args.over, snapshots=store.catalog_snapshot, samples=args.samples)
+    filters = {k: getattr(args, k) for k in ("policy_id", "route", "model", "provider", "status", "session", "caller")
+               if getattr(args, k)}
+    if "policy_id" in filters:
+        filters["policy"] = filters.pop("policy_id")
+    try:
+        records, nxt = store.records(cursor=args.cursor, limit=args.limit, kind="chat", since_ms=args.since,
+                                     until_ms=args.until, **filters)
+    except ValueError as exc:
+        raise CommandError(f"--cursor: {exc}") from None
+    out = bt.run(records).report()
+    out["window"] = {"since_ms": args.since, "until_ms": args.until, "limit": args.limit, "next_cursor": nxt,
+                     "filters": filters}
+    print(json.dumps(out, indent=2, ensure_ascii=False) if args.json else backtest_text(out))
+    return 0
+
+
+def _backtest_limit(text: str) -> int:
+    from .traces.backtest import MAX_BACKTEST
+    if not _digits(text) or not 1 <= int(text) <= MAX_BACKTEST:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of calls from 1 to {MAX_BACKTEST}")
+    return int(text)
+
+
+def _samples(text: str) -> int:
+    if not _digits(text) or not 0 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of samples from 0 to 100")
+    return int(text)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
     return demo_main(args.data_dir)
@@ -450,6 +492,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stored: the record's own inputs; current: today's catalog and state")
     rp.add_argument("--catalog", help="with --against current: the catalog to compare with")
     rp.set_defaults(fn=cmd_replay)
+
+    bt = sub.add_parser("backtest", help="run a policy over the stored calls: where they would go, what they'd cost")
+    store_args(bt)
+    bt.add_argument("policy", help="the policy_ir (a Policy or a Pred term) inline, or @FILE (@- for stdin)")
+    bt.add_argument("--over", choices=("stored", "current"), default="stored",
+                    help="stored: each call's own catalog and state; current: today's")
+    bt.add_argument("--catalog", help="today's catalog, if not the config's")
+    for name in ("route", "model", "provider", "status", "session", "caller", "cursor"):
+        bt.add_argument(f"--{name}")
+    bt.add_argument("--policy-id", dest="policy_id", help="only calls that ran this policy (pol_… or its identity)")
+    bt.add_argument("--since", type=_since, help="e.g. 24h, 7d, or milliseconds since the epoch")
+    bt.add_argument("--until", type=_since, help="e.g. 1h (an hour ago), or milliseconds since the epoch")
+    bt.add_argument("--limit", type=_backtest_limit, default=1000, help="the newest this many calls (1 to 10000; default 1000)")
+    bt.add_argument("--samples", type=_samples, default=20, help="changed calls to show (0 to 100; default 20)")
+    bt.set_defaults(fn=cmd_backtest)
 
     conf = sub.add_parser("conformance", help="conformance vectors")
     csub = conf.add_subparsers(dest="action", required=True)

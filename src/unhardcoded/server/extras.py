@@ -1,5 +1,5 @@
-"""Operator endpoints beyond the chat surface: trace history and replay, sessions, and a named
-caller's own limits.
+"""Operator endpoints beyond the chat surface: trace history, replay and backtest, sessions, and
+a named caller's own limits.
 
 A named caller (``[callers.NAME]``) sees only its own calls here: the list is narrowed to them,
 and another caller's trace is "not found". An anonymous caller key (``caller_keys_sha256``) is
@@ -12,9 +12,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from ..runtime.limits import CURRENT_CALLER
+from ..lang.errors import LangError
+from ..traces.backtest import MAX_BACKTEST, OVER, Backtest
 from ..traces.replay import ReplayError, against_current, replay_record
 from ..traces.sqlite import MAX_PAGE
-from .app import App, HTTPError
+from .app import App, HTTPError, lang_error
 
 _FILTERS = ("policy", "route", "model", "provider", "status", "session", "caller")
 _SESSIONS = "/x/sessions/"
@@ -84,6 +86,41 @@ def install(app: App) -> None:
         except ReplayError as exc:
             raise HTTPError(409, exc.code, exc.message) from None
 
+    async def backtest(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        """``POST /x/backtest``: a policy run over stored calls (``traces/backtest.py``). A named
+        caller backtests over its own calls only."""
+        store = _store(app)
+        args = backtest_args(body)
+        caller = CURRENT_CALLER.get()
+        filters = args["filters"]
+        if caller is not None:
+            if filters.get("caller", caller) != caller:
+                raise HTTPError(403, "caller_scope", "a named caller backtests over its own calls only", "$.caller",
+                                type_="permission_error")
+            filters["caller"] = caller
+        try:
+            bt = Backtest(args["policy_ir"], app.router, over=args["over"], samples=args["samples"],
+                          snapshots=store.catalog_snapshot)
+        except LangError as exc:
+            raise lang_error(exc) from None
+        try:
+            records, nxt = await asyncio.to_thread(store.records, cursor=args["cursor"], limit=args["limit"],
+                                                   kind="chat", **filters)
+        except ValueError as exc:
+            raise HTTPError(400, "bad_cursor", str(exc), "$.cursor") from None
+        if args["over"] == "stored":  # the snapshots the records name, read off the event loop
+            digests = {(r.get("catalog") or {}).get("digest", "") for r in records}
+            snaps = await asyncio.to_thread(lambda: {d: store.catalog_snapshot(d) for d in digests if d})
+            bt.snapshots = snaps.get
+        for i in range(0, len(records), 200):  # on the loop (the router's compiler is not shared with a
+            bt.run(records[i:i + 200])         # thread), a slice at a time so other calls go on between
+            await asyncio.sleep(0)
+        out = bt.report()
+        out["window"] = {"since_ms": filters.get("since_ms"), "until_ms": filters.get("until_ms"),
+                         "limit": args["limit"], "next_cursor": nxt,
+                         "filters": {k: v for k, v in filters.items() if k not in ("since_ms", "until_ms")}}
+        return 200, out
+
     async def session(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
         store = _store(app)
         name = unquote(scope["path"][len(_SESSIONS):])
@@ -113,6 +150,7 @@ def install(app: App) -> None:
     app.extra_routes[("GET", "/x/traces")] = list_traces
     app.extra_routes[("GET", "/x/traces/")] = get_trace
     app.extra_routes[("POST", "/x/replay")] = replay
+    app.extra_routes[("POST", "/x/backtest")] = backtest
     app.extra_routes[("GET", _SESSIONS)] = session
     app.extra_routes[("GET", "/x/caller")] = caller_usage
     app.extra_routes[("GET", "/x/callers")] = callers_usage
@@ -124,3 +162,48 @@ def _own(rec: Any) -> Any:
     if rec is None or caller is None or rec.get("caller") == caller:
         return rec
     return None
+
+
+
+_BACKTEST_KEYS = {"policy_ir", "over", "since", "until", "limit", "cursor", "samples", *_FILTERS}
+
+
+def backtest_args(body: Any) -> dict[str, Any]:
+    """The arguments of ``POST /x/backtest``, each checked at its JSON path."""
+    if not isinstance(body, dict):
+        raise HTTPError(400, "bad_request_body", 'send {"policy_ir": [...], "over": "stored"|"current", ...}', "$")
+    for key in body:
+        if key not in _BACKTEST_KEYS:
+            raise HTTPError(400, "unknown_parameter", f"unknown parameter {key[:100]!r} (known: "
+                            f"{', '.join(sorted(_BACKTEST_KEYS))})", f"$.{key[:100]}")
+    if "policy_ir" not in body:
+        raise HTTPError(400, "missing_parameter", "policy_ir is the policy to backtest (a Policy or a Pred term)",
+                        "$.policy_ir")
+    over = body.get("over", "stored")
+    if over not in OVER:
+        raise HTTPError(400, "bad_parameter", "over is 'stored' (each call's own catalog and state) or "
+                        "'current' (today's)", "$.over")
+
+    def integer(name: str, default: Any, lo: int, hi: int) -> Any:
+        v = body.get(name, default)
+        if v is None and default is None:
+            return None
+        if type(v) is not int or not lo <= v <= hi:
+            raise HTTPError(400, "bad_parameter", f"{name} is an integer from {lo} to {hi}", f"$.{name}")
+        return v
+
+    filters: dict[str, Any] = {}
+    for name in _FILTERS:
+        if name in body:
+            if type(body[name]) is not str or not body[name]:
+                raise HTTPError(400, "bad_parameter", f"{name} is a non-empty string", f"$.{name}")
+            filters[name] = body[name]
+    for key, name in (("since_ms", "since"), ("until_ms", "until")):
+        v = integer(name, None, 0, 2 ** 63 - 1)
+        if v is not None:
+            filters[key] = v
+    cursor = body.get("cursor")
+    if cursor is not None and type(cursor) is not str:
+        raise HTTPError(400, "bad_parameter", "cursor is the next_cursor of an earlier backtest", "$.cursor")
+    return {"policy_ir": body["policy_ir"], "over": over, "filters": filters, "cursor": cursor,
+            "limit": integer("limit", 1000, 1, MAX_BACKTEST), "samples": integer("samples", 20, 0, 100)}

@@ -579,17 +579,18 @@ class SQLiteStore:
             out = {**out, "flow": {**flow, "nodes": nodes}}
         return out
 
-    def _inflate(self, conn: sqlite3.Connection, rec: dict[str, Any]) -> dict[str, Any]:
-        shared = self._section(conn, rec.get("shared"))  # first the plan's part, which names the others
+    def _inflate(self, conn: sqlite3.Connection, rec: dict[str, Any], section: Any = None) -> dict[str, Any]:
+        section = section or self._section
+        shared = section(conn, rec.get("shared"))  # first the plan's part, which names the others
         if shared is not None:
             rec = inflate_shared(rec, shared)
         for key in self._APART:
-            section = self._section(conn, rec.get(key))
-            if section is not None:
-                rec[key] = section
+            got = section(conn, rec.get(key))
+            if got is not None:
+                rec[key] = got
         for n in (rec.get("flow") or {}).get("nodes") or []:
             if isinstance(n.get("record"), dict):
-                n["record"] = self._inflate(conn, n["record"])
+                n["record"] = self._inflate(conn, n["record"], section)
         return rec
 
     @staticmethod
@@ -652,13 +653,15 @@ class SQLiteStore:
             conn.close()
         return json.loads(row[0]) if row else None
 
-    def list(self, *, since_ms: int | None = None, until_ms: int | None = None, policy: str | None = None,
-             route: str | None = None, model: str | None = None, provider: str | None = None,
-             status: str | None = None, session: str | None = None, caller: str | None = None,
-             cursor: str | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+    @staticmethod
+    def _where(*, since_ms: int | None = None, until_ms: int | None = None, policy: str | None = None,
+               route: str | None = None, model: str | None = None, provider: str | None = None,
+               status: str | None = None, session: str | None = None, caller: str | None = None,
+               kind: str | None = None, cursor: str | None = None) -> tuple[str, list[Any]]:
+        """The WHERE clause (with its leading space, or empty) and arguments of a listing's filters."""
         where, args = [], []
         for column, value in (("session", session), ("caller", caller), ("route", route), ("provider", provider),
-                              ("status", status)):
+                              ("status", status), ("kind", kind)):
             if value:  # the columns a filter matches exactly
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -684,10 +687,13 @@ class SQLiteStore:
             ms = _in_int64(ms)
             where.append("(started_at_ms < ? OR (started_at_ms = ? AND trace_id < ?))")
             args += [ms, ms, tid]
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM traces"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at_ms DESC, trace_id DESC LIMIT ?"
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def list(self, *, cursor: str | None = None, limit: int = 50,
+             **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """Summary rows, newest first; ``filters`` are ``_where``'s."""
+        where, args = self._where(cursor=cursor, **filters)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM traces{where} ORDER BY started_at_ms DESC, trace_id DESC LIMIT ?"
         args.append(limit + 1)
         conn = self._read()
         try:
@@ -699,6 +705,37 @@ class SQLiteStore:
             rows = rows[:limit]
             nxt = encode_cursor(rows[-1]["started_at_ms"], rows[-1]["trace_id"])
         return rows, nxt
+
+    def records(self, *, cursor: str | None = None, limit: int = 1000,
+                **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """Whole records (sections inflated), newest first, read in one connection; the same
+        filters and cursor as :meth:`list`. Records of one plan share their sections, so each
+        section is read and parsed once per call, and the records returned share those objects:
+        read them, do not change them."""
+        where, args = self._where(cursor=cursor, **filters)
+        sql = f"SELECT started_at_ms, trace_id, record FROM traces{where} ORDER BY started_at_ms DESC, trace_id DESC LIMIT ?"
+        args.append(limit + 1)
+        conn = self._read()
+        try:
+            raw = conn.execute(sql, args).fetchall()
+            nxt = None
+            if len(raw) > limit:
+                raw = raw[:limit]
+                nxt = encode_cursor(raw[-1][0], raw[-1][1])
+            sections: dict[Any, Any] = {}
+
+            def section(c: sqlite3.Connection, ref: Any) -> dict[str, Any] | None:
+                if not (isinstance(ref, dict) and ref.get("stored_apart")):
+                    return None
+                key = ref.get("digest")
+                if key not in sections:
+                    sections[key] = self._section(c, ref)
+                return sections[key]
+
+            out = [self._inflate(conn, json.loads(r[2]), section) for r in raw]
+        finally:
+            conn.close()
+        return out, nxt
 
     def session_totals(self, session: str, caller: str | None = None) -> dict[str, Any] | None:
         """What one session's calls add up to (None: no stored call names it); with ``caller``,

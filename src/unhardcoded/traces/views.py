@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
 
@@ -153,4 +154,33 @@ def replay_text(out: Mapping[str, Any]) -> str:
     lines.append(f"  {len(changes)} route(s) changed")
     for ch in changes:
         lines.append(f"    {ch['provider']}/{ch['model']}: {ch['before']} -> {ch['after']}")
+    return "\n".join(lines)
+
+
+def backtest_text(out: Mapping[str, Any]) -> str:
+    """A backtest's report (``traces/backtest.py``) for people: the totals, then where the traffic moves."""
+    t = out["totals"]
+    pol = out["policy"]
+    pct = "" if t.get("delta_pct") is None else f" ({t['delta_pct']:+.2f} %)"
+    lines = [f"backtest of pol_{pol['identity'][:6]} ({pol['sort']}) over {t['traces']} call(s), "
+             f"{'each call’s own catalog and state' if out['over'] == 'stored' else 'today’s catalog and state'}",
+             f"  decided      {t['decided']}: same pick {t['same_pick']}, changed {t['changed_pick']}, "
+             f"unroutable {t['unroutable']}" + (f", pinned {t['pinned']}" if t["pinned"] else "")]
+    skipped = [f"{k.replace('_', ' ')} {t[k]}" for k in ("refused", "not_replayable", "catalog_missing") if t[k]]
+    if skipped:
+        lines.append("  not decided  " + ", ".join(skipped))
+    lines.append(f"  cost         actual {_usd(t['actual_cost_usd'])}, backtest {_usd(t['backtest_cost_usd'])}, "
+                 f"delta {'+' if Decimal(t['delta_usd']) >= 0 else '-'}${abs(float(t['delta_usd'])):.6f}{pct} over {t['priced']} priced call(s)")
+    if t["unpriced"] or t["no_usage"]:
+        lines.append(f"  not priced   {t['unpriced']} without a known price, {t['no_usage']} without usage")
+    rows = [[f"{(g['from'] or {}).get('provider', '-')}/{(g['from'] or {}).get('model_family', '-')}",
+             f"{g['to']['provider']}/{g['to']['model_family']}" if g["to"] else "nothing passes",
+             str(g["traces"]), _usd(g["actual_cost_usd"]), _usd(g["backtest_cost_usd"])]
+            for g in out["transitions"]]
+    if rows:
+        lines += ["", _table(["answered by", "would go to", "calls", "actual", "backtest"], rows)]
+    window = out.get("window") or {}
+    if window.get("next_cursor"):
+        lines.append(f"\nmore calls in the window: --cursor {window['next_cursor']}")
+    lines += ["", *(f"note: {c}" for c in out.get("caveats", []))]
     return "\n".join(lines)
