@@ -329,3 +329,30 @@ async def test_hostile_ids_are_404s_never_500s(stack) -> None:
         status, out = await stack.post("/v1/responses", {"input": "x", "previous_response_id": prev})
         assert status == 404 and out["error"]["code"] == "previous_response_not_found"
         assert len(out["error"]["message"]) < 300  # a long id is not echoed whole
+
+
+async def test_a_caller_over_its_limits_is_refused_before_the_store_is_read(tmp_path) -> None:
+    callers = {"a": CallerSpec("a", frozenset({sha("key-a")}), requests_per_minute=2),
+               "c": CallerSpec("c", frozenset({sha("key-c")}), max_concurrent_requests=1)}
+    s = await start_stack(tmp_path, callers=callers)
+    reads = []
+    real_get = s.app.response_store.get
+    s.app.response_store.get = lambda *a: reads.append(a) or real_get(*a)
+    a = openai.AsyncOpenAI(base_url=s.base_url, api_key="key-a", max_retries=0)
+    c = openai.AsyncOpenAI(base_url=s.base_url, api_key="key-c", max_retries=0)
+    try:
+        first = await a.responses.create(model="family:gpt-5.4-mini", input="one")
+        await a.responses.create(model="family:gpt-5.4-mini", input="two", previous_response_id=first.id)
+        assert len(reads) == 1
+        with pytest.raises(openai.RateLimitError):
+            await a.responses.create(model="family:gpt-5.4-mini", input="three", previous_response_id=first.id)
+        assert len(reads) == 1  # refused by the limit: no lookup made
+        # a previous id not found is a 404 that gives the caller's place in flight back
+        for _ in range(3):
+            with pytest.raises(openai.NotFoundError):
+                await c.responses.create(model="family:gpt-5.4-mini", input="x", previous_response_id="resp_nope")
+        assert (await c.responses.create(model="family:gpt-5.4-mini", input="fine")).output_text == "Echo: fine"
+    finally:
+        await a.close()
+        await c.close()
+        await s.close()

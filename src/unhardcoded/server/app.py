@@ -626,19 +626,28 @@ class App:
         keep = self.response_store
         prev_id = body.get("previous_response_id")
         history = None
-        if prev_id is not None:
-            if keep is None:
-                raise HTTPError(400, "unsupported_parameter", "previous_response_id: this router stores no responses "
-                                "(traces.store_responses = false): send the whole conversation in input",
-                                "$.previous_response_id")
-            prev = await asyncio.to_thread(keep.get, prev_id, CURRENT_CALLER.get())
-            if prev is None:
-                raise HTTPError(404, "previous_response_not_found", f"Previous response with id {prev_id[:100]!r} not found.",
-                                "$.previous_response_id")
-            history = prev.conversation()
-        chat = api.to_chat(body, history)
-        validate_chat_body(chat)
+        if prev_id is None:
+            chat = api.to_chat(body, None)
+            validate_chat_body(chat)
+        elif keep is None:
+            raise HTTPError(400, "unsupported_parameter", "previous_response_id: this router stores no responses "
+                            "(traces.store_responses = false): send the whole conversation in input",
+                            "$.previous_response_id")
+        # the caller's limits before the store is read: a call they refuse costs no lookup
         caller = self.admit_caller()
+        try:
+            if prev_id is not None:
+                prev = await asyncio.to_thread(keep.get, prev_id, CURRENT_CALLER.get())  # type: ignore[union-attr]
+                if prev is None:
+                    raise HTTPError(404, "previous_response_not_found",
+                                    f"Previous response with id {prev_id[:100]!r} not found.", "$.previous_response_id")
+                history = prev.conversation()
+                chat = api.to_chat(body, history)
+                validate_chat_body(chat)
+        except BaseException:
+            if caller is not None:
+                self.router.limits.release(caller)
+            raise
         stored = keep is not None and body.get("store") is not False
 
         async def save(response: dict[str, Any]) -> None:
@@ -689,7 +698,7 @@ class App:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # ---- stored responses -----------------------------------------------------
-    async def _stored(self, scope: Scope) -> tuple[Any, str]:
+    def _stored(self, scope: Scope) -> tuple[Any, str]:
         """The response store and the stored response's id in the path (a 404 if it keeps none)."""
         rid = unquote(STORED_RESPONSE.fullmatch(scope["path"]).group(1))  # type: ignore[union-attr]
         if self.response_store is None:
@@ -700,7 +709,7 @@ class App:
     async def stored_response(self, scope: Scope, body: Any) -> tuple[int, Any]:
         """``GET /v1/responses/{id}`` (the SDK's ``responses.retrieve``) and ``DELETE`` (its
         ``responses.delete``); a named caller reaches only its own."""
-        store, rid = await self._stored(scope)
+        store, rid = self._stored(scope)
         caller = CURRENT_CALLER.get()
         if scope["method"] == "DELETE":
             if not await asyncio.to_thread(store.delete, rid, caller):
@@ -720,7 +729,7 @@ class App:
         of its chain, then its own input), a page at a time (``limit`` 1..100, default 20;
         ``order`` desc by default, or asc; ``after`` an item id)."""
         from ..traces.responses import page
-        store, rid = await self._stored(scope)
+        store, rid = self._stored(scope)
         q = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
         try:
             limit = int(q.get("limit", 20))
