@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -128,4 +129,5 @@ def test_the_demo_runs_end_to_end_with_no_keys(tmp_path) -> None:
     assert ": identical" in p.stdout
     assert "Responses API" in p.stdout and " completed: " in p.stdout
     assert "intern-tools gets" in p.stdout and "its second call: 429 rate_limit_exceeded" in p.stdout
+    assert re.search(r"would change [1-9][0-9]* of [1-9][0-9]* pick\(s\); cost [0-9.]+ -> [0-9.]+ USD", p.stdout), p.stdout
     assert "Traceback" not in p.stderr

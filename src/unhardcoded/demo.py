@@ -169,8 +169,19 @@ async def run_demo(data_dir: str | None = None) -> int:
             _say(f"7. Replayed from the stored record alone (unhardcoded replay {rec['trace_id']} --data-dir {data}):")
             _say("   " + replay_text(out).replace("\n", "\n   "))
             failures += not out["identical"]
+            _say()
         else:
             failures += 1
+
+        smart = ["policy", ["meets_req"], ["field", "bench_intelligence"], ["argmax"], ["id"],
+                 ["always", {"action": "next_candidate"}]]
+        status, body = await _post(base.removesuffix("/v1"), {"policy_ir": smart}, "/x/backtest")
+        failures += status != 200
+        t = body.get("totals", {})
+        _say("8. Before shipping a policy, backtest it over the calls above (POST /x/backtest,")
+        _say(f"   unhardcoded backtest '{json.dumps(smart, separators=(',', ':'))}' --data-dir {data}):")
+        _say(f"   the highest bench_intelligence first would change {t.get('changed_pick')} of {t.get('decided')} "
+             f"pick(s); cost {t.get('actual_cost_usd')} -> {t.get('backtest_cost_usd')} USD for the same tokens")
     finally:
         server.should_exit = True
         await task
