@@ -124,6 +124,20 @@ async def test_a_failed_call_is_decided_but_not_priced_and_a_pin_still_pins(stac
     assert (t["same_pick"], t["changed_pick"]) == (2, 0)  # the pin short-circuits the filter, as it did
 
 
+async def test_flow_calls_are_not_read_their_nodes_run_their_own_policies(stack) -> None:
+    from pathlib import Path
+
+    import unhardcoded.flows as flows_pkg
+    flow = json.loads((Path(flows_pkg.__file__).parent / "examples" / "two-drafts.json").read_text())["flow_ir"]
+    await calls(stack, 1)
+    await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"flow_ir": flow})
+    assert stack.store.flush()
+    kinds = [r["kind"] for r in stack.store.list(limit=10)[0]]
+    assert sorted(kinds) == ["chat", "flow"]
+    t = (await backtest(stack, policy_ir=SMART))["totals"]
+    assert (t["traces"], t["decided"], t["not_replayable"]) == (1, 1, 0)
+
+
 async def test_pages_of_a_window_follow_next_cursor_and_filters_narrow_it(stack) -> None:
     await calls(stack, 3)
     await calls(stack, 2, model="family:claude-haiku-4-5")
