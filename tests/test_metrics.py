@@ -61,6 +61,20 @@ async def test_the_counts_are_what_the_router_did(stack) -> None:
     assert "caller-key" not in text and "SECRET" not in text  # no key ever appears
 
 
+async def test_a_flow_counts_once_as_a_flow_and_its_nodes_as_calls(stack) -> None:
+    import json
+    from pathlib import Path
+
+    import unhardcoded.flows as flows_pkg
+    flow = json.loads((Path(flows_pkg.__file__).parent / "examples" / "two-drafts.json").read_text())["flow_ir"]
+    r = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"flow_ir": flow})
+    nodes = [n for n in r.model_extra["x_router"]["flow_nodes"] if n.get("provider")]
+    _, _, m = await scrape(stack)
+    assert m[("llm_router_flows_total", (("status", "ok"),))] == 1
+    calls = sum(v for (name, _labels), v in m.items() if name == "llm_router_requests_total")
+    assert calls == len(nodes) == 3
+
+
 async def test_a_stream_read_to_its_end_and_one_never_read_are_both_finished(stack) -> None:
     stream = await stack.client.chat.completions.create(model="", messages=MSG, stream=True)
     async for _ in stream:

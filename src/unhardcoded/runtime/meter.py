@@ -19,7 +19,7 @@ class Meter:
     latency as a histogram; tokens and cost; and requests refused before any routing."""
 
     __slots__ = ("started", "finished", "by_outcome", "buckets", "duration_sum", "tokens_in", "tokens_out",
-                 "tokens_cached", "cost_usd", "refused")
+                 "tokens_cached", "cost_usd", "refused", "flows")
 
     def __init__(self) -> None:
         self.started = 0
@@ -32,6 +32,8 @@ class Meter:
         self.tokens_cached = 0
         self.cost_usd = 0.0
         self.refused: dict[tuple[int, str], int] = {}           # (HTTP status, error code) -> requests
+        self.flows: dict[str, int] = {}                          # a whole flow's status -> flows (its nodes
+        #                                                          are runs above, each counted as a call)
 
     @property
     def inflight(self) -> int:
@@ -51,6 +53,9 @@ class Meter:
         self.tokens_cached += u.cached_tokens
         if run.cost.usd is not None:
             self.cost_usd += float(run.cost.usd)
+
+    def flow(self, status: str) -> None:
+        self.flows[status] = self.flows.get(status, 0) + 1
 
     def refuse(self, status: int, code: str) -> None:
         key = (status, code)

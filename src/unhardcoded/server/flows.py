@@ -46,6 +46,7 @@ class FlowService:
     async def chat(self, body: Mapping[str, Any], send: Any) -> None:
         normal, name, route = self.resolve(body)
         result = await self.runner.run(normal, body, name=name)
+        self.router.meter.flow(result.status)
         store = self.router.sink
         if hasattr(store, "submit_record"):
             settings = self.router.settings

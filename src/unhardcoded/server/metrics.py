@@ -29,12 +29,17 @@ class _Collector:
         app = self.app
         router = app.router
         m = router.meter
-        runs = CounterMetricFamily("llm_router_requests", "Routed calls finished, by outcome, the provider that "
-                                   "answered (empty when none did) and whether streamed",
+        runs = CounterMetricFamily("llm_router_requests", "Routed calls finished (each node of a flow is one), by "
+                                   "outcome, the provider that answered (empty when none did) and whether streamed",
                                    labels=["status", "provider", "stream"])
         for (status, provider, stream), n in sorted(m.by_outcome.items()):
             runs.add_metric([status, provider, stream], n)
         yield runs
+        flows = CounterMetricFamily("llm_router_flows", "Flows finished, by the whole flow's status (ok, failed, "
+                                    "aborted); their nodes are counted in llm_router_requests", labels=["status"])
+        for status, n in sorted(m.flows.items()):
+            flows.add_metric([status], n)
+        yield flows
         refused = CounterMetricFamily("llm_router_rejections", "Requests refused before any routing, by HTTP "
                                       "status and error code", labels=["http_status", "code"])
         for (status, code), n in sorted(m.refused.items()):
