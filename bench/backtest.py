@@ -41,13 +41,7 @@ SMART = ["policy", ["and", ["cmp", "bench_intelligence", "ge", 0.3], ["cmp", "co
 async def fill(app: RSGIApp, body: bytes, calls: int, light: bool) -> None:
     router = app.app.router
     if light:
-        now = [router.clock()]
-        step = router.runtime.config.stamp_refresh_ms + 1
-
-        def clock() -> int:
-            now[0] += step
-            return now[0]
-        router.clock = router.runtime.clock = clock
+        inprocess.light_clock(router)
     router.sink.start()
     scope = inprocess.Scope(body)
     for i in range(calls):

@@ -104,17 +104,23 @@ def bodies(body: bytes, new_policy: bool) -> Any:
         yield pre + b'["cmp","bench_intelligence","ge",%.12f]' % (0.3 + n * 1e-9) + post
 
 
+def light_clock(router: Any) -> None:
+    """Every call past the stamp window: one clock for the router and its runtime state, moved
+    ``stamp_refresh_ms`` + 1 at every reading."""
+    now = [router.clock()]
+    step = router.runtime.config.stamp_refresh_ms + 1
+
+    def clock() -> int:
+        now[0] += step
+        return now[0]
+    router.clock = router.runtime.clock = clock
+
+
 async def run(app: RSGIApp, body: bytes, calls: int, new_policy: bool = False, light: bool = False) -> float:
     router = app.app.router
     sink = router.sink
-    if light:  # every call past the stamp window (one clock for the router and its runtime state)
-        now = [router.clock()]
-        step = router.runtime.config.stamp_refresh_ms + 1
-
-        def clock() -> int:
-            now[0] += step
-            return now[0]
-        router.clock = router.runtime.clock = clock
+    if light:
+        light_clock(router)
     if hasattr(sink, "start"):
         sink.start()
     scope = Scope(body)
