@@ -276,7 +276,7 @@ async def test_a_caller_backtests_its_own_calls_under_its_own_envelope(tenants) 
     status, d = await as_("key-d", {"policy_ir": SMART})
     assert status == 200 and d["totals"]["traces"] == 1
     assert d["totals"]["same_pick"] == 1  # d's envelope keeps it on gpt-5.4-mini, whatever the policy prefers
-    assert d["window"]["filters"] == {"caller": "d"}
+    assert d["window"]["filters"] == {"caller": "d"} and d["totals"]["unknown_callers"] == 0
     status, a = await as_("key-a", {"policy_ir": SMART})
     assert a["totals"]["traces"] == 2 and a["totals"]["changed_pick"] == 2
     status, refused = await as_("key-a", {"policy_ir": SMART, "caller": "d"})

@@ -341,6 +341,9 @@ def test_backtest_runs_a_policy_over_the_stored_calls(stored_traces) -> None:
     assert text.returncode == 0 and text.stdout.startswith("backtest of pol_") and "would go to" in text.stdout
     one = json.loads(run("backtest", smart, "--data-dir", str(stored_traces), "--json", "--limit", "1").stdout)
     assert one["totals"]["traces"] == 1 and one["window"]["next_cursor"]
+    # the demo's named caller (intern-tools) is not in this command's config: said, not hidden
+    full = run("backtest", smart, "--data-dir", str(stored_traces))
+    assert t["unknown_callers"] >= 1 and "callers this config does not name" in full.stdout, full.stdout
     now = json.loads(run("backtest", smart, "--data-dir", str(stored_traces), "--json", "--over", "current").stdout)
     assert now["over"] == "current" and now["totals"]["traces"] == t["traces"]
 

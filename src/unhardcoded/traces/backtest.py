@@ -83,6 +83,7 @@ class _Totals:
     priced: int = 0
     unpriced: int = 0
     no_usage: int = 0
+    unknown_callers: int = 0
     actual: Decimal = Decimal(0)
     backtest: Decimal = Decimal(0)
     reasons: dict[str, int] = field(default_factory=dict)
@@ -92,7 +93,7 @@ class _Totals:
         return {"traces": self.traces, "decided": self.decided, "same_pick": self.same_pick,
                 "changed_pick": self.changed_pick, "unroutable": self.unroutable, "refused": self.refused,
                 "not_replayable": self.not_replayable, "catalog_missing": self.catalog_missing,
-                "pinned": self.pinned, "priced": self.priced, "unpriced": self.unpriced, "no_usage": self.no_usage,
+                "pinned": self.pinned, "unknown_callers": self.unknown_callers, "priced": self.priced, "unpriced": self.unpriced, "no_usage": self.no_usage,
                 "actual_cost_usd": usd_text(self.actual), "backtest_cost_usd": usd_text(self.backtest),
                 "delta_usd": usd_text(delta),
                 "delta_pct": float(round(delta / self.actual * 100, 4)) if self.actual > 0 else None,
@@ -199,7 +200,10 @@ class Backtest:
         else:
             digest, snap, compiler = None, None, self.router.compiler
             pool, pool_key, state, now = self._pool, None, self._state, self._now
-        choice = self._choice_for(digest, compiler, profile, rec.get("caller"))
+        caller = rec.get("caller")
+        if caller is not None and caller not in self.router.settings.callers:
+            t.unknown_callers += 1  # its envelope then is not known here: decided without one
+        choice = self._choice_for(digest, compiler, profile, caller)
         if isinstance(choice, LangError):
             t.refused += 1
             t.reasons[choice.code] = t.reasons.get(choice.code, 0) + 1

@@ -171,6 +171,9 @@ def backtest_text(out: Mapping[str, Any]) -> str:
         lines.append("  not decided  " + ", ".join(skipped))
     lines.append(f"  cost         actual {_usd(t['actual_cost_usd'])}, backtest {_usd(t['backtest_cost_usd'])}, "
                  f"delta {'+' if Decimal(t['delta_usd']) >= 0 else '-'}${abs(float(t['delta_usd'])):.6f}{pct} over {t['priced']} priced call(s)")
+    if t["unknown_callers"]:
+        lines.append(f"  note         {t['unknown_callers']} call(s) of callers this config does not name: "
+                     "decided without their envelopes (pass the serving --config)")
     if t["unpriced"] or t["no_usage"]:
         lines.append(f"  not priced   {t['unpriced']} without a known price, {t['no_usage']} without usage")
     rows = [[f"{(g['from'] or {}).get('provider', '-')}/{(g['from'] or {}).get('model_family', '-')}",
