@@ -23,7 +23,7 @@ a window of repeated traffic costs one evaluation per distinct situation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
@@ -36,6 +36,7 @@ from ..lang.compiler import Compiled, Compiler
 from ..lang.errors import LangError
 from ..router.contract import Contract
 from ..router.decision import PolicyChoice, choose_policy, decide
+from .record import score_repr
 from .replay import rebuild_pool, schema_of
 
 OVER = ("stored", "current")
@@ -56,21 +57,36 @@ class BacktestError(LangError):
 
 
 @dataclass(slots=True)
-class _Group:
-    before: Any
-    after: Any
-    traces: int = 0
+class _Sums:
+    """The calls whose actual and counterfactual costs are both known, and those costs."""
     priced: int = 0
     actual: Decimal = Decimal(0)
     backtest: Decimal = Decimal(0)
 
+    def add(self, actual: Decimal, counter: Decimal) -> None:
+        self.priced += 1
+        self.actual += actual
+        self.backtest += counter
+
     def out(self) -> dict[str, Any]:
-        return {"from": self.before, "to": self.after, "traces": self.traces, "priced": self.priced,
-                "actual_cost_usd": usd_text(self.actual), "backtest_cost_usd": usd_text(self.backtest)}
+        return {"priced": self.priced, "actual_cost_usd": usd_text(self.actual),
+                "backtest_cost_usd": usd_text(self.backtest)}
+
+
+@dataclass(slots=True)
+class _Group:
+    before: Any
+    after: Any
+    traces: int = 0
+    sums: _Sums = field(default_factory=_Sums)
+
+    def out(self) -> dict[str, Any]:
+        return {"from": self.before, "to": self.after, "traces": self.traces, **self.sums.out()}
 
 
 @dataclass(slots=True)
 class _Totals:
+    """Counts of calls by what became of them (every ``int`` field is reported as it is named)."""
     traces: int = 0
     decided: int = 0
     same_pick: int = 0
@@ -80,23 +96,18 @@ class _Totals:
     not_replayable: int = 0
     catalog_missing: int = 0
     pinned: int = 0
-    priced: int = 0
     unpriced: int = 0
     no_usage: int = 0
     unknown_callers: int = 0
-    actual: Decimal = Decimal(0)
-    backtest: Decimal = Decimal(0)
+    sums: _Sums = field(default_factory=_Sums)
     reasons: dict[str, int] = field(default_factory=dict)
 
     def out(self) -> dict[str, Any]:
-        delta = self.backtest - self.actual
-        return {"traces": self.traces, "decided": self.decided, "same_pick": self.same_pick,
-                "changed_pick": self.changed_pick, "unroutable": self.unroutable, "refused": self.refused,
-                "not_replayable": self.not_replayable, "catalog_missing": self.catalog_missing,
-                "pinned": self.pinned, "unknown_callers": self.unknown_callers, "priced": self.priced, "unpriced": self.unpriced, "no_usage": self.no_usage,
-                "actual_cost_usd": usd_text(self.actual), "backtest_cost_usd": usd_text(self.backtest),
-                "delta_usd": usd_text(delta),
-                "delta_pct": float(round(delta / self.actual * 100, 4)) if self.actual > 0 else None,
+        s = self.sums
+        delta = s.backtest - s.actual
+        counts = {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
+        return {**counts, **s.out(), "delta_usd": usd_text(delta),
+                "delta_pct": float(round(delta / s.actual * 100, 4)) if s.actual > 0 else None,
                 "refusals": dict(sorted(self.reasons.items()))}
 
 
@@ -240,12 +251,8 @@ class Backtest:
         g.traces += 1
         actual, counter = self._costs(rec, after, same, snap)
         if actual is not None and counter is not None:
-            t.priced += 1
-            g.priced += 1
-            t.actual += actual
-            t.backtest += counter
-            g.actual += actual
-            g.backtest += counter
+            t.sums.add(actual, counter)
+            g.sums.add(actual, counter)
         if not same:
             self._sample(rec, b, plan, None, actual, counter)
 
@@ -292,7 +299,7 @@ class Backtest:
             row["note"] = note
         else:
             row["before"] = before
-            row["after"] = [dict(_who(r.candidate) or {}, score=_score(r.score)) for r in plan.ordered[:3]]
+            row["after"] = [dict(_who(r.candidate) or {}, score=score_repr(r.score)) for r in plan.ordered[:3]]
             if not plan.ordered:
                 row["rejected"] = _reasons(plan.rejected)
             row["actual_cost_usd"] = usd_text(actual)
@@ -321,11 +328,6 @@ class Backtest:
             "samples": self._samples,
             "caveats": list(CAVEATS),
         }
-
-
-def _score(v: Any) -> Any:
-    from .record import score_repr
-    return score_repr(v)
 
 
 def _reasons(rejected: Iterable[Any]) -> dict[str, int]:
