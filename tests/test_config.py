@@ -62,7 +62,7 @@ def test_storing_responses_is_on_by_default_and_can_be_turned_off(tmp_path) -> N
 BOUNDED = [("server", "port", 0, 65535), ("server", "max_body_bytes", 1, None),
            ("server", "shutdown_grace_s", 1, None), ("router", "request_deadline_ms", 1, None),
            ("router", "attempt_timeout_ms", 1, None), ("router", "first_token_timeout_ms", 1, None),
-           ("traces", "retention_days", 0, None)]
+           ("router", "compact_at_tokens", 1, None), ("traces", "retention_days", 0, None)]
 
 
 @settings(max_examples=200, deadline=None)

@@ -18,6 +18,8 @@ file; they are held in :class:`Keys` and never printed.
     request_deadline_ms = 50000
     attempt_timeout_ms = 60000
     first_token_timeout_ms = 20000
+    compact_at_tokens = 24000  # x_router.compact turns true once a call's input reaches this:
+                               # the caller's cue to POST /v1/compact
 
     [traces]
     data_dir = ".unhardcoded"
@@ -109,6 +111,7 @@ class Settings:
     trace_writer_scheduling: str = "idle"
     store_responses: bool = True       # /v1/responses keeps responses (store: true, OpenAI's default)
     flows_dir: str | None = None
+    compact_at_tokens: int = 24_000    # x_router.compact: a call's prompt tokens reached this
     keys: Keys = field(default_factory=Keys)
     callers: dict[str, CallerSpec] = field(default_factory=dict)
 
@@ -142,7 +145,7 @@ WRITER_SCHEDULING = ("idle", "normal")  # traces/writer_priority.py reads its mo
 _BOUNDS: tuple[tuple[str, str, int, int | None], ...] = (
     ("server", "port", 0, 65535), ("server", "max_body_bytes", 1, None), ("server", "shutdown_grace_s", 1, None),
     ("router", "request_deadline_ms", 1, None), ("router", "attempt_timeout_ms", 1, None),
-    ("router", "first_token_timeout_ms", 1, None),
+    ("router", "first_token_timeout_ms", 1, None), ("router", "compact_at_tokens", 1, None),
     ("traces", "retention_days", 0, None),  # 0: kept for ever
 )
 
@@ -150,7 +153,8 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "caller_keys_sha256": list, "max_body_bytes": int,
                "shutdown_grace_s": int, "cpu_scheduling": str},
     "router": {"catalog": str, "request_deadline_ms": int, "attempt_timeout_ms": int,
-               "first_token_timeout_ms": int, "flows_dir": str},
+               "first_token_timeout_ms": int, "flows_dir": str,
+               "compact_at_tokens": int},
     "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str,
                "writer_scheduling": str, "store_responses": bool},
     "keys": {},
@@ -270,6 +274,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     s.request_deadline_ms = router.get("request_deadline_ms", s.request_deadline_ms)
     s.attempt_timeout_ms = router.get("attempt_timeout_ms", s.attempt_timeout_ms)
     s.first_token_timeout_ms = router.get("first_token_timeout_ms", s.first_token_timeout_ms)
+    s.compact_at_tokens = router.get("compact_at_tokens", s.compact_at_tokens)
     flows = router.get("flows_dir", env.get("UNHARDCODED_FLOWS"))
     s.flows_dir = str(base / flows) if flows and path is not None and not Path(flows).is_absolute() else flows
     s.data_dir = traces.get("data_dir", env.get("UNHARDCODED_DATA", s.data_dir))

@@ -157,7 +157,9 @@ class Run:
         return (orjson.Fragment(orjson.dumps(ranked)), orjson.Fragment(orjson.dumps(self.rejected_view())),
                 total, len(ranked))
 
-    def x_router(self, *, wire: bool = False) -> dict[str, Any]:
+    def x_router(self, *, wire: bool = False, compact_at: int | None = None) -> dict[str, Any]:
+        """What the caller is told of this run. ``compact_at``: the input size (prompt tokens) from
+        which ``compact`` says the conversation is due for ``POST /v1/compact``."""
         a = self.answered_by or {}
         out: dict[str, Any] = {
             "provider": a.get("provider_id"), "model_family": a.get("model_family"),
@@ -170,6 +172,7 @@ class Run:
         if self.prepared is not None:
             out.update(_policy_keys(self.prepared.choice, self.prepared.contract))
         out["decision_trace"] = self.decision_trace(wire=wire)
+        out["compact"] = compact_at is not None and self.usage.prompt_tokens >= compact_at
         return out
 
 
@@ -728,7 +731,7 @@ class Router:
         if self.settings.capture_content:
             run.response_content = [c.get("message") for c in completion.get("choices", [])]
         self._finish(run, record)
-        completion["x_router"] = run.x_router(wire=wire)
+        completion["x_router"] = run.x_router(wire=wire, compact_at=self.settings.compact_at_tokens)
         return completion, run
 
     def _success(self, run: Run, cand: Mapping[str, Any], usage: Usage, event: dict[str, Any]) -> None:
@@ -889,7 +892,8 @@ class RoutedStream:
             self.run.total_ms = (time.perf_counter() - self.run.prepared.t0) * 1000  # type: ignore[union-attr]
             yield {"id": f"chatcmpl-{self.run.trace_id}", "object": "chat.completion.chunk",
                    "created": int(time.time()), "model": self.served, "choices": [],
-                   "usage": _usage_json(usage), "x_router": self.run.x_router(wire=self.wire)}
+                   "usage": _usage_json(usage), "x_router": self.run.x_router(
+                       wire=self.wire, compact_at=self.router.settings.compact_at_tokens)}
             self._done = True
         except (asyncio.CancelledError, GeneratorExit):
             if self.run.status == "pending":
