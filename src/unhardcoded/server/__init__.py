@@ -34,9 +34,10 @@ def build_router(settings: Settings, *, sink: Any = None) -> Router:
 
 def build_app(settings: Settings, *, router: Router | None = None) -> App:
     router = router or build_router(settings)
-    from .extras import install
+    from . import compact, extras
     app = App(router)
-    install(app)
+    extras.install(app)
+    compact.install(app)
     from ..traces.responses import open_response_store
     app.response_store = open_response_store(settings)
     return app
