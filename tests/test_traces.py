@@ -615,14 +615,21 @@ async def test_a_session_groups_calls_across_endpoints_and_adds_them_up(stack) -
     hdr = {"X-Unhardcoded-Session": "agent 7/b"}
     r1 = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"session": "agent 7/b"})
     r2 = await stack.client.chat.completions.create(model="", messages=MSG, extra_headers=hdr)
-    stream = await stack.client.chat.completions.create(model="", messages=MSG, stream=True, extra_headers=hdr)
-    async for _ in stream:
-        pass
+    stream = await stack.client.chat.completions.create(model="", messages=MSG, stream=True, extra_headers=hdr,
+                                                        stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
     r4 = await stack.client.responses.create(model="", input="Hi", extra_headers=hdr)
     flow = await stack.client.chat.completions.create(model="flow:two-drafts", messages=MSG, extra_headers=hdr)
     other = await stack.client.chat.completions.create(model="", messages=MSG, extra_headers=hdr,
                                                        extra_body={"session": "other"})
-    await stack.client.chat.completions.create(model="", messages=MSG)  # no session
+    alone = await stack.client.chat.completions.create(model="", messages=MSG)  # no session
+    # every answer tells the session's running totals, itself included (x_router.session_acc)
+    accs = [x.model_extra["x_router"]["session_acc"] for x in (r1, r2, chunks[-1], r4, flow)]
+    assert [a["calls"] for a in accs] == [1, 2, 3, 4, 5]
+    assert accs[1]["tokens_in"] == accs[0]["tokens_in"] + r2.usage.prompt_tokens
+    assert accs[2]["tokens_out"] == accs[1]["tokens_out"] + chunks[-1].usage.completion_tokens
+    assert other.model_extra["x_router"]["session_acc"]["calls"] == 1
+    assert "session_acc" not in alone.model_extra["x_router"]
     stack.store.flush()
     name = urllib.parse.quote("agent 7/b", safe="")
     status, listed = await stack.get(f"/x/traces?session={name}")
@@ -631,12 +638,17 @@ async def test_a_session_groups_calls_across_endpoints_and_adds_them_up(stack) -
     assert {r1.model_extra["x_router"]["trace_id"], r2.model_extra["x_router"]["trace_id"],
             r4.model_extra["x_router"]["trace_id"], flow.model_extra["x_router"]["trace_id"]} <= ids
     assert other.model_extra["x_router"]["trace_id"] not in ids  # the body's session won over the header
+    status, flows = await stack.get(f"/x/traces?session={name}&kind=flow")
+    assert status == 200 and [r["trace_id"] for r in flows["data"]] == [flow.model_extra["x_router"]["trace_id"]]
     assert stack.store.get(flow.model_extra["x_router"]["trace_id"])["session"] == "agent 7/b"
     status, totals = await stack.get(f"/x/sessions/{name}")
     assert status == 200 and totals["calls"] == 5 and totals["by_status"] == {"ok": 5}
     recs = [stack.store.get(t) for t in ids]
     assert totals["tokens_in"] == sum(r["usage"]["tokens_in"] for r in recs)
     assert float(totals["cost_usd"]) == pytest.approx(sum(float(r["cost"]["cost_usd"]) for r in recs))
+    assert {k: totals[k] for k in ("calls", "tokens_in", "tokens_out", "tokens_cached")} == \
+        {k: accs[-1][k] for k in ("calls", "tokens_in", "tokens_out", "tokens_cached")}
+    assert accs[-1]["cost_usd"] == pytest.approx(float(totals["cost_usd"]))
     import contextlib
     import io
 
@@ -648,6 +660,26 @@ async def test_a_session_groups_calls_across_endpoints_and_adds_them_up(stack) -
     status, missing = await stack.get("/x/sessions/nobody")
     assert status == 404 and missing["error"]["code"] == "session_not_found"
     assert "session" not in stack.store.get(stack.store.list(limit=1)[0][0]["trace_id"])  # none: nothing written
+
+
+async def test_a_session_s_totals_carry_over_a_restart(tmp_path) -> None:
+    """The first call of a session a new process sees starts from what the store holds."""
+    s = await start_stack(tmp_path)
+    try:
+        for _ in range(2):
+            r = await s.client.chat.completions.create(model="", messages=MSG, extra_body={"session": "long"})
+        before = r.model_extra["x_router"]["session_acc"]
+        assert before["calls"] == 2
+    finally:
+        await s.close()
+    s = await start_stack(tmp_path)
+    try:
+        r = await s.client.chat.completions.create(model="", messages=MSG, extra_body={"session": "long"})
+        acc = r.model_extra["x_router"]["session_acc"]
+        assert acc["calls"] == 3 and acc["tokens_in"] == before["tokens_in"] + r.usage.prompt_tokens
+        assert acc["cost_usd"] == pytest.approx(before["cost_usd"] + r.model_extra["x_router"]["cost_usd"])
+    finally:
+        await s.close()
 
 
 @pytest.mark.parametrize("body, headers", [

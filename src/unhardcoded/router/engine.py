@@ -25,6 +25,7 @@ of it; the trace store persists it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -45,10 +46,13 @@ from ..providers.base import CLIENT_FAULT_KINDS, ProviderError, Target, redact
 from ..providers.transport import StreamResponse, Transport
 from ..runtime.limits import CURRENT_CALLER, CallerLimits
 from ..runtime.meter import Meter
+from ..runtime.sessions import SessionMeter
 from ..runtime.state import STAMPED, RuntimeState, wall_ms
 from .contract import Contract, RequestError, parse_contract
 from .decision import PolicyChoice, choose_policy, decide
 from .filters import apply_directives
+
+log = logging.getLogger("unhardcoded.router")
 
 # Fields of a chat request that steer the router and never reach a provider.
 ROUTER_FIELDS = frozenset({"model", "policy_ir", "flow_ir", "requirements", "session", "stream", "stream_options"})
@@ -109,6 +113,7 @@ class Run:
     flow: dict[str, Any] | None = None
     session: str | None = None         # the caller's grouping of calls (body "session" or its header)
     caller: str | None = None          # the named caller whose key the request presented
+    session_acc: dict[str, Any] | None = None  # the session's totals once this run is counted in them
 
     # ---- the caller's view ---------------------------------------------
     def ranked_view(self, cap: int | None = 10) -> tuple[list[dict[str, Any]], int]:
@@ -157,9 +162,12 @@ class Run:
         return (orjson.Fragment(orjson.dumps(ranked)), orjson.Fragment(orjson.dumps(self.rejected_view())),
                 total, len(ranked))
 
-    def x_router(self, *, wire: bool = False, compact_at: int | None = None) -> dict[str, Any]:
+    def x_router(self, *, wire: bool = False, compact_at: int | None = None,
+                 sessions: SessionMeter | None = None) -> dict[str, Any]:
         """What the caller is told of this run. ``compact_at``: the input size (prompt tokens) from
-        which ``compact`` says the conversation is due for ``POST /v1/compact``."""
+        which ``compact`` says the conversation is due for ``POST /v1/compact``. ``session_acc``:
+        the session's totals with this run (counted at its end; ``sessions`` tells them before,
+        for a stream's last chunk)."""
         a = self.answered_by or {}
         out: dict[str, Any] = {
             "provider": a.get("provider_id"), "model_family": a.get("model_family"),
@@ -173,7 +181,17 @@ class Run:
             out.update(_policy_keys(self.prepared.choice, self.prepared.contract))
         out["decision_trace"] = self.decision_trace(wire=wire)
         out["compact"] = compact_at is not None and self.usage.prompt_tokens >= compact_at
+        acc = self.session_acc
+        if acc is None and sessions is not None and self.session is not None:
+            acc = sessions.preview(self.caller, self.session, **self.session_counts())
+        if acc is not None:
+            out["session_acc"] = acc
         return out
+
+    def session_counts(self) -> dict[str, Any]:
+        u = self.usage
+        return {"tokens_in": u.prompt_tokens, "tokens_out": u.completion_tokens, "tokens_cached": u.cached_tokens,
+                "cost_usd": self.cost.usd}
 
 
 def _policy_keys(choice: PolicyChoice, contract: Contract) -> dict[str, Any]:
@@ -279,6 +297,7 @@ class Router:
         self.runtime = runtime or RuntimeState(clock=clock)
         self.sink = sink or TraceSink()
         self.meter = Meter()
+        self.sessions = SessionMeter()
         self.limits = CallerLimits(self.settings.callers, clock_ms=clock)
         self.clock = clock
         self.sleep = sleep
@@ -686,10 +705,32 @@ class Router:
                                answered=run.status == "ok")
         if not record:
             return
+        if run.session is not None:
+            run.session_acc = self.sessions.add(run.caller, run.session, **run.session_counts())
         try:
             self.sink.submit(run)
         except Exception:  # pragma: no cover - the store must never fail a call
             pass
+
+    async def _seed_for(self, body: Mapping[str, Any]) -> None:
+        session = body.get("session")
+        if type(session) is str and not self.sessions.known(CURRENT_CALLER.get(), session):
+            await self.seed_session(CURRENT_CALLER.get(), session)
+
+    async def seed_session(self, caller: str | None, session: str | None) -> None:
+        """Start a session this process has not counted from what the trace store holds of it
+        (once per session; ``runtime/sessions.py``)."""
+        if session is None or self.sessions.known(caller, session):
+            return
+        read = getattr(self.sink, "session_totals", None)
+        stored = None
+        if read is not None:
+            try:
+                stored = await asyncio.to_thread(read, session, caller)
+            except Exception as exc:  # the store must never fail a call: counted from here, and said
+                log.warning("could not read session totals from the trace store: %s", exc)
+                return
+        self.sessions.seed(caller, session, stored)
 
     async def complete(self, body: Mapping[str, Any], *, path_profile: str | None = None, record: bool = True,
                        on_run: Any = None, wire: bool = False) -> tuple[dict[str, Any], Run]:
@@ -701,6 +742,8 @@ class Router:
         ``record=False`` keeps the run out of the trace store (a flow stores its nodes in its own
         record); ``on_run`` is called with the run as soon as it exists.
         """
+        if record:  # before the run starts: a caller gone while the store is read leaves no run open
+            await self._seed_for(body)
         run = self._start(body, path_profile, stream=False, on_run=on_run)
 
         async def attempt(cand: Mapping[str, Any], target: Target, request: dict[str, Any], timeouts: tuple) -> Any:
@@ -749,6 +792,7 @@ class Router:
 
         ``wire=True``: each event goes straight to orjson, so the last one's x_router may carry
         pre-serialised parts (as :meth:`complete` with ``wire=True``)."""
+        await self._seed_for(body)
         run = self._start(body, path_profile, stream=True)
 
         async def attempt(cand: Mapping[str, Any], target: Target, request: dict[str, Any], timeouts: tuple) -> Any:
@@ -893,7 +937,8 @@ class RoutedStream:
             yield {"id": f"chatcmpl-{self.run.trace_id}", "object": "chat.completion.chunk",
                    "created": int(time.time()), "model": self.served, "choices": [],
                    "usage": _usage_json(usage), "x_router": self.run.x_router(
-                       wire=self.wire, compact_at=self.router.settings.compact_at_tokens)}
+                       wire=self.wire, compact_at=self.router.settings.compact_at_tokens,
+                       sessions=self.router.sessions)}
             self._done = True
         except (asyncio.CancelledError, GeneratorExit):
             if self.run.status == "pending":

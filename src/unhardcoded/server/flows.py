@@ -45,6 +45,9 @@ class FlowService:
 
     async def chat(self, body: Mapping[str, Any], send: Any) -> None:
         normal, name, route = self.resolve(body)
+        session, caller = body.get("session"), CURRENT_CALLER.get()
+        if type(session) is str:  # a bad one is refused by the run, with its path
+            await self.router.seed_session(caller, session)
         result = await self.runner.run(normal, body, name=name)
         self.router.meter.flow(result.status)
         store = self.router.sink
@@ -54,10 +57,15 @@ class FlowService:
                                                   route=route, capture_content=settings.capture_content,
                                                   finished_ms=self.router.clock(),
                                                   request_messages=body.get("messages") if settings.capture_content else None,
-                                                  session=body.get("session"),
-                                                  caller=CURRENT_CALLER.get()),
+                                                  session=session, caller=caller),
                                 self.router.catalog)
         xr = result.x_router()
+        if session is not None:  # a flow is one call of its session, with all its steps' tokens and cost
+            usage = result.usage()
+            costs = [n.run.cost.usd for n in result.nodes if n.run is not None and n.run.cost.usd is not None]
+            xr["session_acc"] = self.router.sessions.add(
+                caller, session, tokens_in=usage["prompt_tokens"], tokens_out=usage["completion_tokens"],
+                tokens_cached=usage["prompt_tokens_details"]["cached_tokens"], cost_usd=sum(costs) if costs else None)
         if result.status == "failed":
             err = result.error or {}
             kind = str(err.get("kind", "unknown"))
