@@ -19,7 +19,7 @@ from ..traces.replay import ReplayError, against_current, replay_record
 from ..traces.sqlite import MAX_PAGE
 from .app import App, HTTPError, lang_error
 
-_FILTERS = ("policy", "route", "model", "provider", "status", "session", "caller")
+_FILTERS = ("policy", "route", "model", "provider", "status", "session", "caller", "kind")
 _SESSIONS = "/x/sessions/"
 
 
