@@ -111,10 +111,10 @@ class Stack:
                 except ValueError:
                     return r.status, text
 
-    async def get(self, path: str) -> tuple[int, Any]:
+    async def get(self, path: str, *, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         import aiohttp
         async with aiohttp.ClientSession() as s:
-            async with s.get(self.base_url.removesuffix("/v1") + path) as r:
+            async with s.get(self.base_url.removesuffix("/v1") + path, headers=headers or {}) as r:
                 return r.status, json.loads(await r.read())
 
     async def close(self) -> None:

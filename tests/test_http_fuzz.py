@@ -104,6 +104,8 @@ async def test_the_get_endpoints_never_a_500_whatever_the_query(stack_box, query
         grouped, totals = await s.get("/x/sessions/" + quote(trace_id, safe=""))
         mine, usage = await s.get("/x/caller?" + urlencode(query))  # no named callers here: a 404
         ranked, answer = await s.get("/x/rank?" + urlencode(rank))
+        used, report = await s.get("/v1/usage?" + urlencode({("window" if k == "cursor" else k): v
+                                                               for k, v in query.items()}))
     finally:
         await s.close()
     assert ranked == 200 or (400 <= ranked < 500 and answer["error"]["type"] == "invalid_request_error"), \
@@ -117,3 +119,8 @@ async def test_the_get_endpoints_never_a_500_whatever_the_query(stack_box, query
     assert one in (200, 404), (one, missing)
     assert grouped in (200, 404), (grouped, totals)
     assert mine == 404 and usage["error"]["code"] == "no_caller", (mine, usage)
+    assert used in (200, 400), (used, report)
+    if used == 200:
+        assert report["object"] == "usage" and report["totals"]["requests"] >= 0
+    else:
+        assert report["error"]["type"] == "invalid_request_error" and report["error"]["param"].startswith("$.")

@@ -395,6 +395,45 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """``GET /v1/usage`` without a server, over the trace store of ``--data-dir`` (every caller's
+    calls, or ``--caller``'s)."""
+    import time
+
+    from .server.usage import build_report
+    from .traces.views import usage_text
+
+    _, store = _store_for(args)
+    filters = {k: getattr(args, k) for k in ("policy", "route", "model", "provider", "status", "session", "caller", "kind")
+               if getattr(args, k)}
+    now = int(time.time() * 1000)
+    if args.window is not None:
+        filters["since_ms"] = now - args.window[1]
+    elif args.since is not None:
+        filters["since_ms"] = args.since
+    if args.until is not None:
+        filters["until_ms"] = args.until
+    report = build_report(store, {"filters": filters, "limit": args.limit, "offset": 0,
+                                  "window": None if args.window is None else args.window[0]}, None, now_ms=now)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else usage_text(report))
+    return 0
+
+
+def _window(text: str) -> tuple[str, int]:
+    from .traces.usage import UsageArgError, window_ms
+    try:
+        return text, window_ms(text)
+    except UsageArgError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _recent(text: str) -> int:
+    from .traces.usage import MAX_RECENT
+    if not _digits(text) or int(text) > MAX_RECENT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of recent calls from 0 to {MAX_RECENT}")
+    return int(text)
+
+
 def _backtest_limit(text: str) -> int:
     from .traces.backtest import MAX_BACKTEST
     if not _digits(text) or not 1 <= int(text) <= MAX_BACKTEST:
@@ -507,6 +546,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--limit", type=_backtest_limit, default=1000, help="the newest this many calls (1 to 10000; default 1000)")
     bt.add_argument("--samples", type=_samples, default=20, help="changed calls to show (0 to 100; default 20)")
     bt.set_defaults(fn=cmd_backtest)
+
+    us = sub.add_parser("usage", help="what the stored calls add up to: cost, tokens, errors, latency, by provider, "
+                                      "model, route, policy, caller and day")
+    store_args(us)
+    when = us.add_mutually_exclusive_group()
+    when.add_argument("--window", type=_window, help="the span ending now: 15m, 24h, 7d, 4w")
+    when.add_argument("--since", type=_since, help="e.g. 24h, 7d, or milliseconds since the epoch")
+    us.add_argument("--until", type=_since, help="e.g. 1h (an hour ago), or milliseconds since the epoch")
+    for name in ("policy", "route", "model", "provider", "status", "session", "caller", "kind"):
+        us.add_argument(f"--{name}")
+    us.add_argument("--limit", type=_recent, default=0, help="with --json: the most recent this many calls too (0 to 500)")
+    us.set_defaults(fn=cmd_usage)
 
     conf = sub.add_parser("conformance", help="conformance vectors")
     csub = conf.add_subparsers(dest="action", required=True)

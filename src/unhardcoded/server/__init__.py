@@ -34,10 +34,11 @@ def build_router(settings: Settings, *, sink: Any = None) -> Router:
 
 def build_app(settings: Settings, *, router: Router | None = None) -> App:
     router = router or build_router(settings)
-    from . import compact, extras
+    from . import compact, extras, usage
     app = App(router)
     extras.install(app)
     compact.install(app)
+    usage.install(app)
     from ..traces.responses import open_response_store
     app.response_store = open_response_store(settings)
     return app

@@ -768,6 +768,28 @@ class SQLiteStore:
                 "first_started_at_ms": min(r[6] for r in rows),
                 "last_finished_at_ms": max((r[7] for r in rows if r[7] is not None), default=None)}
 
+    def usage(self, report: Any, **filters: Any) -> Any:
+        """Feed every stored call that ``filters`` (``_where``'s) select to ``report.add``, newest
+        first, one row at a time (``traces/usage.py``): summary columns, and for a flow the nodes
+        of its record. Returns ``report``."""
+        where, args = self._where(**filters)
+        sql = (f"SELECT {', '.join(_COLUMNS)}, CASE WHEN kind = 'flow' THEN record END FROM traces{where} "
+               "ORDER BY started_at_ms DESC, trace_id DESC")
+        n = len(_COLUMNS)
+        conn = self._read()
+        try:
+            for r in conn.execute(sql, args):
+                row = dict(zip(_COLUMNS, r))
+                if r[n] is not None:
+                    try:
+                        row["nodes"] = (json.loads(r[n]).get("flow") or {}).get("nodes")
+                    except ValueError:
+                        pass
+                report.add(row)
+        finally:
+            conn.close()
+        return report
+
     def caller_usage(self, caller: str, window_ms: int, minute_ms: int
                      ) -> tuple[int, int, "Decimal", list[tuple[int, int]]]:
         """What the stored calls of ``caller`` used (``CallerLimits.load``): the calls, the answers

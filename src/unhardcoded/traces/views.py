@@ -187,3 +187,44 @@ def backtest_text(out: Mapping[str, Any]) -> str:
         lines.append(f"\nmore calls in the window: --cursor {window['next_cursor']}")
     lines += ["", *(f"note: {c}" for c in out.get("caveats", []))]
     return "\n".join(lines)
+
+
+def _ms1(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.1f} ms"
+
+
+def usage_text(out: Mapping[str, Any], *, top: int = 10) -> str:
+    """A usage report (``traces/usage.py``) as a summary and one table per grouping, the most
+    expensive first; costs in the exact decimal USD the records carry."""
+    t = out["totals"]
+    lat = t["latency_ms"]
+    w = out.get("window") or {}
+    span = f"{_when(w.get('since_ms')) if w.get('since_ms') is not None else 'the first stored call'} to " \
+           f"{_when(w.get('until_ms')) if w.get('until_ms') is not None else 'now'}"
+    rate = "" if t["error_rate"] is None else f" ({t['error_rate'] * 100:.1f}%)"
+    cost = "no priced call" if t["cost_usd"] is None else f"{t['cost_usd']} USD"
+    lines = [f"usage from {span} (UTC)",
+             f"{t['requests']} calls, {t['errors']} error{'s' if t['errors'] != 1 else ''}{rate}; "
+             f"cost {cost} over {t['priced']} priced call(s)"
+             + (f", {t['unpriced']} answered without a price (not in the sum)" if t["unpriced"] else ""),
+             f"tokens {t['tokens_in']} in, {t['tokens_out']} out, {t['tokens_cached']} cached",
+             f"latency of {lat['answered']} answered: p50 {_ms1(lat['p50'])}, p95 {_ms1(lat['p95'])}, "
+             f"p99 {_ms1(lat['p99'])}, max {_ms1(lat['max'])}"]
+    headers = ["calls", "errors", "tokens in", "tokens out", "cost USD", "unpriced"]
+
+    def cells(s: Mapping[str, Any]) -> list[str]:
+        return [str(s["requests"]), str(s["errors"]), str(s["tokens_in"]), str(s["tokens_out"]),
+                s["cost_usd"] or "-", str(s["unpriced"])]
+
+    for key, title in (("by_provider", "provider"), ("by_model_family", "model family"), ("by_route", "route"),
+                       ("by_policy", "policy"), ("by_caller", "caller"), ("by_status", "status")):
+        table = out.get(key)
+        if not table:
+            continue
+        rows = [[("pol_" + k[:6]) if key == "by_policy" and k != "-" else ('"" (default)' if k == "" else k), *cells(s)]
+                for k, s in list(table.items())[:top]]
+        more = f"\n  … and {len(table) - top} more" if len(table) > top else ""
+        lines += ["", f"by {title}", _table([title, *headers], rows) + more]
+    if out.get("daily"):
+        lines += ["", "by day", _table(["date", *headers], [[d["date"], *cells(d)] for d in out["daily"]])]
+    return "\n".join(lines)
