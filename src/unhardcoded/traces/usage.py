@@ -29,7 +29,7 @@ import re
 from array import array
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from ..costs import usd_text
 
@@ -101,6 +101,17 @@ class _Sum:
         elif ok:
             self.unpriced += 1
 
+    def merge(self, o: "_Sum") -> None:
+        self.requests += o.requests
+        self.errors += o.errors
+        self.tokens_in += o.tokens_in
+        self.tokens_out += o.tokens_out
+        self.tokens_cached += o.tokens_cached
+        self.priced += o.priced
+        self.unpriced += o.unpriced
+        if o.cost is not None:
+            self.cost = o.cost if self.cost is None else self.cost + o.cost
+
     def view(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors, "tokens_in": self.tokens_in,
                 "tokens_out": self.tokens_out, "tokens_cached": self.tokens_cached,
@@ -109,6 +120,15 @@ class _Sum:
 
     def order(self) -> tuple[Decimal, int]:
         return (self.cost or Decimal(0), self.requests)
+
+
+def _into(table: dict[Any, _Sum], key: Any, ok: bool, t_in: Any, t_out: Any, t_cached: Any,
+          cost: Decimal | None) -> None:
+    k = NONE_KEY if key is None else key if type(key) is str else str(key)
+    s = table.get(k)
+    if s is None:
+        s = table[k] = _Sum()
+    s.add(ok, t_in, t_out, t_cached, cost)
 
 
 def _cost(text: Any) -> Decimal | None:
@@ -141,8 +161,13 @@ class Usage:
     def __init__(self, *, by_caller: bool = True, limit: int = 20, offset: int = 0) -> None:
         self.total = _Sum()
         self.groups: dict[str, dict[str, _Sum]] = {g: {} for g in GROUPS if by_caller or g != "by_caller"}
-        self.daily: dict[str, _Sum] = {}
-        self.monthly: dict[str, _Sum] = {}
+        g = self.groups
+        # (table, column) of the groups a call counts in once; None: not kept in this view
+        self._once = [(g[name], column) for name, column in (
+            ("by_route", "route"), ("by_status", "status"), ("by_policy", "policy_identity"), ("by_kind", "kind"),
+            ("by_caller", "caller")) if name in g]
+        self._answer = (g["by_provider"], g["by_model_family"], g["by_served_model"])
+        self.days: dict[int, _Sum] = {}  # by UTC day number: named (and rolled up into months) at the end
         self.latency = array("d")
         self.first_ms: int | None = None
         self.last_ms: int | None = None
@@ -150,50 +175,42 @@ class Usage:
         self.recent: list[dict[str, Any]] = []
         self.seen = 0
 
-    def _into(self, group: str, key: Any, ok: bool, t_in: Any, t_out: Any, t_cached: Any, cost: Decimal | None) -> None:
-        table = self.groups.get(group)
-        if table is None:
-            return
-        k = NONE_KEY if key is None else str(key)
-        s = table.get(k)
-        if s is None:
-            s = table[k] = _Sum()
-        s.add(ok, t_in, t_out, t_cached, cost)
-
     def add(self, row: Mapping[str, Any]) -> None:
-        ok = row.get("status") == "ok"
-        t_in, t_out, t_cached = row.get("tokens_in"), row.get("tokens_out"), row.get("tokens_cached")
-        cost = _cost(row.get("cost_usd"))
+        get = row.get
+        ok = get("status") == "ok"
+        t_in, t_out, t_cached = get("tokens_in"), get("tokens_out"), get("tokens_cached")
+        cost = _cost(get("cost_usd"))
         self.total.add(ok, t_in, t_out, t_cached, cost)
-        for group, column in (("by_route", "route"), ("by_status", "status"), ("by_policy", "policy_identity"),
-                              ("by_kind", "kind"), ("by_caller", "caller")):
-            self._into(group, row.get(column), ok, t_in, t_out, t_cached, cost)
-        nodes = row.get("nodes")
-        if row.get("kind") == "flow" and isinstance(nodes, list):
-            parts: Iterable[tuple[Any, Any, Any, bool, Any, Any, Any, Decimal | None]] = (
-                (n.get("provider"), n.get("model_family"), n.get("served_model_id"), n.get("provider") is not None,
-                 n.get("tokens_in"), n.get("tokens_out"), n.get("tokens_cached"), _node_cost(n))
-                for n in nodes if isinstance(n, Mapping) and n.get("trace_id") is not None)  # steps that called a model
+        for table, column in self._once:
+            _into(table, get(column), ok, t_in, t_out, t_cached, cost)
+        nodes = get("nodes")
+        providers, families, served = self._answer
+        if get("kind") == "flow" and isinstance(nodes, list):
+            for n in nodes:  # the steps that called a model
+                if isinstance(n, Mapping) and n.get("trace_id") is not None:
+                    p = n.get("provider")
+                    args = (p is not None, n.get("tokens_in"), n.get("tokens_out"), n.get("tokens_cached"),
+                            _node_cost(n))
+                    _into(providers, p, *args)
+                    _into(families, n.get("model_family"), *args)
+                    _into(served, n.get("served_model_id"), *args)
         else:
-            parts = ((row.get("provider"), row.get("model_family"), row.get("served_model_id"), ok,
-                      t_in, t_out, t_cached, cost),)
-        for provider, family, served, p_ok, p_in, p_out, p_cached, p_cost in parts:
-            self._into("by_provider", provider, p_ok, p_in, p_out, p_cached, p_cost)
-            self._into("by_model_family", family, p_ok, p_in, p_out, p_cached, p_cost)
-            self._into("by_served_model", served, p_ok, p_in, p_out, p_cached, p_cost)
-        started = row.get("started_at_ms") or 0
-        day = datetime.fromtimestamp(started / 1000, tz=timezone.utc)
-        for table, key in ((self.daily, day.strftime("%Y-%m-%d")), (self.monthly, day.strftime("%Y-%m"))):
-            s = table.get(key)
-            if s is None:
-                s = table[key] = _Sum()
-            s.add(ok, t_in, t_out, t_cached, cost)
-        if ok and isinstance(row.get("total_ms"), (int, float)):
-            self.latency.append(float(row["total_ms"]))
-        self.first_ms = started if self.first_ms is None else min(self.first_ms, started)
-        finished = row.get("finished_at_ms")
-        if finished is not None:
-            self.last_ms = finished if self.last_ms is None else max(self.last_ms, finished)
+            _into(providers, get("provider"), ok, t_in, t_out, t_cached, cost)
+            _into(families, get("model_family"), ok, t_in, t_out, t_cached, cost)
+            _into(served, get("served_model_id"), ok, t_in, t_out, t_cached, cost)
+        started = get("started_at_ms") or 0
+        day = self.days.get(started // 86_400_000)
+        if day is None:
+            day = self.days[started // 86_400_000] = _Sum()
+        day.add(ok, t_in, t_out, t_cached, cost)
+        total_ms = get("total_ms")
+        if ok and isinstance(total_ms, (int, float)):
+            self.latency.append(float(total_ms))
+        if self.first_ms is None or started < self.first_ms:
+            self.first_ms = started
+        finished = get("finished_at_ms")
+        if finished is not None and (self.last_ms is None or finished > self.last_ms):
+            self.last_ms = finished
         if self.offset <= self.seen < self.offset + self.limit:
             self.recent.append({k: v for k, v in row.items() if k != "nodes"})
         self.seen += 1
@@ -211,8 +228,14 @@ class Usage:
         out: dict[str, Any] = {"totals": totals}
         for group, table in self.groups.items():
             out[group] = {k: s.view() for k, s in sorted(table.items(), key=lambda kv: (tuple(-x for x in kv[1].order()), kv[0]))}
-        out["daily"] = [{"date": k, **s.view()} for k, s in sorted(self.daily.items())]
-        out["monthly"] = [{"month": k, **s.view()} for k, s in sorted(self.monthly.items())]
+        daily, months = [], {}
+        for n, s in sorted(self.days.items()):
+            date = datetime.fromtimestamp(n * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
+            daily.append({"date": date, **s.view()})
+            m = months.setdefault(date[:7], _Sum())
+            m.merge(s)
+        out["daily"] = daily
+        out["monthly"] = [{"month": k, **s.view()} for k, s in months.items()]
         out["recent"] = self.recent
         out["recent_total"] = self.seen
         return out
