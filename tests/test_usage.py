@@ -154,12 +154,19 @@ async def test_a_named_caller_reads_its_own_usage_and_the_operator_everyone_s(tm
         fixed_replies(s)
         for key in ("key-a", "key-a", "key-d"):
             c = openai.AsyncOpenAI(base_url=s.base_url, api_key=key, max_retries=0)
-            await c.chat.completions.create(model="", messages=MSG)
+            await c.chat.completions.create(model="", messages=MSG, extra_body={"session": "shared"})
             await c.close()
         assert s.store.flush()
 
-        async def as_(key: str, query: str = "") -> tuple[int, dict]:
-            return await s.get("/v1/usage" + query, headers={"authorization": f"Bearer {key}"})
+        async def as_(key: str, query: str = "", path: str = "/v1/usage") -> tuple[int, dict]:
+            return await s.get(path + query, headers={"authorization": f"Bearer {key}"})
+
+        status, mine = await as_("key-a", path="/x/sessions")
+        assert status == 200 and [(r["session"], r["calls"]) for r in mine["data"]] == [("shared", 2)]
+        status, everyone = await as_("operator", path="/x/sessions")
+        assert [(r["session"], r["calls"]) for r in everyone["data"]] == [("shared", 3)]
+        status, refused = await as_("key-d", "?caller=a", path="/x/sessions")
+        assert status == 403 and refused["error"]["code"] == "caller_scope"
 
         status, a = await as_("key-a")
         assert status == 200 and a["caller"] == "a" and a["totals"]["requests"] == 2
@@ -304,3 +311,42 @@ def test_any_parameters_are_read_or_refused_at_a_parameter(params: dict) -> None
         read_query(urllib.parse.urlencode(params), now_ms=1_796_083_200_000)
     except HTTPError as exc:
         assert exc.status == 400 and exc.param in {f"$.{k}" for k in params}
+
+
+def test_days_and_months_are_utc_and_roll_up() -> None:
+    u = Usage()
+    nov_30_late = 1_796_083_200_000 - 1  # 2026-11-30T23:59:59.999Z
+    for ms, cost in ((nov_30_late, "0.1"), (nov_30_late + 1, "0.2"), (nov_30_late + 86_400_000, "0.3")):
+        u.add(row(started_at_ms=ms, cost_usd=cost))
+    out = u.report()
+    assert [(d["date"], d["requests"], d["cost_usd"]) for d in out["daily"]] == [
+        ("2026-11-30", 1, "0.1"), ("2026-12-01", 2, "0.5")]
+    assert [(m["month"], m["requests"], m["cost_usd"]) for m in out["monthly"]] == [("2026-11", 1, "0.1"),
+                                                                                     ("2026-12", 2, "0.5")]
+
+
+async def test_sessions_are_listed_most_recently_active_first_with_their_totals(stack) -> None:
+    fixed_replies(stack)
+    for session in ("s1", "s2", "s1", "s3"):
+        await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"session": session})
+    await stack.client.chat.completions.create(model="", messages=MSG)  # in no session
+    assert stack.store.flush()
+    status, out = await stack.get("/x/sessions")
+    assert status == 200 and out["object"] == "list" and out["total"] == 3
+    assert [r["session"] for r in out["data"]] == ["s3", "s1", "s2"]
+    for r in out["data"]:
+        status, one = await stack.get(f"/x/sessions/{r['session']}")
+        assert {k: r[k] for k in ("calls", "tokens_in", "tokens_out", "tokens_cached", "cost_usd",
+                                  "first_started_at_ms", "last_finished_at_ms")} == \
+            {k: one[k] for k in ("calls", "tokens_in", "tokens_out", "tokens_cached", "cost_usd",
+                                 "first_started_at_ms", "last_finished_at_ms")}
+    s1 = out["data"][1]
+    assert s1["calls"] == 2 and s1["errors"] == 0 and Decimal(s1["cost_usd"]) == usd("0.5", "3", 2)
+    status, page = await stack.get("/x/sessions?limit=1&offset=1")
+    assert [r["session"] for r in page["data"]] == ["s1"] and page["total"] == 3
+    status, later = await stack.get(f"/x/sessions?since={out['data'][0]['last_started_at_ms']}")
+    assert [r["session"] for r in later["data"]] == ["s3"] and later["total"] == 1
+    status, bad = await stack.get("/x/sessions?limit=1001")
+    assert status == 400 and bad["error"]["param"] == "$.limit"
+    status, bad = await stack.get("/x/sessions?sort=cost")
+    assert status == 400 and bad["error"]["param"] == "$.sort"

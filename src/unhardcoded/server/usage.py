@@ -11,6 +11,10 @@ Query parameters, each checked (an unknown one is refused rather than ignored, s
 misspelt ``windw=24h`` would otherwise answer for all time): ``window`` (``15m``, ``24h``,
 ``7d``, ``4w``: the window ending now) or ``since``; ``until``; ``limit`` (recent rows, 0 to
 500, default 20) and ``offset``; and the filters of ``GET /x/traces``.
+
+``GET /x/sessions`` lists the sessions of the same window and filters, the most recently active
+first, each with its calls, errors, tokens and exact cost, ``limit`` (0 to 1,000, default 50) at
+a time from ``offset``, and ``total``, scoped to a named caller's own calls as above.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ FILTERS = ("policy", "route", "model", "provider", "status", "session", "caller"
 PARAMS = ("window", "since", "until", "limit", "offset", *FILTERS)
 PATHS = ("/v1/usage", "/x/usage", "/api/usage")
 MAX_OFFSET = 1_000_000
+MAX_SESSIONS = 1000
 
 
-def read_query(query: bytes | str, *, now_ms: int) -> dict[str, Any]:
+def read_query(query: bytes | str, *, now_ms: int, limit: tuple[int, int] = (20, MAX_RECENT)) -> dict[str, Any]:
     """The query string checked: ``{"filters", "limit", "offset", "window"}``; a 400 at the
     first fault, with the parameter as its path."""
     text = query.decode("latin-1") if isinstance(query, bytes) else query
@@ -75,7 +80,7 @@ def read_query(query: bytes | str, *, now_ms: int) -> dict[str, Any]:
             raise HTTPError(400, "bad_parameter", f"{name} is an integer from 0 to {hi}", f"$.{name}")
         return int(v)
 
-    return {"filters": filters, "limit": integer("limit", 20, MAX_RECENT), "offset": integer("offset", 0, MAX_OFFSET),
+    return {"filters": filters, "limit": integer("limit", *limit), "offset": integer("offset", 0, MAX_OFFSET),
             "window": one.get("window")}
 
 
@@ -117,5 +122,17 @@ def install(app: App) -> None:
         args["filters"] = scoped(args["filters"], caller)
         return 200, await asyncio.to_thread(build_report, store, args, caller, now_ms=now)
 
+    async def sessions(scope: dict[str, Any], body: Any) -> tuple[int, Any]:
+        """``GET /x/sessions``: the sessions of the window, the most recently active first, each
+        with its totals (``/x/sessions/{id}`` adds up one)."""
+        store = app.router.sink
+        if not hasattr(store, "sessions"):
+            raise HTTPError(501, "no_trace_store", "this router keeps no trace store")
+        args = read_query(scope.get("query_string", b""), now_ms=int(app.router.clock()), limit=(50, MAX_SESSIONS))
+        filters = scoped(args["filters"], CURRENT_CALLER.get())
+        rows, total = await asyncio.to_thread(store.sessions, limit=args["limit"], offset=args["offset"], **filters)
+        return 200, {"object": "list", "data": rows, "total": total, "limit": args["limit"], "offset": args["offset"]}
+
     for path in PATHS:
         app.extra_routes[("GET", path)] = usage
+    app.extra_routes[("GET", "/x/sessions")] = sessions

@@ -790,6 +790,43 @@ class SQLiteStore:
             conn.close()
         return report
 
+    def sessions(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """The sessions of the calls ``filters`` select, the most recently active first (a page
+        of ``limit`` from ``offset``), each with what those calls add up to as in
+        :meth:`session_totals`; and how many sessions there are."""
+        from decimal import Decimal
+
+        from ..costs import usd_text
+        where, args = self._where(**filters)
+        where = (where + " AND" if where else " WHERE") + " session IS NOT NULL"
+        conn = self._read()
+        try:
+            total = conn.execute(f"SELECT COUNT(DISTINCT session) FROM traces{where}", args).fetchone()[0]
+            page = conn.execute(
+                "SELECT session, COUNT(*), SUM(status != 'ok'), TOTAL(tokens_in), TOTAL(tokens_out), "
+                "TOTAL(tokens_cached), MIN(started_at_ms), MAX(finished_at_ms), MAX(started_at_ms) AS last "
+                f"FROM traces{where} GROUP BY session ORDER BY last DESC, session LIMIT ? OFFSET ?",
+                [*args, limit, offset]).fetchall()
+            costs: dict[str, list[Any]] = {}
+            if page:  # exact decimal sums, read for the page's sessions only (the session index)
+                marks = ", ".join("?" * len(page))
+                for session, cost, status in conn.execute(
+                        f"SELECT session, cost_usd, status FROM traces{where} AND session IN ({marks})",
+                        [*args, *(r[0] for r in page)]):
+                    costs.setdefault(session, []).append((cost, status))
+        finally:
+            conn.close()
+        out = []
+        for session, calls, errors, t_in, t_out, t_cached, first, last_finished, last_started in page:
+            priced = [Decimal(c) for c, _ in costs.get(session, ()) if c is not None]
+            out.append({"session": session, "calls": calls, "errors": errors or 0, "tokens_in": int(t_in),
+                        "tokens_out": int(t_out), "tokens_cached": int(t_cached),
+                        "cost_usd": usd_text(sum(priced, Decimal(0))) if priced else None,
+                        "unpriced": sum(1 for c, s in costs.get(session, ()) if c is None and s == "ok"),
+                        "first_started_at_ms": first, "last_started_at_ms": last_started,
+                        "last_finished_at_ms": last_finished})
+        return out, total
+
     def caller_usage(self, caller: str, window_ms: int, minute_ms: int
                      ) -> tuple[int, int, "Decimal", list[tuple[int, int]]]:
         """What the stored calls of ``caller`` used (``CallerLimits.load``): the calls, the answers
