@@ -130,4 +130,5 @@ def test_the_demo_runs_end_to_end_with_no_keys(tmp_path) -> None:
     assert "Responses API" in p.stdout and " completed: " in p.stdout
     assert "intern-tools gets" in p.stdout and "its second call: 429 rate_limit_exceeded" in p.stdout
     assert re.search(r"would change [1-9][0-9]* of [1-9][0-9]* pick\(s\); cost [0-9.]+ -> [0-9.]+ USD", p.stdout), p.stdout
+    assert re.search(r"9\. What it all cost .*\n   [1-9][0-9]* calls, [0-9]+ failed; [0-9.]+ USD over [1-9]", p.stdout), p.stdout
     assert "Traceback" not in p.stderr

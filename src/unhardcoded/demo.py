@@ -26,6 +26,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+async def _get(base: str, path: str, key: str = "caller-key") -> tuple[int, dict[str, Any]]:
+    import aiohttp
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{base}{path}", headers={"authorization": f"Bearer {key}"}) as r:
+            return r.status, await r.json()
+
+
 async def _post(base: str, body: dict[str, Any], path: str = "/chat/completions", key: str = "caller-key",
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     """POST as the caller holding ``key``; the answer's headers go into ``headers`` if given."""
@@ -182,6 +189,18 @@ async def run_demo(data_dir: str | None = None) -> int:
         _say(f"   unhardcoded backtest '{json.dumps(smart, separators=(',', ':'))}' --data-dir {data}):")
         _say(f"   the highest bench_intelligence first would change {t.get('changed_pick')} of {t.get('decided')} "
              f"pick(s); cost {t.get('actual_cost_usd')} -> {t.get('backtest_cost_usd')} USD for the same tokens")
+        _say()
+
+        status, body = await _get(base.removesuffix("/v1"), "/v1/usage?window=1h")
+        failures += status != 200
+        u = body.get("totals", {})
+        _say(f"9. What it all cost (GET /v1/usage?window=1h, unhardcoded usage --window 1h --data-dir {data}):")
+        _say(f"   {u.get('requests')} calls, {u.get('errors')} failed; {u.get('cost_usd')} USD over "
+             f"{u.get('priced')} priced call(s), {u.get('unpriced')} answered without a price; by provider "
+             "(a flow's steps each count at the provider that answered them):")
+        for provider, p in list(body.get("by_provider", {}).items())[:4]:
+            _say(f"   {provider:<12} {p['requests']:>3} call(s)  {p['tokens_in']:>6} tokens in  {p['tokens_out']:>5} out  "
+                 f"{p['cost_usd'] or '-'} USD")
     finally:
         server.should_exit = True
         await task
