@@ -747,7 +747,7 @@ async def test_a_shared_row_is_restamped_once_per_window_and_outlives_every_reco
     """A catalog's and a section's last_used_ms ("used until") is rewritten at most once per
     window, not on every commit (it rewrote a catalog snapshot of tens of KB ten times a second),
     and is never older than a record that refers to it: the retention purge relies on that."""
-    from unhardcoded.traces import sqlite as store_mod
+    from unhardcoded.traces import sqlstore as store_mod
 
     monkeypatch.setattr(store_mod, "_TOUCH_AHEAD_MS", 1500)
     s = await start_stack(tmp_path)
@@ -877,7 +877,7 @@ async def test_a_policy_seen_once_keeps_its_section_inline_and_one_seen_again_is
 
 
 def test_a_batch_is_inserted_in_chunks_that_offer_the_core_back(tmp_path, monkeypatch) -> None:
-    from unhardcoded.traces import sqlite as store_mod
+    from unhardcoded.traces import sqlstore as store_mod
 
     offered = []
     monkeypatch.setattr(store_mod, "_yield_cpu", lambda: offered.append(1))
@@ -976,16 +976,16 @@ def test_a_full_batch_is_sealed_as_one_transaction_and_raises_the_writer(tmp_pat
     """Built records go into batches of batch_max runs; the writer commits each sealed batch as
     its own transaction (a waiting submit goes on after the first), and a sealed batch boosts an
     idle writer."""
-    from unhardcoded.traces import sqlite as store_mod
+    from unhardcoded.traces import sqlstore as store_mod
 
     committed: list[int] = []
-    real = store_mod.SQLiteStore._commit
+    real = SQLiteStore._commit
 
     def spy(self, conn, batch):
         committed.append(len(batch.rows))
         real(self, conn, batch)
 
-    monkeypatch.setattr(store_mod.SQLiteStore, "_commit", spy)
+    monkeypatch.setattr(SQLiteStore, "_commit", spy)
     store = SQLiteStore(tmp_path / "t.sqlite3", flush_ms=60_000, batch_max=5)
     boosts: list[int] = []
     monkeypatch.setattr(store.priority, "boost", lambda: boosts.append(len(store._sealed)))
@@ -1030,7 +1030,7 @@ async def test_a_batch_not_committed_in_ten_intervals_raises_an_idle_writer(tmp_
 
 
 def test_an_overdue_check_on_a_committed_batch_does_nothing(tmp_path, monkeypatch) -> None:
-    from unhardcoded.traces import sqlite as store_mod
+    from unhardcoded.traces import sqlstore as store_mod
 
     store = SQLiteStore(tmp_path / "t.sqlite3")
     boosts: list[int] = []
