@@ -31,3 +31,19 @@ async def stack(tmp_path, request):
     s = await start_stack(tmp_path, server=request.param)
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the session (``tests/postgres_server.py``); skipped where none
+    can be had, unless UNHARDCODED_REQUIRE_POSTGRES=1."""
+    from .postgres_server import PostgresServer
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """The DSN of a new empty database on it."""
+    return postgres_server.database()

@@ -144,7 +144,8 @@ class Stack:
 
 
 async def start_stack(tmp_path: Path, *, edit: Any = None, keys: dict[str, str] | None = None,
-                      server: str = "uvicorn", **settings_kw: Any) -> Stack:
+                      server: str = "uvicorn", store: Any = None, **settings_kw: Any) -> Stack:
+    """``store``: the trace store to serve with (default: a new SQLite store in ``tmp_path``)."""
     ups = {kind: Upstream(kind, key=(keys or KEYS)[env] if env in (keys or KEYS) else None)
            for kind, env in (("openai", "OA_KEY"), ("anthropic", "AN_KEY"), ("gemini", "GE_KEY"))}
     urls = {kind: await up.start() for kind, up in ups.items()}
@@ -157,7 +158,8 @@ async def start_stack(tmp_path: Path, *, edit: Any = None, keys: dict[str, str] 
     key_values.setdefault("OR_KEY", key_values.get("OA_KEY", ""))
     settings_kw.setdefault("shutdown_grace_s", 10)
     settings = Settings(keys=Keys(key_values, {}), data_dir=str(tmp_path), **settings_kw)
-    store = SQLiteStore(tmp_path / "traces.sqlite3", capture_content=settings.capture_content, flush_ms=20)
+    if store is None:
+        store = SQLiteStore(tmp_path / "traces.sqlite3", capture_content=settings.capture_content, flush_ms=20)
     router = Router(catalog, settings, sink=store)
     app = build_app(settings, router=router)
     port = free_port()

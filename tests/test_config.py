@@ -98,11 +98,11 @@ def test_a_retention_of_zero_keeps_traces_and_a_negative_one_is_refused(tmp_path
 def test_a_trace_store_this_build_lacks_is_refused_not_replaced_by_sqlite(tmp_path) -> None:
     assert load_settings(None, environ={}).trace_store == "sqlite"
     assert settings_from(tmp_path, '[traces]\nstore = "sqlite"\n').trace_store == "sqlite"
-    for name in ("postgres", "memory", "SQLite", ""):
+    for name in ("postgresql", "memory", "SQLite", ""):
         with pytest.raises(ConfigError) as err:
             settings_from(tmp_path, f'[traces]\nstore = "{name}"\n')
         assert err.value.code == "bad_value" and err.value.path == "$.traces.store"
-        assert "sqlite" in err.value.message
+        assert "sqlite" in err.value.message and "postgres" in err.value.message
 
 
 def test_cpu_scheduling_defaults_to_batch_and_is_checked(tmp_path) -> None:

@@ -223,6 +223,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_settings
     from .server import resolve_port, serve
+    from .traces import describe_store
 
     settings = load_settings(args.config, host=args.host, port=args.port, catalog=args.catalog,
                              data_dir=args.data_dir)
@@ -233,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address in a URL
     serve(settings, log_level=args.log_level, server=args.server, config_path=args.config,
           announce=f"unhardcoded listening on http://{host}:{settings.port}/v1  "
-                   f"(traces: {settings.data_dir}/traces.sqlite3)")
+                   f"(traces: {describe_store(settings)})")
     return 0
 
 
@@ -247,9 +248,12 @@ def _store_for(args: argparse.Namespace):  # noqa: ANN202
 
     settings = load_settings(args.config, data_dir=args.data_dir)
     path = Path(settings.data_dir) / "traces.sqlite3"
-    if not path.is_file():  # reading must not leave an empty store behind where none was
+    if settings.trace_store == "sqlite" and not path.is_file():  # reading must not leave an empty store behind where none was
         raise CommandError(f"no trace store at {path} (pass the --data-dir that serve or demo wrote to)")
-    return settings, open_store(settings)
+    store = open_store(settings)
+    import atexit
+    atexit.register(store.close)  # a command reads and ends: a database store's pool closes with it
+    return settings, store
 
 
 def cmd_callers(args: argparse.Namespace) -> int:

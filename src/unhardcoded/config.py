@@ -108,6 +108,7 @@ class Settings:
     capture_content: bool = False
     retention_days: int = 30
     trace_store: str = "sqlite"
+    trace_dsn: str = field(default="", repr=False)  # [traces] dsn: the postgres store's; may hold a password
     trace_writer_scheduling: str = "idle"
     store_responses: bool = True       # /v1/responses keeps responses (store: true, OpenAI's default)
     flows_dir: str | None = None
@@ -137,7 +138,7 @@ class Settings:
 
 
 CPU_SCHEDULING = ("batch", "normal")
-TRACE_STORES = ("sqlite",)  # traces/__init__.py:open_store opens them
+TRACE_STORES = ("sqlite", "postgres")  # traces/__init__.py:open_store opens them
 WRITER_SCHEDULING = ("idle", "normal")  # traces/writer_priority.py reads its modes from here
 
 # numbers outside these make every call fail at once (a deadline of 0) or delete every trace as it
@@ -156,7 +157,7 @@ _SECTIONS: dict[str, dict[str, type]] = {
                "first_token_timeout_ms": int, "flows_dir": str,
                "compact_at_tokens": int},
     "traces": {"data_dir": str, "capture_content": bool, "retention_days": int, "store": str,
-               "writer_scheduling": str, "store_responses": bool},
+               "dsn": str, "writer_scheduling": str, "store_responses": bool},
     "keys": {},
     "callers": {},
 }
@@ -285,6 +286,22 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     s.trace_store = traces.get("store", s.trace_store)
     if s.trace_store not in TRACE_STORES:  # a store this build does not have must not quietly become SQLite
         raise ConfigError("bad_value", f"traces.store is one of {', '.join(TRACE_STORES)}", ["traces", "store"])
+    s.trace_dsn = traces.get("dsn", env.get("UNHARDCODED_TRACE_DSN", s.trace_dsn))
+    if s.trace_store == "postgres":
+        if not s.trace_dsn:
+            raise ConfigError("bad_value", "traces.store = \"postgres\" needs traces.dsn (or UNHARDCODED_TRACE_DSN): "
+                              "a libpq connection string such as \"host=db user=router dbname=traces\"",
+                              ["traces", "dsn"])
+        try:
+            from psycopg import conninfo
+        except ImportError:
+            raise ConfigError("bad_value", "traces.store = \"postgres\" needs psycopg: "
+                              "pip install 'unhardcoded[postgres]'", ["traces", "store"]) from None
+        try:
+            conninfo.conninfo_to_dict(s.trace_dsn)
+        except Exception:  # its text may hold the password: not repeated here
+            raise ConfigError("bad_value", "traces.dsn is not a libpq connection string or URI",
+                              ["traces", "dsn"]) from None
     s.trace_writer_scheduling = traces.get("writer_scheduling",
                                            env.get("UNHARDCODED_TRACE_WRITER_SCHEDULING", s.trace_writer_scheduling))
     if s.trace_writer_scheduling not in WRITER_SCHEDULING:

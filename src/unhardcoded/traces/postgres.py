@@ -1,0 +1,211 @@
+"""A trace store in PostgreSQL: one database that many routers write to and read from.
+
+``[traces] store = "postgres"`` with a ``dsn`` (a libpq connection string or URI; its password
+is better left to libpq's ``PGPASSWORD`` or ``~/.pgpass`` than written in the config). Every
+router behind a load balancer then writes its receipts into the same tables, and ``/x/traces``,
+replay, backtests, usage reports, session totals and caller budgets on any of them read what all
+of them wrote.
+
+The writer, the batching and the reads are ``sqlstore.SQLStore``'s, as for SQLite. What differs:
+
+* the writer holds one connection and opens it again when it is lost: while the server cannot
+  be reached, batches are kept and retried (``failing_since_ms``, ``/healthz``) exactly as a
+  locked SQLite file is. A router does not start while its database cannot be reached: it says
+  so in one line (``StoreUnavailable``) rather than serve calls it cannot keep receipts of;
+* reads take a connection from a small pool (``psycopg_pool``), since opening one costs a
+  server process;
+* the tables are created under an advisory lock, so routers starting together do not race;
+  text columns that are compared or ordered are ``COLLATE "C"``, so listings page in the same
+  order as SQLite's;
+* PostgreSQL's text cannot hold U+0000: in a summary column (a session name, say) it is stored,
+  and matched in filters, as U+FFFD. The record itself is JSON, where it is escaped.
+
+The DSN's password never reaches a log, ``/healthz`` or an error message: the store is named by
+its DSN without it, and an error text that contains it has it replaced.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import psycopg
+from psycopg import conninfo
+
+from .sqlstore import _COLUMNS, SQLStore
+
+# pg_advisory_xact_lock's key while the tables are created: any constant unlikely to be another
+# application's ("unhc" in ASCII)
+_BOOTSTRAP_LOCK = 0x756E6863
+
+_SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS traces (
+    trace_id TEXT COLLATE "C" PRIMARY KEY,
+    started_at_ms BIGINT NOT NULL,
+    finished_at_ms BIGINT,
+    status TEXT,
+    kind TEXT,
+    route TEXT,
+    profile TEXT,
+    policy_name TEXT,
+    policy_identity TEXT COLLATE "C",
+    provider TEXT,
+    model_family TEXT,
+    served_model_id TEXT,
+    tokens_in BIGINT,
+    tokens_out BIGINT,
+    tokens_cached BIGINT,
+    cost_usd TEXT,
+    cost_basis TEXT,
+    total_ms DOUBLE PRECISION,
+    ttft_ms DOUBLE PRECISION,
+    catalog_digest TEXT,
+    session TEXT COLLATE "C",
+    caller TEXT COLLATE "C",
+    record TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS traces_started ON traces (started_at_ms DESC, trace_id DESC)",
+    "CREATE INDEX IF NOT EXISTS traces_policy ON traces (policy_identity text_pattern_ops, started_at_ms)",
+    "CREATE INDEX IF NOT EXISTS traces_session ON traces (session, started_at_ms) WHERE session IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS traces_caller ON traces (caller, started_at_ms) WHERE caller IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS catalogs (
+    digest TEXT PRIMARY KEY,
+    created_at_ms BIGINT NOT NULL,
+    last_used_ms BIGINT NOT NULL DEFAULT 0,
+    snapshot TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS sections (
+    digest TEXT PRIMARY KEY,
+    last_used_ms BIGINT NOT NULL,
+    section TEXT NOT NULL
+)""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    "INSERT INTO meta (key, value) VALUES ('schema', 'unhardcoded.trace/v1') ON CONFLICT (key) DO NOTHING",
+)
+
+_NUL = "\x00"
+
+
+class StoreUnavailable(ConnectionError):
+    """The database could not be reached or its tables not created (an ``OSError``: the CLI
+    prints it in one line and exits 2)."""
+
+
+def redacted(dsn: str) -> str:
+    """``dsn`` as logs may show it: the same connection, without its password."""
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (unreadable DSN)"
+    params.pop("password", None)
+    user, host, port, db = (params.get(k) for k in ("user", "host", "port", "dbname"))
+    where = f"{host or 'localhost'}{':' + str(port) if port else ''}"
+    return f"postgresql://{user + '@' if user else ''}{where}/{db or ''}"
+
+
+def _clean(value: Any) -> Any:
+    return value.replace(_NUL, "\ufffd") if isinstance(value, str) and _NUL in value else value
+
+
+class PostgresStore(SQLStore):
+    name = "postgres"
+    _Error = psycopg.Error
+    _Transient = psycopg.OperationalError  # a lost connection, the server down, disk full, a deadlock
+    _INSERT_TRACE = (f"INSERT INTO traces ({', '.join(_COLUMNS)}, record) "
+                     f"VALUES ({', '.join(['%s'] * (len(_COLUMNS) + 1))}) ON CONFLICT (trace_id) DO UPDATE SET "
+                     + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*_COLUMNS[1:], "record")))
+    _INSERT_CATALOG = ("INSERT INTO catalogs (digest, created_at_ms, last_used_ms, snapshot) "
+                       "VALUES (%s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING")
+    _TOUCH_CATALOG = "UPDATE catalogs SET last_used_ms = GREATEST(last_used_ms, %s) WHERE digest = %s"
+    _UPSERT_SECTION = ("INSERT INTO sections (digest, last_used_ms, section) VALUES (%s, %s, %s) "
+                       "ON CONFLICT (digest) DO UPDATE SET last_used_ms = "
+                       "GREATEST(sections.last_used_ms, EXCLUDED.last_used_ms)")
+
+    def __init__(self, dsn: str, *, pool_size: int = 4, connect_timeout_s: int = 10, **kw: Any) -> None:
+        if not dsn:
+            raise ValueError("the postgres trace store needs a DSN ([traces] dsn)")
+        self._dsn = dsn
+        self._secret = conninfo.conninfo_to_dict(dsn).get("password") or None
+        self._connect_kw = {"autocommit": True, "connect_timeout": connect_timeout_s,
+                            "application_name": "unhardcoded"}
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._queries: dict[str, str] = {}
+        super().__init__(redacted(dsn), **kw)
+
+    # ---- the dialect ---------------------------------------------------------
+    def _bootstrap(self) -> set[str]:
+        try:
+            with self._guarded(), psycopg.connect(self._dsn, **self._connect_kw) as conn:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                return {r[0] for r in conn.execute("SELECT digest FROM catalogs")}
+        except psycopg.Error as exc:
+            text = " ".join(str(exc).split())
+            raise StoreUnavailable(f"cannot open the trace store {self.path}: {text}") from None
+
+    def _open(self) -> psycopg.Connection:
+        with self._guarded():
+            return psycopg.connect(self._dsn, **self._connect_kw)
+
+    def _broken(self, conn: Any) -> bool:
+        return bool(conn.closed or conn.broken)
+
+    @contextmanager
+    def _reading(self) -> Iterator[psycopg.Connection]:
+        with self._guarded():
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+                self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
+                                            kwargs=self._connect_kw, name="unhardcoded-traces", timeout=10.0,
+                                            open=True)
+            with self._pool.connection() as conn:
+                yield conn
+
+    def _q(self, sql: str) -> str:
+        got = self._queries.get(sql)
+        if got is None:
+            got = self._queries[sql] = sql.replace("?", "%s")
+            if len(self._queries) > 512:  # filters combine into a bounded set of texts; bound it anyway
+                self._queries.clear()
+        return got
+
+    def _rows(self, conn: Any, sql: str, args: Any) -> Any:
+        return conn.cursor().stream(self._q(sql), args, size=500)
+
+    def _executemany(self, conn: Any, sql: str, rows: list[Any]) -> None:
+        conn.cursor().executemany(sql, rows)
+
+    def _bind(self, rows: list[tuple]) -> list[tuple]:
+        out = rows
+        for i, row in enumerate(rows):
+            if any(isinstance(v, str) and _NUL in v for v in row[:-1]):
+                if out is rows:
+                    out = list(rows)
+                out[i] = tuple(_clean(v) for v in row)
+        return out
+
+    def _args(self, args: list[Any]) -> list[Any]:
+        return [_clean(a) for a in args]
+
+    # ---- secrets -------------------------------------------------------------
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Errors raised inside, with the DSN's password (if any) taken out of their text."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            if self._secret and self._secret in str(exc):
+                raise type(exc)(str(exc).replace(self._secret, "***")) from None
+            raise
+
+    def close(self) -> None:
+        super().close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+__all__ = ["PostgresStore", "StoreUnavailable", "redacted"]

@@ -1,0 +1,290 @@
+"""The trace stores side by side: the PostgreSQL store answers every read exactly as the SQLite
+store does over the same runs, keeps runs through a lost or refused connection, lets several
+routers share one database, and never shows the DSN's password.
+
+A private PostgreSQL server is started for the session (``tests/postgres_server.py``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from unhardcoded.config import ConfigError, load_settings
+from unhardcoded.traces import describe_store, open_store
+from unhardcoded.traces.postgres import PostgresStore, StoreUnavailable, redacted
+from unhardcoded.traces.sqlite import SQLiteStore
+from unhardcoded.traces.usage import Usage
+
+from .harness import policy, start_stack
+from .test_usage import MSG, traffic
+
+_NOW_MS = int(time.time() * 1000)
+
+
+def _rec(i: int, **kw: Any) -> dict:
+    rec = {"schema": "unhardcoded.trace/v1", "trace_id": f"tr_{i:032x}", "kind": "chat", "started_at_ms": _NOW_MS + i,
+           "status": "ok", "path": [], "answer": None, "usage": {}, "cost": {}, "latency": {}, "error": None}
+    rec.update(kw)
+    return rec
+
+
+class Tee:
+    """A sink that hands every run to two stores: the router writes the same runs to both."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def submit(self, run: Any) -> None:
+        self.first.submit(run)
+        self.second.submit(run)
+
+    def submit_record(self, record: Any, catalog: Any = None) -> None:
+        self.first.submit_record(record, catalog)
+        self.second.submit_record(record, catalog)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return self.first.flush(timeout) and self.second.flush(timeout)
+
+    def close(self) -> None:
+        self.first.close()
+        self.second.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.first, name)
+
+
+@pytest.fixture
+async def both(tmp_path, postgres_dsn):
+    """The router served with a sink that writes each run to a SQLite and a PostgreSQL store."""
+    lite = SQLiteStore(tmp_path / "traces.sqlite3", flush_ms=20)
+    pg = PostgresStore(postgres_dsn, flush_ms=20)
+    stack = await start_stack(tmp_path, store=Tee(lite, pg))
+    yield stack, lite, pg
+    await stack.close()
+    lite.close()
+    pg.close()
+
+
+async def test_postgres_answers_every_read_as_sqlite_does_over_the_same_routed_calls(both) -> None:
+    stack, lite, pg = both
+    await traffic(stack)  # 7 calls: routed, pinned, failed, a flow
+    for session in ("agent-7", "agent 7/b", "agent-7"):
+        await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"session": session})
+    assert stack.store.flush()
+    assert pg.count() == lite.count() == 10 and pg.written == lite.written and pg.errors == lite.errors == 0
+    rows, _ = lite.list(limit=100)
+    assert pg.list(limit=100) == (rows, None)
+    for row in rows:  # whole records, shared sections put back
+        assert pg.get(row["trace_id"]) == lite.get(row["trace_id"]) is not None
+        digest = (lite.get(row["trace_id"]).get("catalog") or {}).get("digest")
+        if digest:
+            assert pg.catalog_snapshot(digest) == lite.catalog_snapshot(digest) is not None
+    # every filter, and paging by cursor
+    one = rows[3]
+    for filters in ({"route": "family:gpt-5.5"}, {"status": "error"}, {"kind": "flow"}, {"session": "agent-7"},
+                    {"provider": one["provider"]}, {"model": one["model_family"]},
+                    {"policy": one["policy_identity"][:10].upper()}, {"policy": "pol_" + one["policy_identity"]},
+                    {"since_ms": one["started_at_ms"]}, {"until_ms": one["started_at_ms"]},
+                    {"since_ms": -(1 << 80), "until_ms": 1 << 80}, {"caller": "nobody"}):
+        assert pg.list(limit=100, **filters) == lite.list(limit=100, **filters), filters
+        assert pg.records(limit=100, **filters) == lite.records(limit=100, **filters), filters
+    assert pg.list(limit=100, policy=one["policy_identity"][:10].upper())[0]  # a prefix, in any case
+    cursor_pg = cursor_lite = None
+    for _ in range(4):
+        page_pg, cursor_pg = pg.list(limit=3, cursor=cursor_pg)
+        page_lite, cursor_lite = lite.list(limit=3, cursor=cursor_lite)
+        assert page_pg == page_lite and cursor_pg == cursor_lite
+    assert cursor_pg is None
+    # what usage reports, session lists, session totals and caller budgets are built from
+    for filters in ({}, {"route": "family:gpt-5.5"}, {"kind": "flow"}):
+        assert pg.usage(Usage(), **filters).report() == lite.usage(Usage(), **filters).report()
+    assert pg.sessions() == lite.sessions() and pg.sessions()[1] == 2
+    assert pg.sessions(limit=1, offset=1) == lite.sessions(limit=1, offset=1)
+    assert pg.session_totals("agent-7") == lite.session_totals("agent-7") and pg.session_totals("agent-7")["calls"] == 2
+    assert pg.session_totals("nope") is None
+    window = _NOW_MS - 3_600_000
+    assert pg.caller_usage("nobody", window, window) == lite.caller_usage("nobody", window, window)
+
+
+async def test_a_router_on_postgres_serves_receipts_replays_and_usage_over_http(tmp_path, postgres_dsn) -> None:
+    store = PostgresStore(postgres_dsn, flush_ms=20)
+    stack = await start_stack(tmp_path, store=store)
+    try:
+        r = await stack.client.chat.completions.create(
+            model="", messages=MSG, extra_body={"policy_ir": policy(["cmp", "bench_intelligence", "ge", 0.5])})
+        tid = r.model_extra["x_router"]["trace_id"]
+        assert store.flush()
+        status, listed = await stack.get("/x/traces?limit=10")
+        assert status == 200 and [row["trace_id"] for row in listed["data"]] == [tid]
+        status, rec = await stack.get(f"/x/traces/{tid}")
+        assert status == 200 and rec["trace_id"] == tid and rec["decision"]["digest"]
+        status, same = await stack.post("/x/replay", {"trace_id": tid})
+        assert status == 200 and same["identical"] is True, same
+        status, usage = await stack.get("/v1/usage")
+        assert status == 200 and usage["totals"]["requests"] == 1
+        status, health = await stack.get("/healthz")
+        assert health.get("traces_failing_since_ms") is None
+    finally:
+        await stack.close()
+        store.close()
+
+
+def test_a_second_write_of_a_trace_id_replaces_the_first_and_purge_drops_what_is_old(postgres_dsn) -> None:
+    store = PostgresStore(postgres_dsn, flush_ms=10)
+    try:
+        store.submit_record(_rec(1, status="error"))
+        store.submit_record(_rec(2))
+        assert store.flush()
+        store.submit_record(_rec(1, status="ok", route={"model": "family:x"}))
+        old = _rec(3, started_at_ms=_NOW_MS - 90 * 86_400_000)
+        store.submit_record(old)
+        assert store.flush()
+        assert store.count() == 3 and store.get(_rec(1)["trace_id"])["status"] == "ok"
+        assert store.list(route="family:x")[0][0]["status"] == "ok"
+        assert store.purge(older_than_ms=_NOW_MS - 86_400_000) == 1
+        assert store.get(old["trace_id"]) is None and store.count() == 2
+    finally:
+        store.close()
+
+
+def test_a_nul_in_a_summary_column_is_kept_as_u_fffd_and_still_matches(postgres_dsn) -> None:
+    """PostgreSQL's text cannot hold U+0000: such a column is stored as U+FFFD (the record, JSON,
+    keeps it escaped), and a filter with the same value finds it, instead of the batch being lost."""
+    store = PostgresStore(postgres_dsn, flush_ms=10)
+    try:
+        store.submit_record(_rec(1, session="a\x00b"))
+        store.submit_record(_rec(2, session="plain"))
+        assert store.flush() and store.dropped == 0 and store.written == 2
+        assert store.get(_rec(1)["trace_id"])["session"] == "a\x00b"
+        rows, _ = store.list(session="a\x00b")
+        assert [r["session"] for r in rows] == ["a\ufffdb"]
+        assert store.session_totals("a\x00b")["calls"] == 1
+    finally:
+        store.close()
+
+
+def test_routers_sharing_one_database_read_each_others_receipts(postgres_dsn) -> None:
+    made: list[Any] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:  # routers starting together create the tables once, without a race
+        try:
+            made.append(PostgresStore(postgres_dsn, flush_ms=10))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(made) == 4
+    try:
+        for n, store in enumerate(made):
+            store.submit_record(_rec(n, caller=f"router-{n}"))
+        assert all(s.flush() for s in made)
+        for store in made:
+            assert store.count() == 4
+            assert {r["caller"] for r in store.list(limit=10)[0]} == {f"router-{n}" for n in range(4)}
+    finally:
+        for store in made:
+            store.close()
+
+
+def _writer_pids(admin_dsn: str, dbname: str) -> list[int]:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                                           "AND pid <> pg_backend_pid()", (dbname,))]
+
+
+def _dbname(dsn: str) -> str:
+    return dict(p.split("=", 1) for p in dsn.split())["dbname"]
+
+
+def test_a_lost_connection_is_opened_again_and_loses_no_run(postgres_server, postgres_dsn) -> None:
+    store = PostgresStore(postgres_dsn, flush_ms=10)
+    try:
+        store.submit_record(_rec(1))
+        assert store.flush()
+        with psycopg.connect(postgres_server.admin_dsn, autocommit=True) as admin:  # the server drops us
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                          "AND pid <> pg_backend_pid()", (_dbname(postgres_dsn),))
+        store.submit_record(_rec(2))
+        assert store.flush(15)
+        assert store.count() == 2 and store.dropped == 0 and store.failing_since_ms is None
+    finally:
+        store.close()
+
+
+def test_while_the_database_refuses_connections_runs_are_kept_and_written_once_it_accepts(
+        postgres_server, postgres_dsn) -> None:
+    password_dsn = postgres_dsn + " password=hunter2-not-a-real-one"  # trust auth: the password is not asked for
+    store = PostgresStore(password_dsn, flush_ms=10)
+    name = _dbname(postgres_dsn)
+    try:
+        store.submit_record(_rec(1))
+        assert store.flush()
+        with psycopg.connect(postgres_server.admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            store.submit_record(_rec(2))
+            store.submit_record(_rec(3))
+            deadline = time.monotonic() + 10
+            while store.failing_since_ms is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert store.failing_since_ms is not None and store.pending == 2 and store.dropped == 0
+            assert "hunter2" not in (store.last_error or "") and "hunter2" not in store.path
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert store.flush(20)
+        assert store.failing_since_ms is None and store.pending == 0 and store.count() == 3
+    finally:
+        store.close()
+
+
+def test_the_dsn_password_is_never_shown(postgres_server) -> None:
+    assert redacted("postgresql://router:s3cret@db.internal:6543/traces") == "postgresql://router@db.internal:6543/traces"
+    assert redacted("host=db user=router password=s3cret dbname=traces") == "postgresql://router@db/traces"
+    port = postgres_server.admin_dsn.split("port=")[1].split()[0]
+    with pytest.raises(StoreUnavailable) as exc:  # a database that does not exist: the server says so
+        PostgresStore(f"postgresql://postgres:s3cret@127.0.0.1:{port}/no_such_db?connect_timeout=5")
+    assert "s3cret" not in str(exc.value) and "no_such_db" in str(exc.value)
+    assert isinstance(exc.value, OSError)  # the CLI's one-line error, exit 2
+
+
+def test_config_names_the_postgres_store_and_its_dsn(tmp_path, postgres_dsn, monkeypatch) -> None:
+    monkeypatch.delenv("UNHARDCODED_TRACE_DSN", raising=False)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[traces]\nstore = "postgres"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(str(cfg))
+    assert exc.value.path == "$.traces.dsn"
+    cfg.write_text('[traces]\nstore = "postgres"\ndsn = "postgresql://u:pw-secret@[bad"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(str(cfg))
+    assert exc.value.path == "$.traces.dsn" and "pw-secret" not in exc.value.message
+    cfg.write_text('[traces]\nstore = "postgres"\n')
+    monkeypatch.setenv("UNHARDCODED_TRACE_DSN", postgres_dsn + " password=pw-secret")
+    settings = load_settings(str(cfg))
+    assert "pw-secret" not in repr(settings) and "pw-secret" not in describe_store(settings)
+    store = open_store(settings)
+    try:
+        assert isinstance(store, PostgresStore) and store.name == "postgres"
+    finally:
+        store.close()
+
+
+def test_the_cli_reads_a_postgres_store(tmp_path, postgres_dsn, monkeypatch, capsys) -> None:
+    from unhardcoded.cli import main
+    store = PostgresStore(postgres_dsn, flush_ms=10)
+    try:
+        store.submit_record(_rec(7, route={"model": "family:cli"}))
+        assert store.flush()
+    finally:
+        store.close()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[traces]\nstore = "postgres"\ndsn = "{postgres_dsn}"\n')
+    assert main(["traces", "--config", str(cfg), "--data-dir", str(tmp_path / "none")]) == 0
+    assert "family:cli" in capsys.readouterr().out
