@@ -2,14 +2,16 @@
 store does over the same runs, keeps runs through a lost or refused connection, lets several
 routers share one database, and never shows the DSN's password.
 
-A private PostgreSQL server is started for the session (``tests/postgres_server.py``)."""
+A private PostgreSQL server is started for the session (``unhardcoded.testing.postgres``)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
 
+import openai
 import psycopg
 import pytest
 
@@ -127,7 +129,7 @@ async def test_a_router_on_postgres_serves_receipts_replays_and_usage_over_http(
         status, usage = await stack.get("/v1/usage")
         assert status == 200 and usage["totals"]["requests"] == 1
         status, health = await stack.get("/healthz")
-        assert health.get("traces_failing_since_ms") is None
+        assert health.get("traces_failing_since_ms") is None and health["traces_store"] == "postgres"
     finally:
         await stack.close()
         store.close()
@@ -288,3 +290,79 @@ def test_the_cli_reads_a_postgres_store(tmp_path, postgres_dsn, monkeypatch, cap
     cfg.write_text(f'[traces]\nstore = "postgres"\ndsn = "{postgres_dsn}"\n')
     assert main(["traces", "--config", str(cfg), "--data-dir", str(tmp_path / "none")]) == 0
     assert "family:cli" in capsys.readouterr().out
+
+
+async def test_while_the_database_is_down_calls_are_served_reads_are_503_and_nothing_is_lost(
+        tmp_path, postgres_server, postgres_dsn) -> None:
+    store = PostgresStore(postgres_dsn, flush_ms=20)
+    stack = await start_stack(tmp_path, store=store)
+    name = _dbname(postgres_dsn)
+    admin = psycopg.connect(postgres_server.admin_dsn, autocommit=True)
+    try:
+        await stack.client.chat.completions.create(model="", messages=MSG)
+        assert store.flush()
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        ids = []
+        for session in ("s-down-1", "s-down-2"):  # a new session's totals cannot be read: the call goes on
+            r = await stack.client.chat.completions.create(model="", messages=MSG, extra_body={"session": session})
+            ids.append(r.model_extra["x_router"]["trace_id"])
+        status, err = await stack.get("/x/traces?limit=5")
+        assert status == 503 and err["error"]["code"] == "store_unavailable"
+        assert err["error"]["type"] == "server_error"
+        status, err = await stack.get(f"/x/traces/{ids[0]}")
+        assert status == 503 and err["error"]["code"] == "store_unavailable"
+        deadline = time.monotonic() + 10
+        while store.failing_since_ms is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        status, health = await stack.get("/healthz")
+        assert health["traces_failing_since_ms"] is not None
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert await asyncio.to_thread(store.flush, 20)
+        status, listed = await stack.get("/x/traces?limit=5")
+        assert status == 200 and [r["trace_id"] for r in listed["data"]][:2] == ids[::-1]
+        assert store.dropped == 0 and store.failing_since_ms is None
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+        await stack.close()
+        store.close()
+
+
+async def test_two_routers_on_one_database_go_on_from_each_others_responses(tmp_path, postgres_dsn) -> None:
+    """Replicas behind a load balancer: a response answered by one is continued, read and
+    deleted through the other, and each lists the other's receipts."""
+    stacks = []
+    for n in range(2):
+        (tmp_path / str(n)).mkdir()
+        stacks.append(await start_stack(tmp_path / str(n), store=PostgresStore(postgres_dsn, flush_ms=20),
+                                        trace_store="postgres", trace_dsn=postgres_dsn))
+    a, b = stacks
+    try:
+        r1 = await a.client.responses.create(model="family:gpt-5.4-mini", input="My name is Ada")
+        r2 = await b.client.responses.create(model="family:gpt-5.4-mini", previous_response_id=r1.id,
+                                             input="What is my name?")
+        assert r2.previous_response_id == r1.id and r2.output_text == "Echo: What is my name?"
+        sent = [(m["role"], m["content"] if isinstance(m["content"], str) else m["content"][0]["text"])
+                for m in b.openai.requests[-1].body["messages"]]
+        assert sent == [("user", "My name is Ada"), ("assistant", "Echo: My name is Ada"), ("user", "What is my name?")]
+        assert not (tmp_path / "0" / "responses.sqlite3").exists()  # kept in the database, not on a replica
+        got = await b.client.responses.retrieve(r1.id)
+        assert got.output_text == "Echo: My name is Ada"
+        await a.client.responses.delete(r2.id)
+        with pytest.raises(openai.NotFoundError):
+            await b.client.responses.retrieve(r2.id)
+        for s in stacks:
+            assert s.store.flush()
+        for s in stacks:
+            status, listed = await s.get("/x/traces?limit=10")
+            assert status == 200 and {row["trace_id"] for row in listed["data"]} == \
+                {r1.model_extra["x_router"]["trace_id"], r2.model_extra["x_router"]["trace_id"]}
+        status, missing = await b.get("/v1/responses/resp_\u0000x")  # U+0000 cannot be an id here: 404, not 500
+        assert status == 404
+    finally:
+        for s in stacks:
+            await s.close()
+            s.store.close()
+            if s.app.response_store is not None:
+                s.app.response_store.close()

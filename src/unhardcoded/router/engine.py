@@ -724,6 +724,10 @@ class Router:
             return
         read = getattr(self.sink, "session_totals", None)
         stored = None
+        if read is not None and getattr(self.sink, "failing_since_ms", None) is not None:
+            # the store cannot commit now (a database down): a call does not wait on it to read
+            log.warning("session totals not read: the trace store is failing; this session is counted from here")
+            return
         if read is not None:
             try:
                 stored = await asyncio.to_thread(read, session, caller)

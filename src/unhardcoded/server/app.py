@@ -336,6 +336,12 @@ class App:
             if exc.type != "router_error":
                 self.router.meter.refuse(exc.status, exc.code)
             return exc.status, exc.body(), exc.headers
+        from ..traces.sqlstore import StoreUnavailable
+        if isinstance(exc, StoreUnavailable):  # the database is down or refusing: logged where it was seen
+            self.router.meter.refuse(503, "store_unavailable")
+            return 503, {"error": {"message": "the router's database cannot be used now; try again shortly",
+                                   "type": "server_error", "code": "store_unavailable", "param": None}}, \
+                [(b"retry-after", b"5")]
         trace = f"err_{int(time.time() * 1000):x}"
         log.error("internal error %s on %s %s", trace, method, path, exc_info=exc)
         return 500, {"error": {"message": f"internal error ({trace})", "type": "server_error",
@@ -758,6 +764,7 @@ class App:
         if hasattr(sink, "pending"):
             # traces handed to the writer and not yet committed: what a crash now would lose
             out["traces_pending"] = sink.pending
+            out["traces_store"] = getattr(sink, "name", None)  # sqlite or postgres; never where it is
             out["traces_written"] = getattr(sink, "written", None)
             # runs never stored (refused, or shed while the store could not write), and since when
             # it cannot: a full disk or a locked database shows here, not only in the log

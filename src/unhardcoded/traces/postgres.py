@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import psycopg
 from psycopg import conninfo
 
-from .sqlstore import _COLUMNS, SQLStore
+from .sqlstore import _COLUMNS, SQLStore, StoreUnavailable
 
 # pg_advisory_xact_lock's key while the tables are created: any constant unlikely to be another
 # application's ("unhc" in ASCII)
@@ -86,9 +86,6 @@ _SCHEMA = (
 _NUL = "\x00"
 
 
-class StoreUnavailable(ConnectionError):
-    """The database could not be reached or its tables not created (an ``OSError``: the CLI
-    prints it in one line and exits 2)."""
 
 
 def redacted(dsn: str) -> str:
@@ -159,7 +156,7 @@ class PostgresStore(SQLStore):
             if self._pool is None:
                 from psycopg_pool import ConnectionPool
                 self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
-                                            kwargs=self._connect_kw, name="unhardcoded-traces", timeout=10.0,
+                                            kwargs=self._connect_kw, name="unhardcoded-traces", timeout=3.0,
                                             open=True)
             with self._pool.connection() as conn:
                 yield conn
@@ -191,6 +188,9 @@ class PostgresStore(SQLStore):
         return [_clean(a) for a in args]
 
     # ---- secrets -------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
     @contextmanager
     def _guarded(self) -> Iterator[None]:
         """Errors raised inside, with the DSN's password (if any) taken out of their text."""
@@ -208,4 +208,122 @@ class PostgresStore(SQLStore):
             pool.close()
 
 
-__all__ = ["PostgresStore", "StoreUnavailable", "redacted"]
+_RESPONSES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS responses (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    caller TEXT COLLATE "C",
+    created_at_ms BIGINT NOT NULL,
+    previous_response_id TEXT,
+    response BYTEA NOT NULL,
+    input_items BYTEA NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at_ms)",
+)
+
+
+class PostgresResponseStore:
+    """``/v1/responses``' stored responses in the trace store's database (``traces/responses.py``
+    says what is kept), so a call to any router can go on from a response another answered.
+    Each method is one statement in autocommit: a response is committed before its answer is
+    sent. The methods block (the server calls them in a worker thread); a database that cannot
+    be reached is ``StoreUnavailable`` (a 503), never the driver's error."""
+
+    name = "postgres"
+
+    def __init__(self, dsn: str, *, retention_days: int | None = 30, pool_size: int = 4,
+                 connect_timeout_s: int = 10) -> None:
+        self._dsn = dsn
+        self._secret = conninfo.conninfo_to_dict(dsn).get("password") or None
+        self.path = redacted(dsn)
+        self.retention_days = retention_days
+        self._connect_kw = {"autocommit": True, "connect_timeout": connect_timeout_s,
+                            "application_name": "unhardcoded"}
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._last_purge = 0.0
+        with self._db() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))
+            for statement in _RESPONSES_SCHEMA:
+                conn.execute(statement)
+
+    @contextmanager
+    def _db(self) -> Iterator[psycopg.Connection]:
+        try:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+                self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
+                                            kwargs=self._connect_kw, name="unhardcoded-responses", timeout=3.0,
+                                            open=True)
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if self._secret:
+                text = text.replace(self._secret, "***")
+            raise StoreUnavailable(f"the response store {self.path} cannot be used now ({' '.join(text.split())})") \
+                from None
+
+    def put(self, entry: Any) -> None:
+        import orjson
+        row = [_clean(entry.id), entry.trace_id, _clean(entry.caller), entry.created_at_ms,
+               _clean(entry.previous_response_id), orjson.dumps(entry.response), orjson.dumps(entry.input_items)]
+        with self._db() as conn:
+            conn.execute("INSERT INTO responses (id, trace_id, caller, created_at_ms, previous_response_id, response, "
+                         "input_items) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                         "trace_id = EXCLUDED.trace_id, caller = EXCLUDED.caller, "
+                         "created_at_ms = EXCLUDED.created_at_ms, previous_response_id = EXCLUDED.previous_response_id, "
+                         "response = EXCLUDED.response, input_items = EXCLUDED.input_items", row)
+            self._maybe_purge(conn)
+
+    def get(self, response_id: str, caller: str | None = None) -> Any:
+        import orjson
+
+        from .responses import StoredResponse
+        with self._db() as conn:
+            row = conn.execute("SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, input_items "
+                               "FROM responses WHERE id = %s", (_clean(response_id),)).fetchone()
+        if row is None or (caller is not None and row[2] != caller):
+            return None
+        if self.retention_days and row[3] < self._horizon_ms():
+            return None  # expired, not purged yet
+        return StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
+
+    def delete(self, response_id: str, caller: str | None = None) -> bool:
+        with self._db() as conn:
+            if caller is None:
+                cur = conn.execute("DELETE FROM responses WHERE id = %s", (_clean(response_id),))
+            else:
+                cur = conn.execute("DELETE FROM responses WHERE id = %s AND caller = %s",
+                                   (_clean(response_id), _clean(caller)))
+        return cur.rowcount > 0
+
+    def count(self) -> int:
+        with self._db() as conn:
+            return conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def purge(self, *, older_than_ms: int) -> int:
+        with self._db() as conn:
+            return conn.execute("DELETE FROM responses WHERE created_at_ms < %s", (older_than_ms,)).rowcount
+
+    def _horizon_ms(self) -> int:
+        import time
+        return int(time.time() * 1000) - int(self.retention_days or 0) * 86_400_000
+
+    def _maybe_purge(self, conn: Any) -> None:
+        import time
+        if not self.retention_days:
+            return
+        now = time.monotonic()
+        if now - self._last_purge < 60.0:
+            return
+        self._last_purge = now
+        conn.execute("DELETE FROM responses WHERE created_at_ms < %s", (self._horizon_ms(),))
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+__all__ = ["PostgresResponseStore", "PostgresStore", "StoreUnavailable", "redacted"]

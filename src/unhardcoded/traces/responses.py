@@ -18,7 +18,9 @@ deleted, as traces are.
 
 Unlike a trace, a stored response is committed before its answer is sent (a client may go on
 from it at once), in its own SQLite file beside the trace store, so its commit never waits on
-the trace writer's batches. The methods block: the server calls them in a worker thread.
+the trace writer's batches. With the PostgreSQL trace store it is kept in the same database
+instead (``postgres.PostgresResponseStore``), so any router can go on from a response another
+answered. The methods block: the server calls them in a worker thread.
 """
 
 from __future__ import annotations
@@ -147,6 +149,9 @@ def open_response_store(settings: Any) -> ResponseStore | None:
     (``[traces] store_responses = false``)."""
     if not getattr(settings, "store_responses", True):
         return None
+    if getattr(settings, "trace_store", "sqlite") == "postgres":  # beside the traces, for every router
+        from .postgres import PostgresResponseStore
+        return PostgresResponseStore(settings.trace_dsn, retention_days=settings.retention_days)  # type: ignore[return-value]
     return ResponseStore(Path(settings.data_dir) / "responses.sqlite3", retention_days=settings.retention_days)
 
 

@@ -148,6 +148,11 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise ValueError("malformed cursor") from exc
 
 
+class StoreUnavailable(ConnectionError):
+    """The database cannot be reached or read now (an ``OSError``: the CLI prints it in one line
+    and exits 2; the server answers 503 ``store_unavailable``)."""
+
+
 class SQLStore:
     """The writer and the reads; a subclass names its dialect: how to connect and create its
     tables (``_bootstrap``, ``_open``, ``_reading``), its placeholders (``_q``), its upserts and
@@ -215,6 +220,21 @@ class SQLStore:
         """A connection for one read."""
         raise NotImplementedError
         yield
+
+    @contextmanager
+    def _read_conn(self) -> Iterator[Any]:
+        """A connection for one read; a failure of the database while reading is logged and
+        raised as ``StoreUnavailable`` (the server's 503), never as the driver's own error."""
+        try:
+            with self._reading() as conn:
+                yield conn
+        except self._Error as exc:
+            log.warning("trace store %s cannot be read: %s", self.path, self._scrub(f"{type(exc).__name__}: {exc}"))
+            raise StoreUnavailable(f"the trace store {self.path} cannot be read now") from None
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without any secret of the store's (a password in its DSN)."""
+        return text
 
     def _q(self, sql: str) -> str:
         """``sql`` with ``?`` placeholders, as the driver takes it."""
@@ -435,11 +455,11 @@ class SQLStore:
 
     def _failing(self, exc: BaseException) -> None:
         """Note a failure that can pass: the store is failing since now, if it was not already."""
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = self._scrub(f"{type(exc).__name__}: {exc}")
         if self.failing_since_ms is None:
             self.failing_since_ms = int(time.time() * 1000)
             log.warning("trace store %s cannot commit (%s); keeping the runs and trying again",
-                        self.path, self.last_error)
+                        self.path, self._scrub(self.last_error))
             with self._room:
                 self._room.notify_all()  # a submit waiting for room should not wait for this
 
@@ -501,10 +521,15 @@ class SQLStore:
         reason that can pass: the caller keeps the batch for the next try); or ``dropped``
         (refused for good, or any failure on the ``last`` try), counted in ``dropped``.
         ``conn`` None: the database cannot be reached now (a failure that can pass)."""
+        if (batch.rows or batch.catalogs) and conn is None:  # not reached: _connection said why
+            self.errors += 1
+            if not last:
+                return "kept"
+            self.dropped += batch.items
+            self._settle(batch)
+            return "dropped"
         if batch.rows or batch.catalogs:
             try:
-                if conn is None:
-                    raise self._Transient(self.last_error or "no connection")
                 conn.execute("BEGIN")
                 now_ms = int(time.time() * 1000)
                 until = now_ms + _TOUCH_AHEAD_MS
@@ -544,7 +569,7 @@ class SQLStore:
                 if isinstance(exc, self._Transient) and not last:
                     self._failing(exc)
                     return "kept"
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = self._scrub(f"{type(exc).__name__}: {exc}")
                 self.dropped += batch.items
                 if not last:  # closing reports its own total
                     log.error("trace store %s refused a batch of %d runs (%s); they are not stored",
@@ -633,7 +658,7 @@ class SQLStore:
     def purge(self, *, older_than_ms: int, conn: Any = None, batch: int = 1000) -> int:
         """Delete records that started before ``older_than_ms``, a batch per transaction."""
         if conn is None:
-            with self._reading() as own:
+            with self._read_conn() as own:
                 return self.purge(older_than_ms=older_than_ms, conn=own, batch=batch)
         q = self._q
         total = 0
@@ -653,12 +678,12 @@ class SQLStore:
 
     # ---- reading -------------------------------------------------------------
     def get(self, trace_id: str) -> dict[str, Any] | None:
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             row = conn.execute(self._q("SELECT record FROM traces WHERE trace_id = ?"), self._args([trace_id])).fetchone()
             return self._inflate(conn, json.loads(row[0])) if row else None
 
     def catalog_snapshot(self, digest: str) -> dict[str, Any] | None:
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             row = conn.execute(self._q("SELECT snapshot FROM catalogs WHERE digest = ?"), self._args([digest])).fetchone()
         return json.loads(row[0]) if row else None
 
@@ -704,7 +729,7 @@ class SQLStore:
         where, args = self._where(cursor=cursor, **filters)
         sql = f"SELECT {', '.join(_COLUMNS)} FROM traces{where} ORDER BY started_at_ms DESC, trace_id DESC LIMIT ?"
         args.append(limit + 1)
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             rows = [dict(zip(_COLUMNS, r)) for r in conn.execute(self._q(sql), self._args(args))]
         nxt = None
         if len(rows) > limit:
@@ -721,7 +746,7 @@ class SQLStore:
         where, args = self._where(cursor=cursor, **filters)
         sql = f"SELECT started_at_ms, trace_id, record FROM traces{where} ORDER BY started_at_ms DESC, trace_id DESC LIMIT ?"
         args.append(limit + 1)
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             raw = conn.execute(self._q(sql), self._args(args)).fetchall()
             nxt = None
             if len(raw) > limit:
@@ -746,7 +771,7 @@ class SQLStore:
         from decimal import Decimal
 
         from ..costs import usd_text
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             rows = conn.execute(self._q("SELECT status, provider, tokens_in, tokens_out, tokens_cached, cost_usd, "
                                         "started_at_ms, finished_at_ms FROM traces WHERE session = ?"
                                         + (" AND caller = ?" if caller is not None else "")),
@@ -776,7 +801,7 @@ class SQLStore:
         sql = (f"SELECT {', '.join(_COLUMNS)}, CASE WHEN kind = 'flow' THEN record END FROM traces{where} "
                "ORDER BY started_at_ms DESC, trace_id DESC")
         n = len(_COLUMNS)
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             for r in self._rows(conn, sql, self._args(args)):
                 row = dict(zip(_COLUMNS, r))
                 if r[n] is not None:
@@ -796,7 +821,7 @@ class SQLStore:
         from ..costs import usd_text
         where, args = self._where(**filters)
         where = (where + " AND" if where else " WHERE") + " session IS NOT NULL"
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             args = self._args(args)
             q = self._q
             total = conn.execute(q(f"SELECT COUNT(DISTINCT session) FROM traces{where}"), args).fetchone()[0]
@@ -831,7 +856,7 @@ class SQLStore:
         tokens) of each that finished since ``minute_ms``. A flow counts once, with its nodes'
         sums."""
         from decimal import Decimal
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             rows = conn.execute(self._q("SELECT started_at_ms, finished_at_ms, cost_usd, tokens_in, tokens_out, status "
                                         "FROM traces WHERE caller = ? AND started_at_ms >= ?"),
                                 self._args([caller, _in_int64(min(window_ms, minute_ms - 86_400_000))])).fetchall()
@@ -850,5 +875,5 @@ class SQLStore:
         return calls, unpriced, spent, recent
 
     def count(self) -> int:
-        with self._reading() as conn:
+        with self._read_conn() as conn:
             return conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0]

@@ -1,13 +1,12 @@
-"""A private PostgreSQL server on loopback for the tests of the PostgreSQL trace store.
+"""A private PostgreSQL server on loopback, for the tests and benchmarks of the PostgreSQL
+trace store.
 
 ``UNHARDCODED_TEST_POSTGRES_DSN`` names a server to use instead (its user must be able to
 create databases). Otherwise a new cluster is made with the machine's ``initdb`` (Debian's
 ``postgresql`` package; ``.ci/run`` installs it) in a temporary folder and served by ``postgres``
-on a free loopback port for the test session, then stopped and removed. As root, it runs as the
-``postgres`` user (PostgreSQL refuses to run as root).
-
-Where no server can be had, the tests that need one are skipped, unless
-``UNHARDCODED_REQUIRE_POSTGRES=1`` (CI sets it): then they fail, so CI cannot pass without them.
+on a free loopback port, then stopped and removed by ``stop()``. As root, it runs as the
+``postgres`` user (PostgreSQL refuses to run as root). Durability is off (``fsync=off``): it is a
+scratch server. Where none can be had, ``Unavailable`` says why.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-
-import pytest
 
 
 def _binaries() -> str | None:
@@ -39,18 +36,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Unavailable(RuntimeError):
+    """No PostgreSQL server can be had here; the message says why."""
+
+
 class PostgresServer:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.root: str | None = None
+        self.pid: int | None = None  # the postmaster's, where this started it
         self.admin_dsn = os.environ.get("UNHARDCODED_TEST_POSTGRES_DSN", "")
         if not self.admin_dsn:
             self._start()
 
     def _unavailable(self, why: str) -> None:
-        if os.environ.get("UNHARDCODED_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL is required here (UNHARDCODED_REQUIRE_POSTGRES=1) but {why}")
-        pytest.skip(f"no PostgreSQL server for these tests: {why}")
+        if self.root:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+        raise Unavailable(why)
 
     def _start(self) -> None:
         bindir = _binaries()
@@ -88,14 +91,44 @@ class PostgresServer:
         while True:
             try:
                 psycopg.connect(self.admin_dsn, connect_timeout=2).close()
+                self.pid = self._postmaster(data)
                 return
             except psycopg.OperationalError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.pid = None
                     with open(self.log) as f:
                         tail = f.read()[-400:]
                     self.stop()
                     self._unavailable(f"the server did not start: {tail}")
                 time.sleep(0.1)
+
+    @staticmethod
+    def _postmaster(data: str) -> int | None:
+        try:
+            with open(os.path.join(data, "postmaster.pid")) as f:
+                return int(f.readline())
+        except (OSError, ValueError):
+            return None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server's processes (the postmaster and its children: backends, writers)
+        have used so far; 0 where this did not start it."""
+        if self.pid is None:
+            return 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, ppid = int(entry), int(fields[1])
+            if pid == self.pid or ppid == self.pid:
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return total
 
     def database(self) -> str:
         """A new empty database; its DSN."""
