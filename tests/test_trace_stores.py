@@ -149,6 +149,12 @@ def test_a_second_write_of_a_trace_id_replaces_the_first_and_purge_drops_what_is
         assert store.list(route="family:x")[0][0]["status"] == "ok"
         assert store.purge(older_than_ms=_NOW_MS - 86_400_000) == 1
         assert store.get(old["trace_id"]) is None and store.count() == 2
+        # two versions of one trace in one batch (one COPY, one INSERT ... SELECT): the later wins
+        store.submit_record(_rec(9, status="error"))
+        store.submit_record(_rec(9, status="ok", route={"model": "family:y"}))
+        assert store.flush() and store.dropped == 0
+        assert store.get(_rec(9)["trace_id"])["status"] == "ok" and store.count() == 3
+        assert store.list(route="family:y")[0][0]["trace_id"] == _rec(9)["trace_id"]
     finally:
         store.close()
 
@@ -160,7 +166,9 @@ def test_a_nul_in_a_summary_column_is_kept_as_u_fffd_and_still_matches(postgres_
     try:
         store.submit_record(_rec(1, session="a\x00b"))
         store.submit_record(_rec(2, session="plain"))
-        assert store.flush() and store.dropped == 0 and store.written == 2
+        store.submit_record(_rec(3, route={"model": "family:\x00"}, caller="c\x00"))
+        assert store.flush() and store.dropped == 0 and store.written == 3
+        assert [r["caller"] for r in store.list(route="family:\x00")[0]] == ["c\ufffd"]
         assert store.get(_rec(1)["trace_id"])["session"] == "a\x00b"
         rows, _ = store.list(session="a\x00b")
         assert [r["session"] for r in rows] == ["a\ufffdb"]

@@ -247,6 +247,12 @@ class SQLStore:
     def _executemany(self, conn: Any, sql: str, rows: list[Any]) -> None:
         conn.executemany(sql, rows)
 
+    def _insert_traces(self, conn: Any, rows: list[tuple]) -> None:
+        """Insert (or replace) a batch's trace rows, offering the core back every few rows."""
+        for i in range(0, len(rows), _YIELD_ROWS):
+            self._executemany(conn, self._INSERT_TRACE, rows[i:i + _YIELD_ROWS])
+            _yield_cpu()
+
     def _bind(self, rows: list[tuple]) -> list[tuple]:
         """A batch's rows as the database takes them."""
         return rows
@@ -546,10 +552,7 @@ class SQLStore:
                 stale = sorted((dg, until, text) for dg, text in batch.sections.items() if touched.get(dg, 0) <= now_ms)
                 if stale:
                     self._executemany(conn, self._UPSERT_SECTION, stale)
-                rows = self._bind(batch.rows)
-                for i in range(0, len(rows), _YIELD_ROWS):
-                    self._executemany(conn, self._INSERT_TRACE, rows[i:i + _YIELD_ROWS])
-                    _yield_cpu()
+                self._insert_traces(conn, self._bind(batch.rows))
                 conn.execute("COMMIT")
                 for digest in renewed:
                     touched[digest] = until
