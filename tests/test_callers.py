@@ -548,3 +548,19 @@ def test_a_callers_envelope_in_the_config_is_json(tmp_path) -> None:
     assert e.value.path == "$.callers.d.envelope"
     s = _load(tmp_path, '[callers.d]\nkeys_sha256 = ["%s"]\nenvelope = \'["family_eq", "x"]\'' % sha("k"))
     assert s.callers["d"].envelope == ["family_eq", "x"]
+
+
+def test_a_shared_stores_spend_raises_the_count_and_never_lowers_it() -> None:
+    clock = Clock(T0)
+    lim = limits(clock, budget_usd=Decimal("1"), budget_window="day")
+    start = lim.window_start("a")
+    lim.settle("a", 10, Decimal("0.3"))
+    lim.merge("a", start, 5, 1, Decimal("0.2"))  # the store has not caught up with this router
+    u = lim.usage("a")["budget"]
+    assert (u["spent_usd"], u["unpriced_calls"]) == ("0.3", 1)
+    lim.merge("a", start, 7, 0, Decimal("0.9"))  # other routers spent more
+    assert lim.usage("a")["budget"]["spent_usd"] == "0.9" and lim.usage("a")["budget"]["calls"] == 7
+    clock.ms += 86_400_000  # the window turned after the read: a read of the old one is not applied
+    lim.merge("a", start, 9, 0, Decimal("5"))
+    assert lim.usage("a")["budget"]["spent_usd"] == "0"
+    assert lim.window_start("nobody") is None

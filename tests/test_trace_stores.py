@@ -374,3 +374,41 @@ async def test_two_routers_on_one_database_go_on_from_each_others_responses(tmp_
             s.store.close()
             if s.app.response_store is not None:
                 s.app.response_store.close()
+
+
+async def test_a_budget_spent_through_one_router_is_refused_by_the_others(tmp_path, postgres_dsn) -> None:
+    from decimal import Decimal
+
+    from unhardcoded.runtime.limits import CallerSpec
+    from .test_callers import sha
+    callers = {"b": CallerSpec("b", frozenset({sha("key-b")}), budget_usd=Decimal("0.000000001"))}
+    stacks, clients = [], []
+    for n in range(2):
+        (tmp_path / str(n)).mkdir()
+        s = await start_stack(tmp_path / str(n), store=PostgresStore(postgres_dsn, flush_ms=20), callers=callers,
+                              trace_store="postgres", trace_dsn=postgres_dsn)
+        stacks.append(s)
+        clients.append(openai.AsyncOpenAI(base_url=s.base_url, api_key="key-b", max_retries=0))
+    a, b = stacks
+    try:
+        r = await clients[0].chat.completions.create(model="", messages=MSG)  # spends the whole budget, on a
+        assert Decimal(str(r.model_extra["x_router"]["cost_usd"])) > 0
+        with pytest.raises(openai.RateLimitError):
+            await clients[0].chat.completions.create(model="", messages=MSG)
+        assert a.store.flush()
+        # b has not counted it yet: its next call goes through and has b read the shared spend
+        await clients[1].chat.completions.create(model="", messages=MSG)
+        deadline = time.monotonic() + 10
+        while Decimal(b.router.limits.usage("b")["budget"]["spent_usd"]) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        with pytest.raises(openai.RateLimitError) as exc:
+            await clients[1].chat.completions.create(model="", messages=MSG)
+        assert exc.value.code == "insufficient_quota"
+    finally:
+        for c in clients:
+            await c.close()
+        for s in stacks:
+            await s.close()
+            s.store.close()
+            if s.app.response_store is not None:
+                s.app.response_store.close()

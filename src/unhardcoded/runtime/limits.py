@@ -240,6 +240,23 @@ class CallerLimits:
                 _add(st.tokens, at, n)
                 st.tokens_sum += n
 
+    def window_start(self, name: str) -> int | None:
+        """Where the caller's current budget window began (None: no such caller)."""
+        spec = self.callers.get(name)
+        return None if spec is None else self._fresh(spec, self._clock()).window_start
+
+    def merge(self, name: str, window_start: int, calls: int, unpriced: int, spent: Decimal) -> None:
+        """Raise the budget window's counts to what a trace store that other routers share holds
+        (read since ``window_start``): never lower them, since this process's own calls may not
+        be committed yet. A window that has turned since the read is left as it is."""
+        spec = self.callers.get(name)
+        if spec is None:
+            return
+        st = self._fresh(spec, self._clock())
+        if st.window_start != window_start:
+            return
+        st.calls, st.unpriced, st.spent = max(st.calls, calls), max(st.unpriced, unpriced), max(st.spent, spent)
+
     def usage(self, name: str) -> dict[str, Any] | None:
         """The caller's limits and what it has used of them (None: no such caller)."""
         spec = self.callers.get(name)

@@ -111,6 +111,7 @@ def _clean(value: Any) -> Any:
 
 class PostgresStore(SQLStore):
     name = "postgres"
+    shared = True
     _Error = psycopg.Error
     _Transient = psycopg.OperationalError  # a lost connection, the server down, disk full, a deadlock
     _INSERT_TRACE = (f"INSERT INTO traces ({', '.join(_COLUMNS)}, record) "

@@ -159,6 +159,7 @@ class SQLStore:
     which of its errors can pass."""
 
     name = "sql"
+    shared = False  # whether other routers write to the same store (their callers' spend is read back)
     _Error: type[Exception] = Exception      # any failure the database reports
     _Transient: type[Exception] = Exception  # ... that can pass: the batch is kept and tried again
     _INSERT_TRACE = ""     # (columns..., record): insert, or replace the row of that trace id
