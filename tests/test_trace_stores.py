@@ -14,6 +14,7 @@ from typing import Any
 import openai
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from unhardcoded.config import ConfigError, load_settings
 from unhardcoded.traces import describe_store, open_store
@@ -412,3 +413,56 @@ async def test_a_budget_spent_through_one_router_is_refused_by_the_others(tmp_pa
             s.store.close()
             if s.app.response_store is not None:
                 s.app.response_store.close()
+
+
+_text = st.one_of(st.none(), st.sampled_from(["agent-7", "family:x", "oa", "m0", "c1", "ok", "error", "chat"]),
+                  st.text(max_size=12))
+_filters = st.fixed_dictionaries({}, optional={
+    "session": _text, "caller": _text, "route": _text, "provider": _text, "status": _text, "kind": _text,
+    "model": _text, "policy": st.one_of(_text, st.sampled_from(["ab", "AB", "pol_ab", "a%", "a_", "a\\\\", "ab" * 32])),
+    "since_ms": st.one_of(st.none(), st.integers(-(1 << 70), 1 << 70), st.just(_NOW_MS + 3)),
+    "until_ms": st.one_of(st.none(), st.integers(-(1 << 70), 1 << 70), st.just(_NOW_MS + 7)),
+})
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory, postgres_server):
+    """Both stores with the same 12 records (no U+0000: PostgreSQL keeps that as U+FFFD)."""
+    lite = SQLiteStore(tmp_path_factory.mktemp("lite") / "t.sqlite3", flush_ms=10)
+    pg = PostgresStore(postgres_server.database(), flush_ms=10)
+    for i in range(12):
+        rec = _rec(i, status=("ok", "error")[i % 2], kind=("chat", "flow")[i % 5 == 0],
+                   session=(None, "agent-7", "s2")[i % 3], caller=(None, "c1")[i % 2],
+                   route={"model": ("family:x", "")[i % 2]}, answer={"provider_id": ("oa", "an")[i % 3 == 0],
+                                                                    "model_family": "m0", "served_model_id": f"m0-{i}"},
+                   policy={"effective": {"identity": f"{'ab' if i < 6 else 'cd'}{i:062x}"}})
+        lite.submit_record(rec)
+        pg.submit_record(rec)
+    assert lite.flush() and pg.flush() and lite.count() == pg.count() == 12
+    yield lite, pg
+    lite.close()
+    pg.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(filters=_filters, limit=st.integers(1, 5))
+def test_any_filter_lists_the_same_rows_from_both_stores(filled, filters, limit) -> None:
+    lite, pg = filled
+    cursor_lite = cursor_pg = None
+    for _ in range(4):
+        page_lite, cursor_lite = lite.list(limit=limit, cursor=cursor_lite, **filters)
+        page_pg, cursor_pg = pg.list(limit=limit, cursor=cursor_pg, **filters)
+        assert page_pg == page_lite and cursor_pg == cursor_lite, filters
+        if cursor_lite is None:
+            break
+    assert pg.sessions(**filters) == lite.sessions(**filters)
+    assert pg.usage(Usage(), **filters).report() == lite.usage(Usage(), **filters).report()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(min_size=1, max_size=8).map(lambda t: t + "\x00"))
+def test_a_filter_with_u_0000_is_answered_not_raised(filled, value) -> None:
+    _lite, pg = filled
+    for key in ("session", "caller", "route", "provider", "model", "status", "kind", "policy"):
+        assert pg.list(**{key: value}) == ([], None)
+    assert pg.session_totals(value) is None and pg.get(value) is None

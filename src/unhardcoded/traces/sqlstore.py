@@ -78,6 +78,7 @@ _RETRY_FIRST_S = 0.1
 _RETRY_MAX_S = 5.0
 
 _COLUMNS = COLUMNS
+_HEX = "0123456789abcdef"
 
 # The writer inserts a batch a few rows at a time and offers the core back in between: on a
 # core it shares with the event loop, a request that arrives while the writer runs would
@@ -711,12 +712,14 @@ class SQLStore:
             args.append(_in_int64(until_ms))
         if policy:
             ident = policy.removeprefix("pol_").lower()  # identities are lower-case hex
-            if len(ident) == 64:
+            if ident.strip(_HEX):  # not hex: no identity starts so (and no LIKE wildcard or escape gets in)
+                where.append("0 = 1")
+            elif len(ident) == 64:
                 where.append("policy_identity = ?")
                 args.append(ident)
             else:
                 where.append("policy_identity LIKE ?")
-                args.append(ident.replace("%", "").replace("_", "") + "%")
+                args.append(ident + "%")
         if model:
             where.append("(model_family = ? OR served_model_id = ?)")
             args += [model, model]
