@@ -466,3 +466,61 @@ def test_a_filter_with_u_0000_is_answered_not_raised(filled, value) -> None:
     for key in ("session", "caller", "route", "provider", "model", "status", "kind", "policy"):
         assert pg.list(**{key: value}) == ([], None)
     assert pg.session_totals(value) is None and pg.get(value) is None
+
+
+def _serve_config(tmp_path, dsn: str) -> str:
+    cfg = tmp_path / "router.toml"
+    cfg.write_text(f'[traces]\nstore = "postgres"\ndsn = "{dsn}"\n')
+    return str(cfg)
+
+
+def test_unhardcoded_serve_on_postgres_stops_on_sigterm_with_every_answer_stored(tmp_path, postgres_dsn) -> None:
+    """The shipped server (granian, `unhardcoded serve --config`), loaded, then SIGTERM: its
+    drain commits every run to PostgreSQL."""
+    import signal
+
+    from .test_traces import _serve_under_load
+    done = _serve_under_load(tmp_path, 1.0, signal.SIGTERM, ("--config", _serve_config(tmp_path, postgres_dsn)))
+    assert done > 20
+    store = PostgresStore(postgres_dsn)
+    try:
+        assert store.count() == done
+        rows, _ = store.list(limit=5)
+        assert all(store.get(r["trace_id"])["status"] == "ok" for r in rows)
+    finally:
+        store.close()
+    assert not (tmp_path / "data" / "traces.sqlite3").exists()
+
+
+def test_kill_9_of_a_router_on_postgres_loses_at_most_max_pending_and_no_record_is_torn(tmp_path, postgres_dsn) -> None:
+    import signal
+
+    from .test_traces import _serve_under_load
+    done = _serve_under_load(tmp_path, 2.0, signal.SIGKILL, ("--config", _serve_config(tmp_path, postgres_dsn)))
+    store = PostgresStore(postgres_dsn)
+    try:
+        stored, cursor = [], None
+        while True:
+            page, cursor = store.records(limit=1000, cursor=cursor)
+            stored += page
+            if cursor is None:
+                break
+    finally:
+        store.close()
+    assert done > 50 and 0 <= done - len(stored) <= 2048, (done, len(stored))
+    assert all(r["status"] == "ok" and r["decision"]["digest"] for r in stored)  # every record whole
+
+
+def test_serve_with_an_unreachable_database_exits_2_in_one_line_without_the_password(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from .harness import free_port
+    port = free_port()  # nothing listens there
+    cfg = _serve_config(tmp_path, f"postgresql://router:s3cret-pw@127.0.0.1:{port}/traces?connect_timeout=3")
+    proc = subprocess.run([sys.executable, "-m", "unhardcoded.cli", "serve", "--config", cfg, "--port", "0",
+                           "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open the trace store postgresql://router@127.0.0.1:")
+    assert "s3cret-pw" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr

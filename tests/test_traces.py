@@ -412,7 +412,7 @@ policy = '["policy", ["meets_req"], ["zero"], ["argmax"], ["id"], ["always", {{"
 """
 
 
-def _serve_under_load(tmp_path, seconds: float, stop_signal: int) -> int:
+def _serve_under_load(tmp_path, seconds: float, stop_signal: int, extra: tuple[str, ...] = ()) -> int:
     """Run `unhardcoded serve` in its own process group, load it, stop it with a signal; return the answers."""
     with run_in_thread(Upstream("openai", key=KEYS["OA_KEY"])) as ups:
         cat = tmp_path / "catalog.toml"
@@ -420,7 +420,7 @@ def _serve_under_load(tmp_path, seconds: float, stop_signal: int) -> int:
         port = free_port()
         env = {**os.environ, "OA_KEY": KEYS["OA_KEY"]}
         proc = subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", "--catalog", str(cat),
-                                 "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                                 "--port", str(port), "--data-dir", str(tmp_path / "data"), *extra],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
         try:
