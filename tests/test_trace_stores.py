@@ -7,6 +7,7 @@ A private PostgreSQL server is started for the session (``unhardcoded.testing.po
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
@@ -524,3 +525,46 @@ def test_serve_with_an_unreachable_database_exits_2_in_one_line_without_the_pass
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot open the trace store postgresql://router@127.0.0.1:")
     assert "s3cret-pw" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
+async def test_unhardcoded_copy_moves_a_sqlite_history_into_postgres_whole(tmp_path, postgres_dsn, capsys) -> None:
+    from unhardcoded.cli import main
+    from unhardcoded.traces.replay import replay_record
+    stack = await start_stack(tmp_path)  # the embedded default: traces.sqlite3 and responses.sqlite3 in tmp_path
+    try:
+        await traffic(stack)
+        r1 = await stack.client.responses.create(model="family:gpt-5.4-mini", input="My name is Ada")
+        assert stack.store.flush()
+    finally:
+        await stack.close()
+    cfg = _serve_config(tmp_path, postgres_dsn)
+    for _ in range(2):  # copying again replaces each copy with itself
+        assert main(["copy", "--data-dir", str(tmp_path), "--to", cfg, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert (out["traces"], out["responses"]) == (8, 1) and out["catalogs"] >= 1
+    lite = SQLiteStore(tmp_path / "traces.sqlite3")
+    pg = PostgresStore(postgres_dsn)
+    try:
+        assert pg.count() == lite.count() == 8
+        assert pg.list(limit=100) == lite.list(limit=100)
+        for row in lite.list(limit=100)[0]:
+            rec = pg.get(row["trace_id"])
+            assert rec == lite.get(row["trace_id"])
+            if rec["kind"] == "chat" and rec["status"] == "ok":
+                snap = pg.catalog_snapshot(rec["catalog"]["digest"])
+                assert replay_record(rec, snap)["identical"] is True
+        assert pg.usage(Usage()).report() == lite.usage(Usage()).report()
+    finally:
+        lite.close()
+        pg.close()
+    from unhardcoded.traces.postgres import PostgresResponseStore
+    kept = PostgresResponseStore(postgres_dsn)
+    try:
+        got = kept.get(r1.id)
+        assert got is not None and got.response["output"][0]["content"][0]["text"] == r1.output_text == "ok"
+    finally:
+        kept.close()
+    same = tmp_path / "same.toml"
+    same.write_text(f'[traces]\ndata_dir = "{tmp_path}"\n')
+    assert main(["copy", "--data-dir", str(tmp_path), "--to", str(same)]) == 2
+    assert "same store" in capsys.readouterr().err

@@ -399,6 +399,48 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy(args: argparse.Namespace) -> int:
+    """Copy the store that --config/--data-dir name into the one --to's config names: every trace
+    with its catalog snapshots, and the stored responses (``traces/copy.py``)."""
+    from .config import load_settings
+    from .traces import describe_store, open_store
+    from .traces.copy import copy_responses, copy_traces
+    from .traces.responses import open_response_store
+
+    settings, source = _store_for(args)
+    target_settings = load_settings(args.to)
+    if describe_store(target_settings) == describe_store(settings):
+        raise CommandError(f"--to names the same store ({describe_store(settings)})")
+    target = open_store(target_settings)
+    try:
+        counts = copy_traces(source, target, progress=None if args.json else
+                             lambda n: print(f"  {n} traces copied", file=sys.stderr))
+    except (TimeoutError, RuntimeError) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        target.close()
+    counts["responses"] = 0
+    held = settings.trace_store != "sqlite" or (Path(settings.data_dir) / "responses.sqlite3").is_file()
+    src_responses = open_response_store(settings) if settings.store_responses and held else None
+    if src_responses is not None and src_responses.count():
+        dst_responses = open_response_store(target_settings)
+        if dst_responses is None:
+            raise CommandError("the source holds stored responses and --to's config keeps none "
+                               "(traces.store_responses = false)")
+        try:
+            counts["responses"] = copy_responses(src_responses, dst_responses)
+        finally:
+            dst_responses.close()
+            src_responses.close()
+    if args.json:
+        print(json.dumps({"from": describe_store(settings), "to": describe_store(target_settings), **counts}))
+    else:
+        print(f"copied {counts['traces']} traces ({counts['catalogs']} catalog snapshots) and "
+              f"{counts['responses']} stored responses from {describe_store(settings)} "
+              f"to {describe_store(target_settings)}")
+    return 0
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     """``GET /v1/usage`` without a server, over the trace store of ``--data-dir`` (every caller's
     calls, or ``--caller``'s)."""
@@ -562,6 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
         us.add_argument(f"--{name}")
     us.add_argument("--limit", type=_recent, default=0, help="with --json: the most recent this many calls too (0 to 500)")
     us.set_defaults(fn=cmd_usage)
+
+    cp = sub.add_parser("copy", help="copy every trace and stored response into the store another config names "
+                                     "(e.g. from the SQLite file to PostgreSQL)")
+    store_args(cp)
+    cp.add_argument("--to", required=True, metavar="CONFIG", help="the config file whose [traces] names the target")
+    cp.set_defaults(fn=cmd_copy)
 
     conf = sub.add_parser("conformance", help="conformance vectors")
     csub = conf.add_subparsers(dest="action", required=True)

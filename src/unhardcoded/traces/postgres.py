@@ -334,6 +334,24 @@ class PostgresResponseStore:
         with self._db() as conn:
             return conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
+    def entries(self) -> Iterator[Any]:
+        """Every stored response, oldest first (``traces/copy.py``), a page at a time."""
+        import orjson
+
+        from .responses import StoredResponse
+        after: tuple[int, str] = (-1, "")
+        while True:
+            with self._db() as conn:
+                rows = conn.execute(
+                    "SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, input_items "
+                    "FROM responses WHERE (created_at_ms, id) > (%s, %s) ORDER BY created_at_ms, id LIMIT 200",
+                    after).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
+            after = (rows[-1][3], rows[-1][0])
+
     def purge(self, *, older_than_ms: int) -> int:
         with self._db() as conn:
             return conn.execute("DELETE FROM responses WHERE created_at_ms < %s", (older_than_ms,)).rowcount

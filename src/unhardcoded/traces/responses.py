@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import orjson
 
@@ -120,6 +120,21 @@ class ResponseStore:
     def count(self) -> int:
         with self._lock:
             return self._db().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def entries(self) -> "Iterator[StoredResponse]":
+        """Every stored response, oldest first (``traces/copy.py``), a page at a time."""
+        after = (-1, "")
+        while True:
+            with self._lock:
+                rows = self._db().execute(
+                    "SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, input_items "
+                    "FROM responses WHERE (created_at_ms, id) > (?, ?) ORDER BY created_at_ms, id LIMIT 200",
+                    after).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
+            after = (rows[-1][3], rows[-1][0])
 
     def purge(self, *, older_than_ms: int) -> int:
         with self._lock:
