@@ -568,3 +568,25 @@ async def test_unhardcoded_copy_moves_a_sqlite_history_into_postgres_whole(tmp_p
     same.write_text(f'[traces]\ndata_dir = "{tmp_path}"\n')
     assert main(["copy", "--data-dir", str(tmp_path), "--to", str(same)]) == 2
     assert "same store" in capsys.readouterr().err
+
+
+def test_a_schema_in_the_dsn_keeps_two_deployments_apart_in_one_database(postgres_dsn) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA staging")
+        conn.execute("CREATE SCHEMA prod")
+    stores = {name: PostgresStore(f"{postgres_dsn} options=-csearch_path={name}", flush_ms=10)
+              for name in ("staging", "prod")}
+    try:
+        stores["staging"].submit_record(_rec(1))
+        stores["prod"].submit_record(_rec(2))
+        stores["prod"].submit_record(_rec(3))
+        assert all(s.flush() for s in stores.values())
+        assert stores["staging"].count() == 1 and stores["prod"].count() == 2
+        assert stores["staging"].get(_rec(2)["trace_id"]) is None
+    finally:
+        for s in stores.values():
+            s.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        tables = {r[0] for r in conn.execute("SELECT table_schema FROM information_schema.tables "
+                                             "WHERE table_name = 'traces'")}
+    assert tables == {"staging", "prod"}
