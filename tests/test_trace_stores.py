@@ -590,3 +590,43 @@ def test_a_schema_in_the_dsn_keeps_two_deployments_apart_in_one_database(postgre
         tables = {r[0] for r in conn.execute("SELECT table_schema FROM information_schema.tables "
                                              "WHERE table_name = 'traces'")}
     assert tables == {"staging", "prod"}
+
+
+def test_a_catalog_another_router_purged_is_written_again_when_used(postgres_dsn, monkeypatch) -> None:
+    """A router that knows a catalog snapshot is stored does not write it again; if another
+    router's retention purge removed it meanwhile (unused for the retention period), the next
+    record over it must bring it back, or that record could not replay."""
+    from unhardcoded.traces import sqlstore
+    from unhardcoded.traces.copy import _Snapshot
+    monkeypatch.setattr(sqlstore, "_TOUCH_AHEAD_MS", 0)  # every commit renews the stamp
+    snap = _Snapshot("c" * 64, {"routes": [], "note": "a catalog"})
+    a, b = PostgresStore(postgres_dsn, flush_ms=10), PostgresStore(postgres_dsn, flush_ms=10)
+    try:
+        b.submit_record(_rec(1, catalog={"digest": snap.digest}), snap)
+        assert b.flush() and a.catalog_snapshot(snap.digest) == snap.data
+        time.sleep(0.01)
+        a.purge(older_than_ms=int(time.time() * 1000) + 60_000)  # everything is past a's horizon
+        assert a.catalog_snapshot(snap.digest) is None and a.count() == 0
+        b.submit_record(_rec(2, catalog={"digest": snap.digest}), snap)
+        assert b.flush() and b.dropped == 0
+        assert a.catalog_snapshot(snap.digest) == snap.data
+    finally:
+        a.close()
+        b.close()
+
+
+def test_one_router_at_a_time_purges_a_shared_store(postgres_dsn) -> None:
+    a, b = (PostgresStore(postgres_dsn, flush_ms=10, retention_days=0) for _ in range(2))  # no purge of their own
+    try:
+        for i in range(3):
+            a.submit_record(_rec(i, started_at_ms=_NOW_MS - 90 * 86_400_000 + i))
+        assert a.flush()
+        with psycopg.connect(postgres_dsn, autocommit=True) as other:  # another router is purging
+            from unhardcoded.traces.postgres import _PURGE_LOCK
+            other.execute("SELECT pg_advisory_lock(%s)", (_PURGE_LOCK,))
+            assert b.purge(older_than_ms=_NOW_MS) == 0 and b.count() == 3
+            other.execute("SELECT pg_advisory_unlock(%s)", (_PURGE_LOCK,))
+        assert b.purge(older_than_ms=_NOW_MS) == 3 and a.count() == 0
+    finally:
+        a.close()
+        b.close()

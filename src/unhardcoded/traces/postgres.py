@@ -19,6 +19,10 @@ The writer, the batching and the reads are ``sqlstore.SQLStore``'s, as for SQLit
   order as SQLite's;
 * PostgreSQL's text cannot hold U+0000: in a summary column (a session name, say) it is stored,
   and matched in filters, as U+FFFD. The record itself is JSON, where it is escaped.
+* a batch's rows go in by ``COPY`` into the writer's own temporary table and one
+  ``INSERT ... SELECT ... ON CONFLICT`` from it (a quarter of the CPU of binding each row);
+* ``shared = True``: a named caller's budget is read back from here, so it is spent once across
+  routers (``server/app.py``); ``PostgresResponseStore`` keeps ``/v1/responses`` here too.
 
 The DSN's password never reaches a log, ``/healthz`` or an error message: the store is named by
 its DSN without it, and an error text that contains it has it replaced.
@@ -26,6 +30,7 @@ its DSN without it, and an error text that contains it has it replaced.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -38,9 +43,10 @@ from .sqlstore import _COLUMNS, _YIELD_ROWS, SQLStore, StoreUnavailable
 # pg_advisory_xact_lock's key while the tables are created: any constant unlikely to be another
 # application's ("unhc" in ASCII)
 _BOOTSTRAP_LOCK = 0x756E6863
+_PURGE_LOCK = _BOOTSTRAP_LOCK + 1  # held while one router deletes expired records
 
 _SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS traces (
+    """CREATE TABLE IF NOT EXISTS traces (
     trace_id TEXT COLLATE "C" PRIMARY KEY,
     started_at_ms BIGINT NOT NULL,
     finished_at_ms BIGINT,
@@ -139,6 +145,7 @@ class PostgresStore(SQLStore):
                             "application_name": "unhardcoded"}
         self._pool_size = pool_size
         self._pool: Any = None
+        self._pool_lock = threading.Lock()
         self._queries: dict[str, str] = {}
         super().__init__(redacted(dsn), **kw)
 
@@ -176,18 +183,35 @@ class PostgresStore(SQLStore):
                     sqlstore._yield_cpu()
         cur.execute(self._MERGE_IN)
 
+    def purge(self, *, older_than_ms: int, conn: Any = None, batch: int = 1000) -> int:
+        """As ``SQLStore.purge``, by one router at a time: every router sharing the database
+        runs its retention purge, and two deleting the same old rows at once would only wait
+        on (or deadlock over) each other's row locks. While another holds the purge's advisory
+        lock, this does nothing (0) and its next round tries again."""
+        if conn is None:
+            with self._read_conn() as own:
+                return self.purge(older_than_ms=older_than_ms, conn=own, batch=batch)
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_PURGE_LOCK,)).fetchone()[0]:
+            return 0
+        try:
+            return super().purge(older_than_ms=older_than_ms, conn=conn, batch=batch)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_PURGE_LOCK,))
+
     def _broken(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken)
 
     @contextmanager
     def _reading(self) -> Iterator[psycopg.Connection]:
         with self._guarded():
-            if self._pool is None:
-                from psycopg_pool import ConnectionPool
-                self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
-                                            kwargs=self._connect_kw, name="unhardcoded-traces", timeout=3.0,
-                                            open=True)
-            with self._pool.connection() as conn:
+            with self._pool_lock:  # reads run in worker threads: one pool, however many start at once
+                if self._pool is None:
+                    from psycopg_pool import ConnectionPool
+                    self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
+                                                kwargs=self._connect_kw, name="unhardcoded-traces", timeout=3.0,
+                                                open=True)
+                pool = self._pool
+            with pool.connection() as conn:
                 yield conn
 
     def _q(self, sql: str) -> str:
@@ -235,7 +259,8 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         super().close()
-        pool, self._pool = self._pool, None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
 
@@ -273,6 +298,7 @@ class PostgresResponseStore:
                             "application_name": "unhardcoded"}
         self._pool_size = pool_size
         self._pool: Any = None
+        self._pool_lock = threading.Lock()
         self._last_purge = 0.0
         with self._db() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))
@@ -282,12 +308,14 @@ class PostgresResponseStore:
     @contextmanager
     def _db(self) -> Iterator[psycopg.Connection]:
         try:
-            if self._pool is None:
-                from psycopg_pool import ConnectionPool
-                self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
-                                            kwargs=self._connect_kw, name="unhardcoded-responses", timeout=3.0,
-                                            open=True)
-            with self._pool.connection() as conn:
+            with self._pool_lock:
+                if self._pool is None:
+                    from psycopg_pool import ConnectionPool
+                    self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
+                                                kwargs=self._connect_kw, name="unhardcoded-responses", timeout=3.0,
+                                                open=True)
+                pool = self._pool
+            with pool.connection() as conn:
                 yield conn
         except psycopg.Error as exc:
             text = f"{type(exc).__name__}: {exc}"
@@ -371,7 +399,8 @@ class PostgresResponseStore:
         conn.execute("DELETE FROM responses WHERE created_at_ms < %s", (self._horizon_ms(),))
 
     def close(self) -> None:
-        pool, self._pool = self._pool, None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
 

@@ -110,7 +110,7 @@ class _Batch:
     def __init__(self) -> None:
         self.rows: list[tuple] = []
         self.catalogs: dict[str, Any] = {}
-        self.used_catalogs: set[str] = set()
+        self.used_catalogs: dict[str, Any] = {}  # digest -> the catalog, for every row that names one
         self.sections: dict[str, str] = {}
         self.barriers: list[Any] = []
         self.items = 0
@@ -491,7 +491,7 @@ class SQLStore:
                     return
                 rec = None
             if cat is not None:
-                batch.used_catalogs.add(cat.digest)
+                batch.used_catalogs[cat.digest] = cat
                 if cat.digest not in self._known_catalogs:
                     batch.catalogs[cat.digest] = cat
             if rec is None and item.flow is None:  # a routed call: its plan's part is written once
@@ -549,7 +549,12 @@ class SQLStore:
                                                         canonical(batch.catalogs[digest].snapshot()).decode("utf-8")))
                 for digest in sorted(batch.used_catalogs):
                     if touched.get(digest, 0) <= now_ms:
-                        conn.execute(self._TOUCH_CATALOG, (until, digest))
+                        cur = conn.execute(self._TOUCH_CATALOG, (until, digest))
+                        if cur.rowcount == 0 and digest not in batch.catalogs:
+                            # gone: purged by another router sharing the store after this one last
+                            # used it (a month idle). Its records must still replay: write it again.
+                            conn.execute(self._INSERT_CATALOG, (digest, now_ms, until, canonical(
+                                batch.used_catalogs[digest].snapshot()).decode("utf-8")))
                         renewed.append(digest)
                 stale = sorted((dg, until, text) for dg, text in batch.sections.items() if touched.get(dg, 0) <= now_ms)
                 if stale:
