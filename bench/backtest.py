@@ -45,10 +45,7 @@ async def fill(app: RSGIApp, body: bytes, calls: int, light: bool) -> None:
     router.sink.start()
     scope = inprocess.Scope(body)
     for i in range(calls):
-        p = inprocess.Proto(body)
-        await app.__rsgi__(scope, p)
-        if p.status != 200:
-            raise SystemExit(f"the chat endpoint answered {p.status}")
+        await inprocess.call_ok(app, scope, body)
         if i % 64 == 0:
             await asyncio.sleep(0)
     if not router.sink.flush(60):

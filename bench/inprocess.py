@@ -87,6 +87,14 @@ class Proto:
         return asyncio.get_running_loop().create_future()
 
 
+async def call_ok(app: Any, scope: Scope, body: bytes) -> None:
+    """One call of the chat endpoint, which must answer 200."""
+    p = Proto(body)
+    await app.__rsgi__(scope, p)
+    if p.status != 200:
+        raise SystemExit(f"the chat endpoint answered {p.status}")
+
+
 THRESHOLD = b'["cmp","bench_intelligence","ge",0.3]'
 
 

@@ -68,10 +68,7 @@ async def make_runs(n: int, work: Path) -> list[Any]:
     body = files["body_router"].read_bytes()
     scope = inprocess.Scope(body)
     for _ in range(n):
-        p = inprocess.Proto(body)
-        await app.__rsgi__(scope, p)
-        if p.status != 200:
-            raise SystemExit(f"the chat endpoint answered {p.status}")
+        await inprocess.call_ok(app, scope, body)
     return keep.all
 
 

@@ -38,6 +38,7 @@ import psycopg
 from psycopg import conninfo
 
 from . import sqlstore
+from .responses import _COLS as _RESPONSE_COLS, SQLResponseStore
 from .sqlstore import _COLUMNS, _YIELD_ROWS, SQLStore, StoreUnavailable
 
 # pg_advisory_xact_lock's key while the tables are created: any constant unlikely to be another
@@ -115,6 +116,42 @@ def _clean(value: Any) -> Any:
     return value.replace(_NUL, "\ufffd") if isinstance(value, str) and _NUL in value else value
 
 
+class _Connections:
+    """A DSN's connections: a pool made on first use (reads run in worker threads: one pool,
+    however many start at once), and its password kept out of any text shown."""
+
+    def __init__(self, dsn: str, size: int, connect_timeout_s: int, name: str) -> None:
+        self.dsn = dsn
+        self.secret = conninfo.conninfo_to_dict(dsn).get("password") or None
+        self.kw = {"autocommit": True, "connect_timeout": connect_timeout_s, "application_name": "unhardcoded"}
+        self.size, self.name = size, name
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, **self.kw)
+
+    @contextmanager
+    def pooled(self) -> Iterator[psycopg.Connection]:
+        with self._lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+                self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self.size, kwargs=self.kw,
+                                            name=self.name, timeout=3.0, open=True)
+            pool = self._pool
+        with pool.connection() as conn:
+            yield conn
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.secret, "***") if self.secret else text
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
 class PostgresStore(SQLStore):
     name = "postgres"
     shared = True
@@ -139,20 +176,14 @@ class PostgresStore(SQLStore):
     def __init__(self, dsn: str, *, pool_size: int = 4, connect_timeout_s: int = 10, **kw: Any) -> None:
         if not dsn:
             raise ValueError("the postgres trace store needs a DSN ([traces] dsn)")
-        self._dsn = dsn
-        self._secret = conninfo.conninfo_to_dict(dsn).get("password") or None
-        self._connect_kw = {"autocommit": True, "connect_timeout": connect_timeout_s,
-                            "application_name": "unhardcoded"}
-        self._pool_size = pool_size
-        self._pool: Any = None
-        self._pool_lock = threading.Lock()
+        self._conn = _Connections(dsn, pool_size, connect_timeout_s, "unhardcoded-traces")
         self._queries: dict[str, str] = {}
         super().__init__(redacted(dsn), **kw)
 
     # ---- the dialect ---------------------------------------------------------
     def _bootstrap(self) -> set[str]:
         try:
-            with self._guarded(), psycopg.connect(self._dsn, **self._connect_kw) as conn:
+            with self._guarded(), self._conn.connect() as conn:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))
                     for statement in _SCHEMA:
@@ -164,7 +195,7 @@ class PostgresStore(SQLStore):
 
     def _open(self) -> psycopg.Connection:
         with self._guarded():
-            conn = psycopg.connect(self._dsn, **self._connect_kw)
+            conn = self._conn.connect()
             try:  # the writer's own staging table: emptied by every commit
                 conn.execute("CREATE TEMP TABLE IF NOT EXISTS traces_in (LIKE traces) ON COMMIT DELETE ROWS")
             except BaseException:
@@ -203,16 +234,8 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _reading(self) -> Iterator[psycopg.Connection]:
-        with self._guarded():
-            with self._pool_lock:  # reads run in worker threads: one pool, however many start at once
-                if self._pool is None:
-                    from psycopg_pool import ConnectionPool
-                    self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                kwargs=self._connect_kw, name="unhardcoded-traces", timeout=3.0,
-                                                open=True)
-                pool = self._pool
-            with pool.connection() as conn:
-                yield conn
+        with self._guarded(), self._conn.pooled() as conn:
+            yield conn
 
     def _q(self, sql: str) -> str:
         got = self._queries.get(sql)
@@ -245,7 +268,7 @@ class PostgresStore(SQLStore):
 
     # ---- secrets -------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return self._conn.scrub(text)
 
     @contextmanager
     def _guarded(self) -> Iterator[None]:
@@ -253,16 +276,13 @@ class PostgresStore(SQLStore):
         try:
             yield
         except psycopg.Error as exc:
-            if self._secret and self._secret in str(exc):
-                raise type(exc)(str(exc).replace(self._secret, "***")) from None
+            if self._conn.secret and self._conn.secret in str(exc):
+                raise type(exc)(self._conn.scrub(str(exc))) from None
             raise
 
     def close(self) -> None:
         super().close()
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+        self._conn.close()
 
 
 _RESPONSES_SCHEMA = (
@@ -279,27 +299,22 @@ _RESPONSES_SCHEMA = (
 )
 
 
-class PostgresResponseStore:
+class PostgresResponseStore(SQLResponseStore):
     """``/v1/responses``' stored responses in the trace store's database (``traces/responses.py``
     says what is kept), so a call to any router can go on from a response another answered.
     Each method is one statement in autocommit: a response is committed before its answer is
-    sent. The methods block (the server calls them in a worker thread); a database that cannot
-    be reached is ``StoreUnavailable`` (a 503), never the driver's error."""
+    sent. A database that cannot be reached is ``StoreUnavailable`` (a 503), never the
+    driver's error."""
 
     name = "postgres"
+    _UPSERT = (f"INSERT INTO responses ({_RESPONSE_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+               "ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in (
+                   "trace_id", "caller", "created_at_ms", "previous_response_id", "response", "input_items")))
 
     def __init__(self, dsn: str, *, retention_days: int | None = 30, pool_size: int = 4,
                  connect_timeout_s: int = 10) -> None:
-        self._dsn = dsn
-        self._secret = conninfo.conninfo_to_dict(dsn).get("password") or None
-        self.path = redacted(dsn)
-        self.retention_days = retention_days
-        self._connect_kw = {"autocommit": True, "connect_timeout": connect_timeout_s,
-                            "application_name": "unhardcoded"}
-        self._pool_size = pool_size
-        self._pool: Any = None
-        self._pool_lock = threading.Lock()
-        self._last_purge = 0.0
+        super().__init__(redacted(dsn), retention_days=retention_days)
+        self._conn = _Connections(dsn, pool_size, connect_timeout_s, "unhardcoded-responses")
         with self._db() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))
             for statement in _RESPONSES_SCHEMA:
@@ -308,101 +323,20 @@ class PostgresResponseStore:
     @contextmanager
     def _db(self) -> Iterator[psycopg.Connection]:
         try:
-            with self._pool_lock:
-                if self._pool is None:
-                    from psycopg_pool import ConnectionPool
-                    self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                kwargs=self._connect_kw, name="unhardcoded-responses", timeout=3.0,
-                                                open=True)
-                pool = self._pool
-            with pool.connection() as conn:
+            with self._conn.pooled() as conn:
                 yield conn
         except psycopg.Error as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            if self._secret:
-                text = text.replace(self._secret, "***")
-            raise StoreUnavailable(f"the response store {self.path} cannot be used now ({' '.join(text.split())})") \
-                from None
+            text = " ".join(self._conn.scrub(f"{type(exc).__name__}: {exc}").split())
+            raise StoreUnavailable(f"the response store {self.path} cannot be used now ({text})") from None
 
-    def put(self, entry: Any) -> None:
-        import orjson
-        row = [_clean(entry.id), entry.trace_id, _clean(entry.caller), entry.created_at_ms,
-               _clean(entry.previous_response_id), orjson.dumps(entry.response), orjson.dumps(entry.input_items)]
-        with self._db() as conn:
-            conn.execute("INSERT INTO responses (id, trace_id, caller, created_at_ms, previous_response_id, response, "
-                         "input_items) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-                         "trace_id = EXCLUDED.trace_id, caller = EXCLUDED.caller, "
-                         "created_at_ms = EXCLUDED.created_at_ms, previous_response_id = EXCLUDED.previous_response_id, "
-                         "response = EXCLUDED.response, input_items = EXCLUDED.input_items", row)
-            self._maybe_purge(conn)
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", "%s")
 
-    def get(self, response_id: str, caller: str | None = None) -> Any:
-        import orjson
-
-        from .responses import StoredResponse
-        with self._db() as conn:
-            row = conn.execute("SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, input_items "
-                               "FROM responses WHERE id = %s", (_clean(response_id),)).fetchone()
-        if row is None or (caller is not None and row[2] != caller):
-            return None
-        if self.retention_days and row[3] < self._horizon_ms():
-            return None  # expired, not purged yet
-        return StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
-
-    def delete(self, response_id: str, caller: str | None = None) -> bool:
-        with self._db() as conn:
-            if caller is None:
-                cur = conn.execute("DELETE FROM responses WHERE id = %s", (_clean(response_id),))
-            else:
-                cur = conn.execute("DELETE FROM responses WHERE id = %s AND caller = %s",
-                                   (_clean(response_id), _clean(caller)))
-        return cur.rowcount > 0
-
-    def count(self) -> int:
-        with self._db() as conn:
-            return conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-
-    def entries(self) -> Iterator[Any]:
-        """Every stored response, oldest first (``traces/copy.py``), a page at a time."""
-        import orjson
-
-        from .responses import StoredResponse
-        after: tuple[int, str] = (-1, "")
-        while True:
-            with self._db() as conn:
-                rows = conn.execute(
-                    "SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, input_items "
-                    "FROM responses WHERE (created_at_ms, id) > (%s, %s) ORDER BY created_at_ms, id LIMIT 200",
-                    after).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                yield StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
-            after = (rows[-1][3], rows[-1][0])
-
-    def purge(self, *, older_than_ms: int) -> int:
-        with self._db() as conn:
-            return conn.execute("DELETE FROM responses WHERE created_at_ms < %s", (older_than_ms,)).rowcount
-
-    def _horizon_ms(self) -> int:
-        import time
-        return int(time.time() * 1000) - int(self.retention_days or 0) * 86_400_000
-
-    def _maybe_purge(self, conn: Any) -> None:
-        import time
-        if not self.retention_days:
-            return
-        now = time.monotonic()
-        if now - self._last_purge < 60.0:
-            return
-        self._last_purge = now
-        conn.execute("DELETE FROM responses WHERE created_at_ms < %s", (self._horizon_ms(),))
+    def _key(self, value: Any) -> Any:
+        return _clean(value)
 
     def close(self) -> None:
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+        self._conn.close()
 
 
 __all__ = ["PostgresResponseStore", "PostgresStore", "StoreUnavailable", "redacted"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -68,89 +69,127 @@ class StoredResponse:
         return [*self.input_items, *(self.response.get("output") or [])]
 
 
-class ResponseStore:
-    name = "sqlite"
+_COLS = "id, trace_id, caller, created_at_ms, previous_response_id, response, input_items"
 
-    def __init__(self, path: str | Path, *, retention_days: int | None = 30) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+class SQLResponseStore:
+    """The stored responses' reads and writes, in the SQL SQLite and PostgreSQL both speak; a
+    subclass says how to connect (``_db``: a connection for one call, ``?`` placeholders through
+    ``_q``) and how to insert or replace."""
+
+    name = "sql"
+    _UPSERT = ""  # (id, trace_id, caller, created_at_ms, previous_response_id, response, input_items)
+
+    def __init__(self, path: str, *, retention_days: int | None = 30) -> None:
+        self.path = path  # what logs name the store by: never a secret
         self.retention_days = retention_days
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
         self._last_purge = 0.0
-        with self._lock:
-            self._db().executescript(_SCHEMA)
 
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = _connect(self.path)
-        return self._conn
+    @contextmanager
+    def _db(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _key(self, value: Any) -> Any:
+        """A text value as the database can hold it."""
+        return value
+
+    @staticmethod
+    def _entry(row: Any) -> StoredResponse:
+        return StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
 
     def put(self, entry: StoredResponse) -> None:
         """Commit ``entry`` (a response id is a trace id: it is never reused)."""
-        row = (entry.id, entry.trace_id, entry.caller, entry.created_at_ms, entry.previous_response_id,
+        k = self._key
+        row = (k(entry.id), entry.trace_id, k(entry.caller), entry.created_at_ms, k(entry.previous_response_id),
                orjson.dumps(entry.response), orjson.dumps(entry.input_items))
-        with self._lock:
-            db = self._db()
-            db.execute("INSERT OR REPLACE INTO responses (id, trace_id, caller, created_at_ms, previous_response_id, "
-                       "response, input_items) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        with self._db() as db:
+            db.execute(self._UPSERT, row)
             self._maybe_purge(db)
 
     def get(self, response_id: str, caller: str | None = None) -> StoredResponse | None:
         """The stored response, or None: none by that id, or (``caller`` named) another caller's."""
-        with self._lock:
-            row = self._db().execute("SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, "
-                                     "input_items FROM responses WHERE id = ?", (response_id,)).fetchone()
+        with self._db() as db:
+            row = db.execute(self._q(f"SELECT {_COLS} FROM responses WHERE id = ?"), (self._key(response_id),)).fetchone()
         if row is None or (caller is not None and row[2] != caller):
             return None
         if self.retention_days and row[3] < self._horizon_ms():
             return None  # expired, not purged yet
-        return StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
+        return self._entry(row)
 
     def delete(self, response_id: str, caller: str | None = None) -> bool:
         """Delete it; False if there was none to delete (or, ``caller`` named, it is another's)."""
-        with self._lock:
+        with self._db() as db:
             if caller is None:
-                cur = self._db().execute("DELETE FROM responses WHERE id = ?", (response_id,))
+                cur = db.execute(self._q("DELETE FROM responses WHERE id = ?"), (self._key(response_id),))
             else:
-                cur = self._db().execute("DELETE FROM responses WHERE id = ? AND caller = ?", (response_id, caller))
+                cur = db.execute(self._q("DELETE FROM responses WHERE id = ? AND caller = ?"),
+                                 (self._key(response_id), self._key(caller)))
         return cur.rowcount > 0
 
     def count(self) -> int:
-        with self._lock:
-            return self._db().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        with self._db() as db:
+            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
-    def entries(self) -> "Iterator[StoredResponse]":
+    def entries(self) -> Iterator[StoredResponse]:
         """Every stored response, oldest first (``traces/copy.py``), a page at a time."""
-        after = (-1, "")
+        after: tuple[int, str] = (-1, "")
         while True:
-            with self._lock:
-                rows = self._db().execute(
-                    "SELECT id, trace_id, caller, created_at_ms, previous_response_id, response, input_items "
-                    "FROM responses WHERE (created_at_ms, id) > (?, ?) ORDER BY created_at_ms, id LIMIT 200",
-                    after).fetchall()
+            with self._db() as db:
+                rows = db.execute(self._q(f"SELECT {_COLS} FROM responses WHERE created_at_ms > ? OR "
+                                          "(created_at_ms = ? AND id > ?) ORDER BY created_at_ms, id LIMIT 200"),
+                                  (after[0], after[0], after[1])).fetchall()
             if not rows:
                 return
             for row in rows:
-                yield StoredResponse(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]))
+                yield self._entry(row)
             after = (rows[-1][3], rows[-1][0])
 
     def purge(self, *, older_than_ms: int) -> int:
-        with self._lock:
-            return self._db().execute("DELETE FROM responses WHERE created_at_ms < ?", (older_than_ms,)).rowcount
+        with self._db() as db:
+            return db.execute(self._q("DELETE FROM responses WHERE created_at_ms < ?"), (older_than_ms,)).rowcount
 
     def _horizon_ms(self) -> int:
         return int(time.time() * 1000) - int(self.retention_days or 0) * 86_400_000
 
-    def _maybe_purge(self, db: sqlite3.Connection) -> None:
+    def _maybe_purge(self, db: Any) -> None:
         if not self.retention_days:
             return
         now = time.monotonic()
         if now - self._last_purge < _PURGE_EVERY_S:
             return
         self._last_purge = now
-        db.execute("DELETE FROM responses WHERE created_at_ms < ?", (self._horizon_ms(),))
+        db.execute(self._q("DELETE FROM responses WHERE created_at_ms < ?"), (self._horizon_ms(),))
+
+    def close(self) -> None:
+        pass
+
+
+class ResponseStore(SQLResponseStore):
+    """In their own SQLite file beside the trace store: one connection, used under a lock."""
+
+    name = "sqlite"
+    _UPSERT = f"INSERT OR REPLACE INTO responses ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+    def __init__(self, path: str | Path, *, retention_days: int | None = 30) -> None:
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path, retention_days=retention_days)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = _connect(self.path)
+            yield self._conn
 
     def close(self) -> None:
         with self._lock:
