@@ -630,3 +630,33 @@ def test_one_router_at_a_time_purges_a_shared_store(postgres_dsn) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_commit_stuck_behind_a_lock_gives_up_keeps_its_runs_and_writes_them_later(postgres_dsn, monkeypatch) -> None:
+    import unhardcoded.traces.postgres as pgmod
+    real = pgmod.PostgresStore._open
+
+    seen = []
+
+    def short(self):  # the writer gives up after 200 ms instead of 30 s
+        conn = real(self)
+        seen.append(conn.execute("SHOW statement_timeout").fetchone()[0])
+        conn.execute("SET statement_timeout = 200")
+        return conn
+    monkeypatch.setattr(pgmod.PostgresStore, "_open", short)
+    store = PostgresStore(postgres_dsn, flush_ms=10)
+    try:
+        store.submit_record(_rec(1))
+        assert store.flush()
+        with psycopg.connect(postgres_dsn) as other:  # another session holds the table
+            other.execute("LOCK TABLE traces IN ACCESS EXCLUSIVE MODE")
+            store.submit_record(_rec(2))
+            deadline = time.monotonic() + 10
+            while store.failing_since_ms is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert store.failing_since_ms is not None and "QueryCanceled" in store.last_error
+            assert store.pending == 1
+        assert store.flush(20) and store.count() == 2 and store.dropped == 0
+        assert seen and set(seen) == {"30s"}  # as shipped, SQLite's busy timeout
+    finally:
+        store.close()

@@ -198,6 +198,9 @@ class PostgresStore(SQLStore):
             conn = self._conn.connect()
             try:  # the writer's own staging table: emptied by every commit
                 conn.execute("CREATE TEMP TABLE IF NOT EXISTS traces_in (LIKE traces) ON COMMIT DELETE ROWS")
+                # as SQLite's busy timeout: a commit stuck behind another session's lock gives up
+                # (an OperationalError: the batch is kept and tried again) instead of waiting for ever
+                conn.execute("SET statement_timeout = 30000")
             except BaseException:
                 conn.close()
                 raise
