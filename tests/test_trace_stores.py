@@ -24,6 +24,7 @@ from unhardcoded.traces.sqlite import SQLiteStore
 from unhardcoded.traces.usage import Usage
 
 from .harness import policy, start_stack
+from .test_http_fuzz import _trace_queries
 from .test_usage import MSG, traffic
 
 _NOW_MS = int(time.time() * 1000)
@@ -660,3 +661,38 @@ def test_a_commit_stuck_behind_a_lock_gives_up_keeps_its_runs_and_writes_them_la
         assert seen and set(seen) == {"30s"}  # as shipped, SQLite's busy timeout
     finally:
         store.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_dsn(postgres_server) -> str:
+    return postgres_server.database()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(query=st.one_of(st.just({"session": "a\x00"}), st.just({"route": "\x00", "since": "0"}),
+                       _trace_queries),
+       trace_id=st.text(min_size=1, max_size=12))
+async def test_on_postgres_the_get_endpoints_never_a_500_whatever_the_query(tmp_path_factory, fuzz_dsn,
+                                                                            query, trace_id) -> None:
+    """As tests/test_http_fuzz.py, on a router whose traces and responses are in PostgreSQL:
+    U+0000, times past 64 bits, bytes that are not UTF-8 get an answer or a 4xx, never a 500."""
+    from urllib.parse import quote, urlencode
+    store = PostgresStore(fuzz_dsn, flush_ms=20)
+    s = await start_stack(tmp_path_factory.mktemp("pgfuzz"), store=store, trace_store="postgres", trace_dsn=fuzz_dsn)
+    try:
+        answers = [await s.get("/x/traces?" + urlencode(query)),
+                   await s.get("/x/traces/" + quote(trace_id, safe="")),
+                   await s.get("/x/sessions/" + quote(trace_id, safe="")),
+                   await s.get("/x/sessions?" + urlencode(query)),
+                   await s.get("/v1/usage?" + urlencode({("window" if k == "cursor" else k): v for k, v in query.items()})),
+                   await s.get("/v1/responses/" + quote(trace_id, safe="")),
+                   await s.post("/x/backtest", {"policy_ir": ["cmp", "bench_intelligence", "ge", 0.5],
+                                                **{k: v for k, v in query.items() if k in ("route", "caller")}})]
+    finally:
+        await s.close()
+        store.close()
+        s.app.response_store.close()
+    for status, body in answers:
+        assert status in (200, 400, 404), (status, body, query, trace_id)
+        if status != 200:
+            assert body["error"]["type"] == "invalid_request_error" and isinstance(body["error"]["code"], str)
