@@ -25,7 +25,10 @@ file; they are held in :class:`Keys` and never printed.
     data_dir = ".unhardcoded"
     capture_content = false
     retention_days = 30        # 0 keeps traces for ever; numbers out of range are refused
-    store = "sqlite"           # the only trace store this build has
+    store = "sqlite"           # or "postgres": one database for many routers (traces/postgres.py;
+                               # pip install 'unhardcoded[postgres]'), with
+    # dsn = "host=db user=router dbname=traces"   # (UNHARDCODED_TRACE_DSN too); a password is
+                               # better in PGPASSWORD or ~/.pgpass than here
     writer_scheduling = "idle" # Linux: the trace writer under SCHED_IDLE (out of the calls' way,
                                # raised while it is a batch behind) or "normal" (as the server's
                                # threads); traces/writer_priority.py (UNHARDCODED_TRACE_WRITER_SCHEDULING too)
