@@ -103,6 +103,9 @@ def test_a_trace_store_this_build_lacks_is_refused_not_replaced_by_sqlite(tmp_pa
             settings_from(tmp_path, f'[traces]\nstore = "{name}"\n')
         assert err.value.code == "bad_value" and err.value.path == "$.traces.store"
         assert "sqlite" in err.value.message and "postgres" in err.value.message
+    with pytest.raises(ConfigError) as err:  # from the environment, the same rule
+        load_settings(None, environ={"UNHARDCODED_TRACE_STORE": "memory"})
+    assert err.value.path == "$.traces.store"
 
 
 def test_cpu_scheduling_defaults_to_batch_and_is_checked(tmp_path) -> None:

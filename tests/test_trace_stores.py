@@ -282,6 +282,8 @@ def test_config_names_the_postgres_store_and_its_dsn(tmp_path, postgres_dsn, mon
     monkeypatch.setenv("UNHARDCODED_TRACE_DSN", postgres_dsn + " password=pw-secret")
     settings = load_settings(str(cfg))
     assert "pw-secret" not in repr(settings) and "pw-secret" not in describe_store(settings)
+    from_env = load_settings(None, environ={"UNHARDCODED_TRACE_STORE": "postgres", "UNHARDCODED_TRACE_DSN": postgres_dsn})
+    assert (from_env.trace_store, from_env.trace_dsn) == ("postgres", postgres_dsn)
     store = open_store(settings)
     try:
         assert isinstance(store, PostgresStore) and store.name == "postgres"

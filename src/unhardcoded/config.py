@@ -25,7 +25,7 @@ file; they are held in :class:`Keys` and never printed.
     data_dir = ".unhardcoded"
     capture_content = false
     retention_days = 30        # 0 keeps traces for ever; numbers out of range are refused
-    store = "sqlite"           # or "postgres": one database for many routers (traces/postgres.py;
+    store = "sqlite"           # or "postgres" (UNHARDCODED_TRACE_STORE too): one database for many routers (traces/postgres.py;
                                # pip install 'unhardcoded[postgres]'), with
     # dsn = "host=db user=router dbname=traces"   # (UNHARDCODED_TRACE_DSN too); a password is
                                # better in PGPASSWORD or ~/.pgpass than here
@@ -286,7 +286,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         s.data_dir = str(base / s.data_dir)
     s.capture_content = traces.get("capture_content", env.get("UNHARDCODED_CAPTURE_CONTENT", "") in ("1", "true"))
     s.retention_days = traces.get("retention_days", s.retention_days)
-    s.trace_store = traces.get("store", s.trace_store)
+    s.trace_store = traces.get("store", env.get("UNHARDCODED_TRACE_STORE", s.trace_store))
     if s.trace_store not in TRACE_STORES:  # a store this build does not have must not quietly become SQLite
         raise ConfigError("bad_value", f"traces.store is one of {', '.join(TRACE_STORES)}", ["traces", "store"])
     s.trace_dsn = traces.get("dsn", env.get("UNHARDCODED_TRACE_DSN", s.trace_dsn))
