@@ -10,6 +10,10 @@ the router environment's interpreter with that ``src`` first on ``PYTHONPATH``.
 
     bench/.venvs/router/bin/python bench/ab.py [--base HEAD~1] [--kinds same,new] [--rounds 4] [--seconds 5] [--conns 64]
 
+``--stores`` serves the working tree twice instead, its traces in SQLite (``sqlite``, the default)
+and in PostgreSQL (``postgres``: a private scratch server, ``unhardcoded.testing.postgres``, on the
+load core, as a database on another host would be off the router's core).
+
 Prints, per kind and build, the median RPS, p50, p99, p99.9 and CPU per call; writes ``results/ab-<stamp>.json``.
 """
 
@@ -65,15 +69,28 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--conns", type=int, default=64, help="wrk connections (concurrency)")
     ap.add_argument("--port-base", type=int, default=18500)
+    ap.add_argument("--stores", action="store_true", help="the working tree with SQLite against PostgreSQL traces")
     a = ap.parse_args()
     kinds = [k for k in a.kinds.split(",") if k]
     if not kinds or set(kinds) - {"same", "new"}:
         ap.error("--kinds is a list of same and new")
     P = a.port_base
     work, logs, files = harness.scratch("unhardcoded-ab-", P)
-    commit = base_source(a.base, work / "base")
     body = files["body_router"]
-    builds = {"base": (P + 1, {"PYTHONPATH": str(work / "base" / "src")}), "tree": (P + 2, {})}
+    pg = None
+    if a.stores:
+        import os
+
+        from unhardcoded.testing.postgres import PostgresServer
+        pg = PostgresServer()
+        if pg.pid is not None:
+            os.sched_setaffinity(pg.pid, {int(harness.LOAD_CORE)})  # its backends, forked later, inherit it
+        commit = "working tree"
+        builds = {"sqlite": (P + 1, {}),
+                  "postgres": (P + 2, {"UNHARDCODED_TRACE_STORE": "postgres", "UNHARDCODED_TRACE_DSN": pg.database()})}
+    else:
+        commit = base_source(a.base, work / "base")
+        builds = {"base": (P + 1, {"PYTHONPATH": str(work / "base" / "src")}), "tree": (P + 2, {})}
     procs: list[harness.Proc] = []
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {k: {b: [] for b in builds} for k in kinds}
     try:
@@ -99,10 +116,15 @@ def main() -> int:
     finally:
         for p in reversed(procs):
             p.stop()
-    out: dict[str, Any] = {"base": a.base, "base_commit": commit, "rounds": a.rounds, "seconds": a.seconds,
+        if pg is not None:
+            pg.stop()
+    out: dict[str, Any] = {"base": "stores" if a.stores else a.base, "base_commit": commit, "rounds": a.rounds, "seconds": a.seconds,
                            "conns": a.conns,
                            "machine": harness.machine_info(), "runs": runs}
-    print(f"\nbase = {a.base} ({commit[:7]}), tree = the working tree; medians of {a.rounds} rounds at c={a.conns}\n")
+    if a.stores:
+        print(f"\nthe working tree, traces in SQLite and in PostgreSQL; medians of {a.rounds} rounds at c={a.conns}\n")
+    else:
+        print(f"\nbase = {a.base} ({commit[:7]}), tree = the working tree; medians of {a.rounds} rounds at c={a.conns}\n")
     print("| body | build | RPS | p50 (ms) | p99 (ms) | p99.9 (ms) | CPU µs per call | RSS (MB, max) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for kind, by in runs.items():
@@ -113,7 +135,7 @@ def main() -> int:
                   f"{lat['p50']:.2f} | {lat['p99']:.2f} | {lat['p99.9']:.2f} | "
                   f"{statistics.median(x['cpu_us'] for x in rs):.1f} | {max(x['rss_mb'] for x in rs):.0f} |"
                   + (f" ({bad} failed or non-2xx)" if bad else ""))
-    harness.write_results("ab", out)
+    harness.write_results("ab-stores" if a.stores else "ab", out)
     return 0
 
 

@@ -40,7 +40,7 @@ setup() {
      || [ "$HERE/requirements-bench.txt" -nt "$VENVS/router/.stamp" ] \
      || [ "$ROOT/pyproject.toml" -nt "$VENVS/router/.stamp" ]; then
     log "installing the router (editable) and the bench tools"
-    "$VENVS/router/bin/pip" install -q --disable-pip-version-check -e "$ROOT" -r "$HERE/requirements-bench.txt"
+    "$VENVS/router/bin/pip" install -q --disable-pip-version-check -e "$ROOT[postgres]" -r "$HERE/requirements-bench.txt"
     touch "$VENVS/router/.stamp"
   fi
   if [ ! -x "$VENVS/litellm/bin/litellm" ] || [ "$HERE/requirements-litellm.lock" -nt "$VENVS/litellm/.stamp" ]; then
