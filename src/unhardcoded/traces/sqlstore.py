@@ -39,6 +39,9 @@ failing, at most ``max_pending`` runs are kept (``_shed`` drops the oldest, and
 ``submit`` never waits for room). What is given up is counted in ``dropped``
 and logged.
 
+A read the database cannot answer (down, refusing connections) raises ``StoreUnavailable``,
+which the server answers as a 503 ``store_unavailable``; the driver's own error is logged.
+
 Decisions and policy sections are content-addressed too: many runs share one
 decision (same policy, catalog, state and request shape) and one policy, so a
 record stores their digests and each section is written once to ``sections``;
