@@ -92,6 +92,9 @@ _SCHEMA = (
 )
 
 _NUL = "\x00"
+# a long read (a usage report) is streamed in chunks of this many rows: libpq 17 and later (the
+# binary wheel's); an older libpq (a system one, under plain psycopg) streams row by row
+_STREAM_ROWS = 500 if psycopg.pq.version() >= 170000 else 1
 # the summary columns whose text comes from a request, a provider or the operator's catalog
 # (the others are the router's own: ids, digests, enums, numbers): where U+0000 can appear
 _FREE_TEXT = tuple(_COLUMNS.index(c) for c in ("route", "profile", "policy_name", "provider", "model_family",
@@ -249,7 +252,7 @@ class PostgresStore(SQLStore):
         return got
 
     def _rows(self, conn: Any, sql: str, args: Any) -> Any:
-        return conn.cursor().stream(self._q(sql), args, size=500)
+        return conn.cursor().stream(self._q(sql), args, size=_STREAM_ROWS)
 
     def _executemany(self, conn: Any, sql: str, rows: list[Any]) -> None:
         conn.cursor().executemany(sql, rows)
