@@ -550,17 +550,20 @@ def test_a_callers_envelope_in_the_config_is_json(tmp_path) -> None:
     assert s.callers["d"].envelope == ["family_eq", "x"]
 
 
-def test_a_shared_stores_spend_raises_the_count_and_never_lowers_it() -> None:
+def test_a_shared_stores_spend_is_merged_with_what_was_counted_since_the_reading_began() -> None:
     clock = Clock(T0)
     lim = limits(clock, budget_usd=Decimal("1"), budget_window="day")
-    start = lim.window_start("a")
     lim.settle("a", 10, Decimal("0.3"))
-    lim.merge("a", start, 5, 1, Decimal("0.2"))  # the store has not caught up with this router
+    at_read = lim.counted("a")
+    assert at_read == (window_start_ms(T0, "day"), 0, 0, Decimal("0.3"))
+    lim.settle("a", 10, Decimal("0.1"))  # this router's call while the store is read
+    lim.merge("a", at_read, 4, 1, Decimal("0.5"))  # the store: this router's 0.3 and others' 0.2
     u = lim.usage("a")["budget"]
-    assert (u["spent_usd"], u["unpriced_calls"]) == ("0.3", 1)
-    lim.merge("a", start, 7, 0, Decimal("0.9"))  # other routers spent more
-    assert lim.usage("a")["budget"]["spent_usd"] == "0.9" and lim.usage("a")["budget"]["calls"] == 7
-    clock.ms += 86_400_000  # the window turned after the read: a read of the old one is not applied
-    lim.merge("a", start, 9, 0, Decimal("5"))
+    assert (u["spent_usd"], u["calls"], u["unpriced_calls"]) == ("0.6", 4, 1)
+    lim.merge("a", lim.counted("a"), 0, 0, Decimal("0.1"))  # a reading that lags this router's own
+    assert lim.usage("a")["budget"]["spent_usd"] == "0.6"  # lowers nothing
+    old = lim.counted("a")
+    clock.ms += 86_400_000  # the window turned after the reading began: it is not applied
+    lim.merge("a", old, 9, 0, Decimal("5"))
     assert lim.usage("a")["budget"]["spent_usd"] == "0"
-    assert lim.window_start("nobody") is None
+    assert lim.counted("nobody") is None

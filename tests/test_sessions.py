@@ -40,3 +40,22 @@ def test_the_least_recently_used_sessions_are_forgotten_beyond_keep() -> None:
     _call(m, None, "a")  # used again: b is now the oldest
     _call(m, None, "c")
     assert len(m) == 2 and m.known(None, "a") and m.known(None, "c") and not m.known(None, "b")
+
+
+def test_a_known_session_is_read_again_when_due_and_merged_with_what_came_since() -> None:
+    m = SessionMeter()
+    m.seed(None, "s", {"calls": 2, "tokens_in": 20, "tokens_out": 4, "tokens_cached": 0, "cost_usd": "0.5"}, now=100.0)
+    assert not m.due(None, "s", 104.0, 5.0) and m.due(None, "s", 105.0, 5.0)
+    assert not m.due(None, "s", 106.0, 5.0)  # counted as read at 105: one reading at a time
+    assert not m.due(None, "other", 500.0, 5.0)  # not known: the first call seeds it instead
+    _call(m, None, "s", cost=Decimal("0.25"))   # this router's call while the store is read: 3 calls, 0.75
+    # the store had this router's 2 and another router's 3 when the reading began
+    m.merge(None, "s", {"calls": 5, "tokens_in": 50, "tokens_out": 10, "tokens_cached": 3, "cost_usd": "1.5"})
+    got = m.get(None, "s")
+    assert (got["calls"], got["tokens_in"], got["tokens_cached"], got["cost_usd"]) == (6, 60, 4, 1.75)
+    m.merge(None, "s", {"calls": 1, "tokens_in": 1, "tokens_out": 1, "tokens_cached": 0, "cost_usd": "0"})
+    assert m.get(None, "s")["calls"] == 6  # a merge with no reading begun does nothing
+    assert m.due(None, "s", 200.0, 5.0)
+    m.merge(None, "s", {"calls": 1, "tokens_in": 1, "tokens_out": 1, "tokens_cached": 0, "cost_usd": "0"})
+    assert m.get(None, "s") == got  # an older reading lowers nothing
+    assert m.get(None, "nope") is None

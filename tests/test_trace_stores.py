@@ -698,3 +698,38 @@ async def test_on_postgres_the_get_endpoints_never_a_500_whatever_the_query(tmp_
         assert status in (200, 400, 404), (status, body, query, trace_id)
         if status != 200:
             assert body["error"]["type"] == "invalid_request_error" and isinstance(body["error"]["code"], str)
+
+
+async def test_a_session_served_by_two_routers_totals_both_once_each_has_read_the_other(
+        tmp_path, postgres_dsn, monkeypatch) -> None:
+    import unhardcoded.router.engine as engine
+    monkeypatch.setattr(engine, "SHARED_SESSION_S", 0.0)  # read again at every call
+    stacks = []
+    for n in range(2):
+        (tmp_path / str(n)).mkdir()
+        stacks.append(await start_stack(tmp_path / str(n), store=PostgresStore(postgres_dsn, flush_ms=20),
+                                        trace_store="postgres", trace_dsn=postgres_dsn))
+    a, b = stacks
+
+    async def call(s) -> dict:
+        r = await s.client.chat.completions.create(model="", messages=MSG, extra_body={"session": "rr"})
+        assert s.store.flush()
+        await asyncio.sleep(0)
+        for _ in range(200):  # the background reading of the other router's calls
+            if not s.router._background:
+                break
+            await asyncio.sleep(0.01)
+        return s.router.sessions.get(None, "rr")  # once the reading begun by this call is merged
+    try:
+        assert (await call(a))["calls"] == 1
+        assert (await call(b))["calls"] == 2   # b starts from the store: a's call
+        assert (await call(a))["calls"] == 3   # a reads b's call again, beside its own
+        assert (await call(a))["calls"] == 4
+        assert (await call(b))["calls"] == 5   # b reads a's two
+        assert (await call(b))["calls"] == 6
+    finally:
+        for s in stacks:
+            await s.close()
+            s.store.close()
+            if s.app.response_store is not None:
+                s.app.response_store.close()

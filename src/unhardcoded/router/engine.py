@@ -54,6 +54,9 @@ from .filters import apply_directives
 
 log = logging.getLogger("unhardcoded.router")
 
+# how often, at most, a known session's totals are read again from a store other routers share
+SHARED_SESSION_S = 5.0
+
 # Fields of a chat request that steer the router and never reach a provider.
 ROUTER_FIELDS = frozenset({"model", "policy_ir", "flow_ir", "requirements", "session", "stream", "stream_options"})
 ATTEMPT_KNOBS = ("timeout_ms", "first_token_timeout_ms")
@@ -298,6 +301,7 @@ class Router:
         self.sink = sink or TraceSink()
         self.meter = Meter()
         self.sessions = SessionMeter()
+        self._background: set[asyncio.Task] = set()  # session totals read again (a shared store)
         self.limits = CallerLimits(self.settings.callers, clock_ms=clock)
         self.clock = clock
         self.sleep = sleep
@@ -714,13 +718,40 @@ class Router:
 
     async def _seed_for(self, body: Mapping[str, Any]) -> None:
         session = body.get("session")
-        if type(session) is str and not self.sessions.known(CURRENT_CALLER.get(), session):
-            await self.seed_session(CURRENT_CALLER.get(), session)
+        if type(session) is str:
+            caller = CURRENT_CALLER.get()
+            if not self.sessions.known(caller, session):
+                await self.seed_session(caller, session)
+            elif getattr(self.sink, "shared", False):
+                self._refresh_session(caller, session)
+
+    def _refresh_session(self, caller: str | None, session: str) -> None:
+        """A store other routers share: read a known session's totals again once they are
+        ``SHARED_SESSION_S`` old, in the background (the call does not wait), and merge them."""
+        if getattr(self.sink, "failing_since_ms", None) is not None:
+            return
+        if not self.sessions.due(caller, session, time.monotonic(), SHARED_SESSION_S):
+            return
+
+        async def read() -> None:
+            try:
+                stored = await asyncio.to_thread(self.sink.session_totals, session, caller)
+            except Exception as exc:  # the store must never fail a call: this router's own count goes on
+                log.warning("could not read a session's totals again from the trace store: %s", exc)
+                return
+            self.sessions.merge(caller, session, stored)
+        task = asyncio.get_running_loop().create_task(read())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def seed_session(self, caller: str | None, session: str | None) -> None:
         """Start a session this process has not counted from what the trace store holds of it
         (once per session; ``runtime/sessions.py``)."""
-        if session is None or self.sessions.known(caller, session):
+        if session is None:
+            return
+        if self.sessions.known(caller, session):
+            if getattr(self.sink, "shared", False):
+                self._refresh_session(caller, session)
             return
         read = getattr(self.sink, "session_totals", None)
         stored = None
@@ -734,7 +765,7 @@ class Router:
             except Exception as exc:  # the store must never fail a call: counted from here, and said
                 log.warning("could not read session totals from the trace store: %s", exc)
                 return
-        self.sessions.seed(caller, session, stored)
+        self.sessions.seed(caller, session, stored, time.monotonic())
 
     async def complete(self, body: Mapping[str, Any], *, path_profile: str | None = None, record: bool = True,
                        on_run: Any = None, wire: bool = False) -> tuple[dict[str, Any], Run]:

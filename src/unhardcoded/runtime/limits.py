@@ -240,22 +240,32 @@ class CallerLimits:
                 _add(st.tokens, at, n)
                 st.tokens_sum += n
 
-    def window_start(self, name: str) -> int | None:
-        """Where the caller's current budget window began (None: no such caller)."""
+    def counted(self, name: str) -> tuple[int, int, int, Decimal] | None:
+        """The caller's budget window as counted here: (its start, calls, unpriced calls, USD
+        spent); None: no such caller. Taken when a reading of a shared store begins (``merge``)."""
         spec = self.callers.get(name)
-        return None if spec is None else self._fresh(spec, self._clock()).window_start
+        if spec is None:
+            return None
+        st = self._fresh(spec, self._clock())
+        return st.window_start, st.calls, st.unpriced, st.spent
 
-    def merge(self, name: str, window_start: int, calls: int, unpriced: int, spent: Decimal) -> None:
-        """Raise the budget window's counts to what a trace store that other routers share holds
-        (read since ``window_start``): never lower them, since this process's own calls may not
-        be committed yet. A window that has turned since the read is left as it is."""
+    def merge(self, name: str, at_read: tuple[int, int, int, Decimal], calls: int, unpriced: int,
+              spent: Decimal) -> None:
+        """Merge what a trace store that other routers share holds of the caller's window (read
+        since its start): each count becomes the store's plus what was counted here since the
+        reading began (``at_read``, from ``counted``: those calls were not committed then), where
+        that is more than this router's own; never less. A window that has turned since the
+        reading began is left as it is."""
         spec = self.callers.get(name)
         if spec is None:
             return
         st = self._fresh(spec, self._clock())
-        if st.window_start != window_start:
+        start, calls0, unpriced0, spent0 = at_read
+        if st.window_start != start:
             return
-        st.calls, st.unpriced, st.spent = max(st.calls, calls), max(st.unpriced, unpriced), max(st.spent, spent)
+        st.calls = max(st.calls, calls + st.calls - calls0)
+        st.unpriced = max(st.unpriced, unpriced + st.unpriced - unpriced0)
+        st.spent = max(st.spent, spent + st.spent - spent0)
 
     def usage(self, name: str) -> dict[str, Any] | None:
         """The caller's limits and what it has used of them (None: no such caller)."""

@@ -7,6 +7,12 @@ own. A session this process has not seen starts from what the trace store alread
 (``seed``), so the totals carry over a restart; the router reads the store once per session per
 process. The least recently used sessions are forgotten beyond ``keep`` (and read again if they
 come back).
+
+With a store other routers write to (PostgreSQL), a session's calls may reach any of them: a
+router then reads a session it knows again when its last reading is ``every`` seconds old
+(``due``), and merges the reading (``merge``): the store's totals, plus what this router counted
+since the reading began (its calls then were not committed yet), where that is more than its own
+count. What it can miss is its own calls of the last flush interval before a reading.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ class SessionTotals:
     tokens_out: int = 0
     tokens_cached: int = 0
     cost_usd: Decimal | None = None  # None while no call of the session had a price
+    read_at: float = 0.0             # when the store's totals were last read (monotonic seconds)
+    at_read: tuple | None = None     # the totals when that reading began (what it cannot include)
 
     def view(self) -> dict[str, Any]:
         return {"calls": self.calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
@@ -41,14 +49,14 @@ class SessionMeter:
     def known(self, caller: str | None, session: str) -> bool:
         return (caller, session) in self._totals
 
-    def seed(self, caller: str | None, session: str, stored: Mapping[str, Any] | None) -> None:
+    def seed(self, caller: str | None, session: str, stored: Mapping[str, Any] | None, now: float = 0.0) -> None:
         """Start a session from the store's totals (``SQLiteStore.session_totals``; None: no stored
         call). A session already counted here is left as it is: two first calls of it at once
         both read the store, and the later reading must not undo the earlier call's count."""
         key = (caller, session)
         if key in self._totals:
             return
-        t = SessionTotals()
+        t = SessionTotals(read_at=now)
         if stored:
             t.calls = int(stored.get("calls") or 0)
             t.tokens_in = int(stored.get("tokens_in") or 0)
@@ -57,6 +65,40 @@ class SessionMeter:
             cost = stored.get("cost_usd")
             t.cost_usd = None if cost is None else Decimal(str(cost))
         self._put(key, t)
+
+    def due(self, caller: str | None, session: str, now: float, every: float) -> bool:
+        """Whether a known session's store totals are ``every`` seconds old; if so, they count
+        as read from ``now`` (one reading at a time)."""
+        t = self._totals.get((caller, session))
+        if t is None or now - t.read_at < every:
+            return False
+        t.read_at = now
+        t.at_read = (t.calls, t.tokens_in, t.tokens_out, t.tokens_cached, t.cost_usd)
+        return True
+
+    def get(self, caller: str | None, session: str) -> dict[str, Any] | None:
+        """A known session's totals (None: not known here)."""
+        t = self._totals.get((caller, session))
+        return None if t is None else t.view()
+
+    def merge(self, caller: str | None, session: str, stored: Mapping[str, Any] | None) -> None:
+        """Merge a reading that ``due`` began: field by field, the store's total plus what was
+        counted here since, where that is more than this router's own count (the other routers'
+        calls); never less."""
+        t = self._totals.get((caller, session))
+        if t is None or not stored or t.at_read is None:
+            return
+        calls0, in0, out0, cached0, cost0 = t.at_read
+        t.at_read = None
+        t.calls = max(t.calls, int(stored.get("calls") or 0) + t.calls - calls0)
+        t.tokens_in = max(t.tokens_in, int(stored.get("tokens_in") or 0) + t.tokens_in - in0)
+        t.tokens_out = max(t.tokens_out, int(stored.get("tokens_out") or 0) + t.tokens_out - out0)
+        t.tokens_cached = max(t.tokens_cached, int(stored.get("tokens_cached") or 0) + t.tokens_cached - cached0)
+        cost = stored.get("cost_usd")
+        if cost is not None:
+            since = (t.cost_usd or Decimal(0)) - (cost0 or Decimal(0))
+            merged = Decimal(str(cost)) + since
+            t.cost_usd = merged if t.cost_usd is None else max(t.cost_usd, merged)
 
     def add(self, caller: str | None, session: str, *, tokens_in: int, tokens_out: int, tokens_cached: int,
             cost_usd: Decimal | None) -> dict[str, Any]:

@@ -519,8 +519,9 @@ class App:
     def _read_shared_budget(self, caller: str) -> None:
         """With a trace store that other routers write to (PostgreSQL), a caller's budget is
         spent on all of them: at most every ``SHARED_BUDGET_S`` per caller, read what the store
-        holds of its window in the background and raise this router's count to it
-        (``CallerLimits.merge``). The call that prompts the read does not wait for it."""
+        holds of its window in the background and merge it (``CallerLimits.merge``: the store's
+        count plus this router's since the reading began). The call that prompts the read does
+        not wait for it."""
         spec = self.router.limits.callers.get(caller)
         if spec is None or spec.budget_usd is None or getattr(self.router.sink, "failing_since_ms", None) is not None:
             return
@@ -534,16 +535,16 @@ class App:
 
     async def _merge_shared_budget(self, caller: str) -> None:
         limits = self.router.limits
-        start = limits.window_start(caller)
-        if start is None:
+        at_read = limits.counted(caller)
+        if at_read is None:
             return
         try:
             calls, unpriced, spent, _recent = await asyncio.to_thread(
-                self.router.sink.caller_usage, caller, start, int(time.time() * 1000))
+                self.router.sink.caller_usage, caller, at_read[0], int(time.time() * 1000))
         except Exception as exc:  # the store must never fail a call: this router's own count goes on
             log.warning("could not read caller %s's shared budget from the trace store: %s", caller, exc)
             return
-        limits.merge(caller, start, calls, unpriced, spent)
+        limits.merge(caller, at_read, calls, unpriced, spent)
 
     async def _read_json(self, scope: Scope, receive: Receive, allow_empty: bool = False) -> Any:
         for k, v in scope.get("headers", []):
