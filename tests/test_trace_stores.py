@@ -342,14 +342,29 @@ async def test_while_the_database_is_down_calls_are_served_reads_are_503_and_not
         store.close()
 
 
+async def _replicas(tmp_path, dsn: str, n: int = 2, **settings_kw: Any) -> list[Any]:
+    """``n`` routers served as replicas of one deployment: each its own data directory, their
+    traces and stored responses in the one PostgreSQL database ``dsn`` names."""
+    stacks = []
+    for i in range(n):
+        (tmp_path / str(i)).mkdir()
+        stacks.append(await start_stack(tmp_path / str(i), store=PostgresStore(dsn, flush_ms=20),
+                                        trace_store="postgres", trace_dsn=dsn, **settings_kw))
+    return stacks
+
+
+async def _close_replicas(stacks: list[Any]) -> None:
+    for s in stacks:
+        await s.close()
+        s.store.close()
+        if s.app.response_store is not None:
+            s.app.response_store.close()
+
+
 async def test_two_routers_on_one_database_go_on_from_each_others_responses(tmp_path, postgres_dsn) -> None:
     """Replicas behind a load balancer: a response answered by one is continued, read and
     deleted through the other, and each lists the other's receipts."""
-    stacks = []
-    for n in range(2):
-        (tmp_path / str(n)).mkdir()
-        stacks.append(await start_stack(tmp_path / str(n), store=PostgresStore(postgres_dsn, flush_ms=20),
-                                        trace_store="postgres", trace_dsn=postgres_dsn))
+    stacks = await _replicas(tmp_path, postgres_dsn)
     a, b = stacks
     try:
         r1 = await a.client.responses.create(model="family:gpt-5.4-mini", input="My name is Ada")
@@ -374,11 +389,7 @@ async def test_two_routers_on_one_database_go_on_from_each_others_responses(tmp_
         status, missing = await b.get("/v1/responses/resp_\u0000x")  # U+0000 cannot be an id here: 404, not 500
         assert status == 404
     finally:
-        for s in stacks:
-            await s.close()
-            s.store.close()
-            if s.app.response_store is not None:
-                s.app.response_store.close()
+        await _close_replicas(stacks)
 
 
 async def test_a_budget_spent_through_one_router_is_refused_by_the_others(tmp_path, postgres_dsn) -> None:
@@ -387,13 +398,8 @@ async def test_a_budget_spent_through_one_router_is_refused_by_the_others(tmp_pa
     from unhardcoded.runtime.limits import CallerSpec
     from .test_callers import sha
     callers = {"b": CallerSpec("b", frozenset({sha("key-b")}), budget_usd=Decimal("0.000000001"))}
-    stacks, clients = [], []
-    for n in range(2):
-        (tmp_path / str(n)).mkdir()
-        s = await start_stack(tmp_path / str(n), store=PostgresStore(postgres_dsn, flush_ms=20), callers=callers,
-                              trace_store="postgres", trace_dsn=postgres_dsn)
-        stacks.append(s)
-        clients.append(openai.AsyncOpenAI(base_url=s.base_url, api_key="key-b", max_retries=0))
+    stacks = await _replicas(tmp_path, postgres_dsn, callers=callers)
+    clients = [openai.AsyncOpenAI(base_url=s.base_url, api_key="key-b", max_retries=0) for s in stacks]
     a, b = stacks
     try:
         r = await clients[0].chat.completions.create(model="", messages=MSG)  # spends the whole budget, on a
@@ -412,11 +418,7 @@ async def test_a_budget_spent_through_one_router_is_refused_by_the_others(tmp_pa
     finally:
         for c in clients:
             await c.close()
-        for s in stacks:
-            await s.close()
-            s.store.close()
-            if s.app.response_store is not None:
-                s.app.response_store.close()
+        await _close_replicas(stacks)
 
 
 _text = st.one_of(st.none(), st.sampled_from(["agent-7", "family:x", "oa", "m0", "c1", "ok", "error", "chat"]),
@@ -704,11 +706,7 @@ async def test_a_session_served_by_two_routers_totals_both_once_each_has_read_th
         tmp_path, postgres_dsn, monkeypatch) -> None:
     import unhardcoded.router.engine as engine
     monkeypatch.setattr(engine, "SHARED_SESSION_S", 0.0)  # read again at every call
-    stacks = []
-    for n in range(2):
-        (tmp_path / str(n)).mkdir()
-        stacks.append(await start_stack(tmp_path / str(n), store=PostgresStore(postgres_dsn, flush_ms=20),
-                                        trace_store="postgres", trace_dsn=postgres_dsn))
+    stacks = await _replicas(tmp_path, postgres_dsn)
     a, b = stacks
 
     async def call(s) -> dict:
@@ -728,8 +726,4 @@ async def test_a_session_served_by_two_routers_totals_both_once_each_has_read_th
         assert (await call(b))["calls"] == 5   # b reads a's two
         assert (await call(b))["calls"] == 6
     finally:
-        for s in stacks:
-            await s.close()
-            s.store.close()
-            if s.app.response_store is not None:
-                s.app.response_store.close()
+        await _close_replicas(stacks)
