@@ -54,8 +54,10 @@ from .filters import apply_directives
 
 log = logging.getLogger("unhardcoded.router")
 
-# how often, at most, a known session's totals are read again from a store other routers share
+# how often, at most, a known session's totals (a caller's budget) are read again from a store
+# other routers share
 SHARED_SESSION_S = 5.0
+SHARED_BUDGET_S = 5.0
 
 # Fields of a chat request that steer the router and never reach a provider.
 ROUTER_FIELDS = frozenset({"model", "policy_ir", "flow_ir", "requirements", "session", "stream", "stream_options"})
@@ -301,7 +303,8 @@ class Router:
         self.sink = sink or TraceSink()
         self.meter = Meter()
         self.sessions = SessionMeter()
-        self._background: set[asyncio.Task] = set()  # session totals read again (a shared store)
+        self._background: set[asyncio.Task] = set()  # reads of a shared store's totals, in flight
+        self._budget_read: dict[str, float] = {}     # caller -> when its shared budget was last read
         self.limits = CallerLimits(self.settings.callers, clock_ms=clock)
         self.clock = clock
         self.sleep = sleep
@@ -732,15 +735,41 @@ class Router:
             return
         if not self.sessions.due(caller, session, time.monotonic(), SHARED_SESSION_S):
             return
+        self._read_in_background(lambda: self.sink.session_totals(session, caller),
+                                 lambda stored: self.sessions.merge(caller, session, stored), "a session's totals")
 
-        async def read() -> None:
+    def share_budget(self, caller: str) -> None:
+        """A caller admitted, with a store other routers share (PostgreSQL): its budget is spent
+        on all of them. At most every ``SHARED_BUDGET_S``, read what the store holds of its
+        window in the background and merge it (``CallerLimits.merge``: the store's count plus
+        this router's since the reading began). The call does not wait for it."""
+        if not getattr(self.sink, "shared", False) or getattr(self.sink, "failing_since_ms", None) is not None:
+            return
+        spec = self.limits.callers.get(caller)
+        if spec is None or spec.budget_usd is None:
+            return
+        now = time.monotonic()
+        if now - self._budget_read.get(caller, -SHARED_BUDGET_S) < SHARED_BUDGET_S:
+            return
+        self._budget_read[caller] = now
+        at_read = self.limits.counted(caller)
+        if at_read is None:
+            return
+        self._read_in_background(lambda: self.sink.caller_usage(caller, at_read[0], int(time.time() * 1000)),
+                                 lambda got: self.limits.merge(caller, at_read, *got[:3]),
+                                 f"caller {caller}'s shared budget")
+
+    def _read_in_background(self, read: Any, merge: Any, what: str) -> None:
+        """``read()`` (a store read) in a worker thread, its result to ``merge``; the call that
+        prompted it does not wait, and a failure is logged, never the call's."""
+        async def run() -> None:
             try:
-                stored = await asyncio.to_thread(self.sink.session_totals, session, caller)
+                got = await asyncio.to_thread(read)
             except Exception as exc:  # the store must never fail a call: this router's own count goes on
-                log.warning("could not read a session's totals again from the trace store: %s", exc)
+                log.warning("could not read %s from the trace store: %s", what, exc)
                 return
-            self.sessions.merge(caller, session, stored)
-        task = asyncio.get_running_loop().create_task(read())
+            merge(got)
+        task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

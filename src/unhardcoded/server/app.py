@@ -303,10 +303,6 @@ async def until_disconnect(work: Awaitable[None], disconnected: Callable[[], Awa
         watcher.cancel()
 
 
-# how often, at most, a caller's budget is read back from a trace store other routers share
-SHARED_BUDGET_S = 5.0
-
-
 class App:
     """ASGI application serving one :class:`Router`."""
 
@@ -318,8 +314,6 @@ class App:
         self.flows: Any = None
         self.registered_flows: Any = None
         self.response_store: Any = None  # traces/responses.py: what /v1/responses keeps (None: nothing)
-        self._budget_read: dict[str, float] = {}  # caller -> when its shared budget was last read
-        self._background: set[asyncio.Task] = set()
 
     # ---- ASGI entry ---------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -512,39 +506,8 @@ class App:
                        *((k.encode(), v.encode()) for k, v in over.headers.items())]
             raise HTTPError(429, over.code, over.message, type_="insufficient_quota" if over.code ==
                             "insufficient_quota" else "rate_limit_error", headers=headers) from None
-        if getattr(self.router.sink, "shared", False):
-            self._read_shared_budget(caller)
+        self.router.share_budget(caller)
         return caller
-
-    def _read_shared_budget(self, caller: str) -> None:
-        """With a trace store that other routers write to (PostgreSQL), a caller's budget is
-        spent on all of them: at most every ``SHARED_BUDGET_S`` per caller, read what the store
-        holds of its window in the background and merge it (``CallerLimits.merge``: the store's
-        count plus this router's since the reading began). The call that prompts the read does
-        not wait for it."""
-        spec = self.router.limits.callers.get(caller)
-        if spec is None or spec.budget_usd is None or getattr(self.router.sink, "failing_since_ms", None) is not None:
-            return
-        now = time.monotonic()
-        if now - self._budget_read.get(caller, -SHARED_BUDGET_S) < SHARED_BUDGET_S:
-            return
-        self._budget_read[caller] = now
-        task = asyncio.get_running_loop().create_task(self._merge_shared_budget(caller))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _merge_shared_budget(self, caller: str) -> None:
-        limits = self.router.limits
-        at_read = limits.counted(caller)
-        if at_read is None:
-            return
-        try:
-            calls, unpriced, spent, _recent = await asyncio.to_thread(
-                self.router.sink.caller_usage, caller, at_read[0], int(time.time() * 1000))
-        except Exception as exc:  # the store must never fail a call: this router's own count goes on
-            log.warning("could not read caller %s's shared budget from the trace store: %s", caller, exc)
-            return
-        limits.merge(caller, at_read, calls, unpriced, spent)
 
     async def _read_json(self, scope: Scope, receive: Receive, allow_empty: bool = False) -> Any:
         for k, v in scope.get("headers", []):

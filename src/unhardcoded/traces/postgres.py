@@ -22,7 +22,7 @@ The writer, the batching and the reads are ``sqlstore.SQLStore``'s, as for SQLit
 * a batch's rows go in by ``COPY`` into the writer's own temporary table and one
   ``INSERT ... SELECT ... ON CONFLICT`` from it (a quarter of the CPU of binding each row);
 * ``shared = True``: a named caller's budget is read back from here, so it is spent once across
-  routers (``server/app.py``); ``PostgresResponseStore`` keeps ``/v1/responses`` here too.
+  routers (``Router.share_budget``); ``PostgresResponseStore`` keeps ``/v1/responses`` here too.
 
 The DSN's password never reaches a log, ``/healthz`` or an error message: the store is named by
 its DSN without it, and an error text that contains it has it replaced.
@@ -160,11 +160,9 @@ class PostgresStore(SQLStore):
     shared = True
     _Error = psycopg.Error
     _Transient = psycopg.OperationalError  # a lost connection, the server down, disk full, a deadlock
-    _INSERT_TRACE = (f"INSERT INTO traces ({', '.join(_COLUMNS)}, record) "
-                     f"VALUES ({', '.join(['%s'] * (len(_COLUMNS) + 1))}) ON CONFLICT (trace_id) DO UPDATE SET "
-                     + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*_COLUMNS[1:], "record")))
-    # a batch's rows go in by COPY into a session table and one INSERT ... SELECT from it: a
-    # quarter of the CPU of binding each row's 23 parameters (bench/stores.py)
+    # a batch's rows go in by COPY into a session table and one INSERT ... SELECT from it (no
+    # _INSERT_TRACE: _insert_traces is its own): a quarter of the CPU of binding each row's 23
+    # parameters (bench/stores.py)
     _COPY_IN = f"COPY traces_in ({', '.join(_COLUMNS)}, record) FROM STDIN"
     _MERGE_IN = (f"INSERT INTO traces ({', '.join(_COLUMNS)}, record) SELECT {', '.join(_COLUMNS)}, record "
                  "FROM traces_in ON CONFLICT (trace_id) DO UPDATE SET "
